@@ -1,0 +1,146 @@
+"""Running one task per slide over a cohort: slide lists, shards, workers, failures.
+
+Shared by extraction and inference: ``--slides`` accepts files and folders,
+``--shard I/N`` keeps a deterministic 1/N of the sorted list (so a cluster
+array job of N tasks covers a cohort without coordination), slides run in
+worker processes that each open their own slide handle, and a slide that fails
+is reported at the end while the others go on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from utils.errors import InputError
+
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
+}
+
+Progress = Callable[[int], None]
+SlideTask = Callable[[Path, Progress], dict[str, Any]]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` with 0 <= I < N, e.g. ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
+    if not 0 <= index < count:
+        raise InputError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def expand_slides(paths: Sequence[str | Path], shard: tuple[int, int] | None = None) -> list[Path]:
+    """Files as given plus slide files inside given folders, sorted and de-duplicated,
+    then the shard's share. Two slides with the same stem are an error, since
+    outputs are named by stem."""
+    found: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.update(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
+        elif path.exists():
+            found.add(path)
+        else:
+            raise InputError(f"{path}: no such slide file or folder")
+    slides = sorted(found, key=lambda p: (p.name, str(p)))
+    stems = [p.stem for p in slides]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise InputError(f"several slides share the name(s) {duplicates}; outputs are named by slide stem")
+    if shard is not None:
+        index, count = shard
+        slides = slides[index::count]
+    return slides
+
+
+@dataclass
+class SlideOutcome:
+    slide: Path
+    result: dict[str, Any] | None
+    error: str | None
+
+
+def _call(task: SlideTask, slide: Path, updates: Any) -> SlideOutcome:
+    def progress(n: int) -> None:
+        updates.put(n)
+
+    try:
+        return SlideOutcome(slide, task(slide, progress), None)
+    except InputError as exc:
+        return SlideOutcome(slide, None, str(exc))
+    except Exception:
+        return SlideOutcome(slide, None, f"{slide}: unexpected error\n{traceback.format_exc()}")
+
+
+def run_per_slide(task: SlideTask, slides: Sequence[Path], workers: int, unit: str = "tiles") -> list[SlideOutcome]:
+    """Run ``task(slide, progress)`` on every slide; ``workers`` > 1 uses spawned
+    processes. Shows one bar for slides and one for ``unit`` done."""
+    outcomes: list[SlideOutcome] = []
+    slide_bar = tqdm(total=len(slides), desc="slides", unit="slide", position=0)
+    unit_bar = tqdm(desc=unit, unit=unit.rstrip("s") or unit, position=1)
+
+    def finish(outcome: SlideOutcome) -> None:
+        outcomes.append(outcome)
+        slide_bar.update(1)
+        if outcome.error:
+            tqdm.write(f"FAILED {outcome.error.splitlines()[0]}")
+
+    if workers <= 1:
+        for slide in slides:
+            finish(_call(task, slide, _Immediate(unit_bar)))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+            updates = manager.Queue()
+            pending = {pool.submit(_call, task, slide, updates) for slide in slides}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(updates, unit_bar)
+                for future in done:
+                    finish(future.result())
+            _drain(updates, unit_bar)
+    slide_bar.close()
+    unit_bar.close()
+    return sorted(outcomes, key=lambda o: o.slide)
+
+
+class _Immediate:
+    """Queue stand-in that advances the bar directly when running in-process."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+
+    def put(self, n: int) -> None:
+        self.bar.update(n)
+
+
+def _drain(updates: Any, bar: tqdm) -> None:
+    while True:
+        try:
+            bar.update(updates.get_nowait())
+        except queue.Empty:
+            return
+
+
+def report(outcomes: Sequence[SlideOutcome]) -> int:
+    """Print failures at the end; the exit status is 1 if any slide failed."""
+    failed = [o for o in outcomes if o.error]
+    for outcome in failed:
+        print(f"error: {outcome.error}")
+    done = len(outcomes) - len(failed)
+    print(f"{done} slide(s) done, {len(failed)} failed")
+    return 1 if failed else 0

@@ -1,0 +1,199 @@
+"""The constants a user edits for a new dataset, in one place.
+
+Defaults reproduce Fuster et al. (EUSIPCO 2023): six bladder tissue classes, the
+annotation-name rules of the original database, tile triplets of 128 px at
+40x/10x/2.5x and the inference thresholds. A JSON or YAML file passed with
+``--config`` overrides any subset of the keys, command-line flags override
+both, and every run writes the resolved configuration next to its outputs
+(:func:`save_config`) so that a result can always be traced back to its
+settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import ConfigError
+from utils.io import atomic_write_text
+
+#: µm/px of a "1x" objective; 40x is then 0.25 µm/px, the usual scanner convention.
+MICRONS_PER_PIXEL_AT_1X = 10.0
+
+
+def _default_classes() -> list[dict[str, Any]]:
+    return [
+        {"name": "background", "color": "#000000"},
+        {"name": "blood", "color": "#800000"},
+        {"name": "damaged", "color": "#0000FF"},
+        {"name": "muscle", "color": "#00C000"},
+        {"name": "stroma", "color": "#FF00FF"},
+        {"name": "urothelium", "color": "#FFA500"},
+    ]
+
+
+def _default_rules() -> list[list[str]]:
+    # [regular expression matched case-insensitively against the whole
+    #  annotation name, class name]. First matching rule wins.
+    return [
+        [r"background|glass", "background"],
+        [r"blood.*", "blood"],
+        [r"(cauteri[sz]ed|blurr?y|blurred|folding|folded|others?)\b.*", "damaged"],
+        [r"muscle.*", "muscle"],
+        [r"lamina( propria)?.*|stroma.*", "stroma"],
+        [r"(grade|cis\b|dysplasia|uro|variant|flat).*", "urothelium"],
+    ]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings of one run. Class indices are list positions."""
+
+    classes: list[dict[str, Any]] = field(default_factory=_default_classes)
+    undefined: dict[str, Any] = field(
+        default_factory=lambda: {"name": "undefined", "color": "#808080"}
+    )
+    rules: list[list[str]] = field(default_factory=_default_rules)
+    #: Where regions of different classes overlap, classes listed first win;
+    #: unlisted classes follow in class order. The paper lets blood and muscle win.
+    priority: list[str] = field(default_factory=lambda: ["blood", "muscle"])
+    #: Objective magnifications of the scales, highest first (scale 0).
+    magnifications: list[float] = field(default_factory=lambda: [40.0, 10.0, 2.5])
+    tile_size: int = 128
+    #: A tile takes a class when that class covers this fraction of its
+    #: highest-magnification window (after removing background).
+    region_fraction: float = 0.7
+    #: A tile is a tissue tile (pool, inference) when tissue covers this fraction.
+    tissue_fraction: float = 0.5
+    #: "otsu": Otsu threshold on saturation, robust to grey or tinted glass;
+    #: "green": the paper's rule, green channel > 250 is background, 4x4 closing.
+    tissue_method: str = "otsu"
+    #: Label and tissue masks are rasterised with this many cells per tile side.
+    mask_cells_per_tile: int = 8
+    #: Let a magnification exceed the scan's by resampling up (off: an error).
+    allow_upsampling: bool = False
+    #: Inference: a cell whose top probability is below this is "undefined".
+    undefined_threshold: float = 0.6
+    #: Inference: this class is kept only at or above ``damaged_threshold``,
+    #: otherwise the next most likely class is taken.
+    damaged_class: str = "damaged"
+    damaged_threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def scale_mpps(self) -> list[float]:
+        """Target µm/px of each scale."""
+        return [MICRONS_PER_PIXEL_AT_1X / m for m in self.magnifications]
+
+    def class_index(self, name: str) -> int:
+        try:
+            return self.class_names.index(name)
+        except ValueError:
+            raise ConfigError(f"unknown class {name!r}; classes are {self.class_names}") from None
+
+    def class_for_annotation(self, annotation_name: str) -> int | None:
+        """Class index for an annotation name by the first matching rule, or None."""
+        for pattern, class_name in self.rules:
+            if re.fullmatch(pattern, annotation_name.strip(), flags=re.IGNORECASE):
+                return self.class_index(class_name)
+        return None
+
+    def paint_order(self) -> list[int]:
+        """Class indices in the order they are painted: lowest priority first."""
+        first = [self.class_index(n) for n in self.priority]
+        rest = [i for i in range(self.num_classes) if i not in first]
+        return list(reversed(first + rest))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    value = color.lstrip("#")
+    if len(value) != 6:
+        raise ConfigError(f"colour {color!r} is not of the form #RRGGBB")
+    return tuple(int(value[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def scale_name(magnification: float) -> str:
+    """Name of a scale as used for model inputs: 40 -> 'mag_40x', 2.5 -> 'mag_2_5x'."""
+    return "mag_" + f"{magnification:g}".replace(".", "_") + "x"
+
+
+def validate(config: Config) -> None:
+    names = config.class_names
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"class names must be unique and non-empty: {names}")
+    for entry in [*config.classes, config.undefined]:
+        if set(entry) != {"name", "color"}:
+            raise ConfigError(f"class entry {entry} must have exactly 'name' and 'color'")
+        hex_to_rgb(entry["color"])
+    for rule in config.rules:
+        if len(rule) != 2 or rule[1] not in names:
+            raise ConfigError(f"rule {rule} must be [pattern, one of {names}]")
+        try:
+            re.compile(rule[0])
+        except re.error as exc:
+            raise ConfigError(f"rule pattern {rule[0]!r} is not a regular expression: {exc}") from None
+    for name in config.priority:
+        if name not in names:
+            raise ConfigError(f"priority names unknown class {name!r}; classes are {names}")
+    mags = list(config.magnifications)
+    if not 1 <= len(mags) <= 3 or any(m <= 0 for m in mags) or mags != sorted(mags, reverse=True):
+        raise ConfigError(f"magnifications must be 1 to 3 positive values, highest first: {mags}")
+    if config.tile_size < 8:
+        raise ConfigError(f"tile_size must be at least 8, not {config.tile_size}")
+    for key in ("region_fraction", "tissue_fraction", "undefined_threshold", "damaged_threshold"):
+        if not 0.0 <= getattr(config, key) <= 1.0:
+            raise ConfigError(f"{key} must lie in [0, 1], not {getattr(config, key)}")
+    if config.tissue_method not in ("otsu", "green"):
+        raise ConfigError(f"tissue_method must be 'otsu' or 'green', not {config.tissue_method!r}")
+    if config.mask_cells_per_tile < 1:
+        raise ConfigError("mask_cells_per_tile must be at least 1")
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the keys of a JSON/YAML file, then non-None ``overrides``."""
+    values = read_config_file(path) if path is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path or 'flags'}: unknown configuration keys {unknown}; known: {sorted(known)}")
+    if "magnifications" in values:
+        values["magnifications"] = [float(m) for m in values["magnifications"]]
+    try:
+        return Config(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{path or 'flags'}: {exc}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The keys a JSON or YAML configuration file sets (JSON is valid YAML)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: configuration must be a mapping of keys to values")
+    return loaded
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")

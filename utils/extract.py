@@ -1,0 +1,114 @@
+"""Cut the labelled (and optionally unlabelled) tile triplets of one slide into
+one TFRecord shard with a JSON summary beside it."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.annotations import find_annotation_file, read_annotations
+from utils.batch import Progress
+from utils.config import Config
+from utils.geometry import read_triplets, slide_geometry
+from utils.io import atomic_path, atomic_write_json
+from utils.labels import CellLabels, label_tiles, rasterize_regions, report_unmatched
+from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
+from utils.slide import Slide, slide_stem
+from utils.tissue import tile_fractions, tissue_grid
+
+SUMMARY_SUFFIX = ".summary.json"
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    annotations: Path | None
+    output: Path
+    mpp: float | None = None
+    encoding: str = "png"
+    unlabeled: bool = False
+    strict: bool = False
+    overwrite: bool = False
+
+
+def shard_paths(output: Path, stem: str) -> tuple[Path, Path]:
+    return output / f"{stem}{RECORD_SUFFIX}", output / f"{stem}{SUMMARY_SUFFIX}"
+
+
+def extract_slide(slide_path: Path, progress: Progress, *, config: Config, options: ExtractOptions) -> dict[str, Any]:
+    """Write ``<stem>.tfrecord`` and ``<stem>.summary.json``; return the summary.
+
+    The shard is written under a temporary name and renamed when complete; the
+    summary is written last, so its presence marks a finished slide.
+    """
+    started = time.perf_counter()
+    stem = slide_stem(slide_path)
+    record_path, summary_path = shard_paths(options.output, stem)
+    if summary_path.exists() and record_path.exists() and not options.overwrite:
+        return {"slide": stem, "status": "skipped: already extracted"}
+    annotation_path = find_annotation_file(options.annotations, stem) if options.annotations else None
+    if annotation_path is None and not options.unlabeled:
+        return {"slide": stem, "status": "skipped: no annotation file (use --unlabeled to pool its tiles)"}
+
+    with Slide(slide_path, mpp=options.mpp) as slide:
+        geometry = slide_geometry(slide, config)
+        k = config.mask_cells_per_tile
+        tissue = tissue_grid(slide, geometry, config.tissue_method, k)
+        regions = read_annotations(annotation_path) if annotation_path else []
+        cells = rasterize_regions(regions, config, tissue.shape, geometry.stride / k)
+        warning = report_unmatched(cells, stem, options.strict)
+        labels, name_index = label_tiles(cells, tissue, config)
+        selected = labels >= 0
+        if options.unlabeled:
+            selected |= tile_fractions(tissue, k) >= config.tissue_fraction
+        rows, cols = np.nonzero(selected)
+        counts = _write_shard(slide, geometry, rows, cols, labels, name_index, cells, options, record_path, progress)
+
+    summary = {
+        "slide": stem,
+        "status": "done",
+        "slide_path": str(slide_path),
+        "annotations": str(annotation_path) if annotation_path else None,
+        "tiles": int(sum(counts.values())),
+        "tiles_per_class": {
+            (config.class_names[c] if c >= 0 else "unlabeled"): n for c, n in sorted(counts.items())
+        },
+        "base_mpp": slide.mpp,
+        "mpp_source": slide.mpp_source.origin,
+        "magnifications": config.magnifications,
+        "scale_mpp": [s.mpp for s in geometry.scales],
+        "scale_levels": [s.level for s in geometry.scales],
+        "tile_size": config.tile_size,
+        "stride_level0": geometry.stride,
+        "grid_shape": list(geometry.grid_shape),
+        "encoding": options.encoding,
+        "unmatched_annotations": dict(cells.unmatched),
+        "warning": warning,
+        "seconds": round(time.perf_counter() - started, 2),
+        "config": config.to_dict(),
+    }
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+def _write_shard(slide, geometry, rows, cols, labels, name_index, cells: CellLabels, options, path, progress) -> Counter:
+    import tensorflow as tf  # only the writer needs it; keeps the module light to import
+
+    mpps = [s.mpp for s in geometry.scales]
+    counts: Counter = Counter()
+    with atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for indices, tiles in read_triplets(slide, geometry, rows, cols):
+                xs, ys = geometry.centres(rows[indices], cols[indices])
+                for j, i in enumerate(indices):
+                    label = int(labels[rows[i], cols[i]])
+                    name = cells.name_list[name_index[rows[i], cols[i]]] if label != UNLABELED else ""
+                    encoded = [encode_tile(scale_tiles[j], options.encoding) for scale_tiles in tiles]
+                    writer.write(make_example(slide.stem, label, name, xs[j], ys[j], encoded, mpps))
+                    counts[label] += 1
+                progress(len(indices))
+    return counts

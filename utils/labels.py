@@ -1,0 +1,122 @@
+"""Tile labels from annotation regions.
+
+Regions are rasterised on the tile grid's mask cells (``mask_cells_per_tile``
+per tile side) in priority order, lowest first, so where regions of different
+classes overlap the prioritised class wins; holes stay unlabelled. A tile takes
+the class that covers at least ``region_fraction`` of its scale-0 window,
+counting only tissue cells (a region drawn loosely over glass does not make
+glass "muscle"); regions mapped to a class named ``background`` count as drawn.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from utils.annotations import Region
+from utils.config import Config
+from utils.errors import AnnotationError
+from utils.tissue import tile_fractions
+
+#: Sub-pixel precision of polygon rasterisation (cv2.fillPoly ``shift``).
+_SHIFT = 4
+
+
+@dataclass
+class CellLabels:
+    """Annotation raster on mask cells: class index and annotation-name index (-1: none)."""
+
+    classes: np.ndarray  # int16 (H, W)
+    names: np.ndarray  # int16 (H, W), index into ``name_list``
+    name_list: list[str]
+    unmatched: Counter  # annotation names that no rule maps, with region counts
+
+
+def rasterize_regions(
+    regions: list[Region], config: Config, grid_cells: tuple[int, int], cell_size: float
+) -> CellLabels:
+    """Paint regions onto a ``grid_cells`` (H, W) raster of ``cell_size`` level-0 px."""
+    classes = np.full(grid_cells, -1, np.int16)
+    names = np.full(grid_cells, -1, np.int16)
+    name_list: list[str] = []
+    unmatched: Counter = Counter()
+    rank = {c: i for i, c in enumerate(config.paint_order())}
+    mapped = []
+    for region in regions:
+        index = config.class_for_annotation(region.name)
+        if index is None:
+            unmatched[region.name] += 1
+            continue
+        if region.name not in name_list:
+            name_list.append(region.name)
+        mapped.append((rank[index], index, name_list.index(region.name), region))
+    for _, index, name_index, region in sorted(mapped, key=lambda m: m[0]):
+        for polygon in region.polygons:
+            _paint(classes, names, polygon.exterior, polygon.holes, cell_size, index, name_index)
+    return CellLabels(classes, names, name_list, unmatched)
+
+
+def _paint(classes, names, exterior, holes, cell_size, index, name_index) -> None:
+    # Cell (i, j) is inside when its centre is; cv2 puts pixel centres on integers.
+    to_cells = lambda pts: pts / cell_size - 0.5  # noqa: E731
+    ext = to_cells(exterior)
+    x0, y0 = np.floor(ext.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(ext.max(axis=0)).astype(int) + 1
+    height, width = classes.shape
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    local = np.zeros((cy1 - cy0, cx1 - cx0), np.uint8)
+    offset = np.array([cx0, cy0])
+
+    def fixed(pts: np.ndarray) -> np.ndarray:
+        return np.round((pts - offset) * (1 << _SHIFT)).astype(np.int32)
+
+    cv2.fillPoly(local, [fixed(ext)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    if holes:
+        cv2.fillPoly(local, [fixed(to_cells(h)) for h in holes], 0, lineType=cv2.LINE_8, shift=_SHIFT)
+    inside = local.astype(bool)
+    classes[cy0:cy1, cx0:cx1][inside] = index
+    names[cy0:cy1, cx0:cx1][inside] = name_index
+
+
+def label_tiles(cells: CellLabels, tissue: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile class (-1: none) and annotation-name index (-1: none), shape (rows, cols)."""
+    k = config.mask_cells_per_tile
+    background = config.class_names.index("background") if "background" in config.class_names else -1
+    counted = np.where(tissue | (cells.classes == background), cells.classes, -1)
+    best_fraction = np.zeros(tile_fractions(tissue, k).shape)
+    labels = np.full(best_fraction.shape, -1, np.int64)
+    for index in range(config.num_classes):
+        fraction = tile_fractions(counted == index, k)
+        better = fraction > best_fraction
+        best_fraction[better] = fraction[better]
+        labels[better] = index
+    labels[best_fraction < config.region_fraction - 1e-9] = -1
+    return labels, _tile_names(cells, labels, k)
+
+
+def _tile_names(cells: CellLabels, labels: np.ndarray, k: int) -> np.ndarray:
+    """Most frequent annotation name among the cells of each tile's own class."""
+    rows, cols = labels.shape
+    blocks_cls = cells.classes[: rows * k, : cols * k].reshape(rows, k, cols, k).transpose(0, 2, 1, 3)
+    blocks_name = cells.names[: rows * k, : cols * k].reshape(rows, k, cols, k).transpose(0, 2, 1, 3)
+    out = np.full(labels.shape, -1, np.int64)
+    for r, c in zip(*np.nonzero(labels >= 0)):
+        own = blocks_name[r, c][blocks_cls[r, c] == labels[r, c]]
+        out[r, c] = np.bincount(own).argmax()
+    return out
+
+
+def report_unmatched(cells: CellLabels, slide_name: str, strict: bool) -> str | None:
+    """One message per slide for annotation names no rule maps (an error if strict)."""
+    if not cells.unmatched:
+        return None
+    listing = ", ".join(f"{name or '(no name)'!r} x{count}" for name, count in sorted(cells.unmatched.items()))
+    message = f"{slide_name}: skipped annotations whose names match no class rule: {listing}"
+    if strict:
+        raise AnnotationError(message + " (--strict); add rules to the configuration")
+    return message

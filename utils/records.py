@@ -1,0 +1,210 @@
+"""The record schema and its ``tf.data`` reader.
+
+One TFRecord shard per slide; each ``tf.train.Example`` is one tile triplet:
+
+========== ======= ===========================================================
+key        type    meaning
+========== ======= ===========================================================
+slide      bytes   slide stem
+label      int64   class index, or -1 for an unlabelled (pool) tile
+label_name bytes   the annotation's own class name ("" when unlabelled)
+x, y       int64   tile centre in level-0 pixels
+image/<i>  bytes   PNG (default) or JPEG tile of scale i; 0 = highest magnification
+mpp/<i>    float   µm/px of scale i
+========== ======= ===========================================================
+
+Records are addressed by a global id: the position of the shard in the sorted
+file list, then the record's position in its shard (:func:`read_index`). The
+training set is a set of ids, streamed with :func:`triplet_dataset`, so it can
+be larger than memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from utils.config import scale_name
+
+RECORD_SUFFIX = ".tfrecord"
+UNLABELED = -1
+
+
+def encode_tile(tile: np.ndarray, encoding: str) -> bytes:
+    """PNG (lossless, fast level 1) or JPEG (quality 90) bytes of an RGB tile."""
+    bgr = np.ascontiguousarray(tile[..., ::-1])
+    if encoding == "png":
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    elif encoding == "jpeg":
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}")
+    if not ok:
+        raise RuntimeError("tile encoding failed")
+    return data.tobytes()
+
+
+def make_example(
+    slide: str, label: int, label_name: str, x: int, y: int, tiles: Sequence[bytes], mpps: Sequence[float]
+) -> bytes:
+    def b(v: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    def f(v: float) -> tf.train.Feature:
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
+
+    feature = {
+        "slide": b(slide.encode()),
+        "label": i(label),
+        "label_name": b(label_name.encode()),
+        "x": i(x),
+        "y": i(y),
+    }
+    for scale, (data, mpp) in enumerate(zip(tiles, mpps)):
+        feature[f"image/{scale}"] = b(data)
+        feature[f"mpp/{scale}"] = f(mpp)
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+_META = {
+    "slide": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "label_name": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "x": tf.io.FixedLenFeature([], tf.int64),
+    "y": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _image_features(num_scales: int) -> dict[str, tf.io.FixedLenFeature]:
+    return {f"image/{s}": tf.io.FixedLenFeature([], tf.string) for s in range(num_scales)}
+
+
+def record_files(data_dir: str | Path) -> list[Path]:
+    """The shards of a directory, sorted so global ids are stable."""
+    return sorted(Path(data_dir).glob(f"*{RECORD_SUFFIX}"))
+
+
+@dataclass
+class RecordIndex:
+    """Metadata of every record, aligned with global ids (no image is decoded)."""
+
+    files: list[Path]
+    offsets: np.ndarray  # first global id of each file
+    slide: np.ndarray  # str
+    label: np.ndarray  # int64
+    label_name: np.ndarray  # str
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def read_index(files: Sequence[str | Path]) -> RecordIndex:
+    """Scan shards once, parsing only the small fields."""
+    files = [Path(f) for f in files]
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in _META}
+    counts = []
+    for path in files:
+        count = 0
+        dataset = tf.data.TFRecordDataset(str(path)).batch(4096)
+        for batch in dataset.map(lambda s: tf.io.parse_example(s, _META)):
+            for key in _META:
+                columns[key].append(batch[key].numpy())
+            count += len(batch["label"])
+        counts.append(count)
+
+    def joined(key: str) -> np.ndarray:
+        return np.concatenate(columns[key]) if columns[key] else np.zeros(0)
+
+    return RecordIndex(
+        files=files,
+        offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if files else np.zeros(0, np.int64),
+        slide=np.array([s.decode() for s in joined("slide")], dtype=object),
+        label=joined("label").astype(np.int64),
+        label_name=np.array([s.decode() for s in joined("label_name")], dtype=object),
+        x=joined("x").astype(np.int64),
+        y=joined("y").astype(np.int64),
+    )
+
+
+def _augment(images: list[tf.Tensor], colour_jitter: bool) -> list[tf.Tensor]:
+    """The same flip, 90-degree rotation and colour jitter for every scale, so
+    the scales stay aligned around the shared centre."""
+    stacked = tf.stack(images)  # (scales, T, T, 3)
+    flip = tf.random.uniform([]) < 0.5
+    stacked = tf.cond(flip, lambda: tf.reverse(stacked, axis=[2]), lambda: stacked)
+    stacked = tf.image.rot90(stacked, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+    if colour_jitter:
+        stacked = tf.image.random_brightness(stacked, 0.1 * 255)
+        stacked = tf.image.random_saturation(stacked, 0.8, 1.2)
+        stacked = tf.image.random_hue(stacked, 0.04)
+        stacked = tf.clip_by_value(stacked, 0.0, 255.0)
+    return tf.unstack(stacked)
+
+
+def triplet_dataset(
+    index: RecordIndex,
+    ids: np.ndarray | None,
+    magnifications: Sequence[float],
+    tile_size: int,
+    batch_size: int,
+    shuffle: bool = False,
+    augment: bool = False,
+    colour_jitter: bool = False,
+    seed: int | None = None,
+    with_ids: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``({scale name: float32 (B, T, T, 3) in 0..255}, label)``.
+
+    Only the records whose global id is in ``ids`` (all when None) are decoded;
+    the rest are skipped after reading their bytes. With ``with_ids`` the
+    global ids come third, for scoring a pool. Labels are -1 for pool tiles.
+    """
+    num_scales = len(magnifications)
+    names = [scale_name(m) for m in magnifications]
+    total = len(index)
+    keep = np.ones(total, bool) if ids is None else np.isin(np.arange(total), ids)
+    keep_table = tf.constant(keep)
+    files = tf.constant([str(f) for f in index.files])
+    offsets = tf.constant(index.offsets, tf.int64)
+    features = {**_META, **_image_features(num_scales)}
+
+    def read_file(path: tf.Tensor, offset: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (offset + i, rec))
+
+    dataset = tf.data.Dataset.from_tensor_slices((files, offsets))
+    if shuffle:
+        dataset = dataset.shuffle(len(index.files), seed=seed)
+    dataset = dataset.interleave(
+        read_file, cycle_length=min(8, max(1, len(index.files))), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle,
+    )
+    dataset = dataset.filter(lambda gid, rec: tf.gather(keep_table, gid))
+    if shuffle:
+        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+
+    def decode(gid: tf.Tensor, record: tf.Tensor):
+        parsed = tf.io.parse_single_example(record, features)
+        images = []
+        for s in range(num_scales):
+            image = tf.io.decode_image(parsed[f"image/{s}"], channels=3, expand_animations=False)
+            image.set_shape([tile_size, tile_size, 3])
+            images.append(tf.cast(image, tf.float32))
+        if augment:
+            images = _augment(images, colour_jitter)
+        inputs = {name: image for name, image in zip(names, images)}
+        if with_ids:
+            return inputs, parsed["label"], gid
+        return inputs, parsed["label"]
+
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
