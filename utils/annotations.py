@@ -117,13 +117,16 @@ def _read_asap(root: ET.Element) -> list[Region]:
 
 
 def _read_aperio(root: ET.Element) -> list[Region]:
-    """One region per annotation layer; negative regions (NegativeROA=1) are holes."""
+    """One region per annotation layer, named by the layer's Name, else its first
+    attribute's value, else that attribute's name (ImageScope keeps class names
+    in either); negative regions (NegativeROA=1) are holes."""
     regions = []
     for annotation in root.iter("Annotation"):
         name = annotation.get("Name") or ""
         if not name:
             attribute = annotation.find("Attributes/Attribute")
-            name = attribute.get("Name", "") if attribute is not None else ""
+            if attribute is not None:
+                name = attribute.get("Value") or attribute.get("Name", "")
         positive, negative = [], []
         for region in annotation.iter("Region"):
             points = np.array(

@@ -1,0 +1,22 @@
+# `make test` and `make demo` work from a fresh clone: they create .venv and
+# install requirements.txt into it first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo benchmark clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+benchmark: $(VENV)/.installed
+	$(BIN)/python benchmarks/extraction_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

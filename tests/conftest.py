@@ -1,0 +1,48 @@
+"""Shared fixtures: small synthetic slides with known regions, and the real
+data folder beside the checkout (tests that need it skip when it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from utils.synthetic import SyntheticRegion, make_slide, rectangle
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TILE = 64
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (see ../shared/data/README.md)")
+    return path
+
+
+def known_regions() -> list[SyntheticRegion]:
+    """Rectangles whose edges sit 1/8 tile inside grid lines, so each edge tile
+    is 7/8 or 1/8 covered: far from the 0.7 threshold on either side. Muscle is
+    drawn before the stroma it overlaps and must still win (priority)."""
+    t = TILE
+    return [
+        SyntheticRegion("muscle", "Muscle", rectangle(4 * t + 8, 2 * t + 8, 9 * t - 8, 7 * t - 8)),
+        SyntheticRegion("stroma", "Lamina propria", rectangle(2 * t + 8, 2 * t + 8, 12 * t - 8, 12 * t - 8)),
+        SyntheticRegion("urothelium", "Grade 2 High", rectangle(14 * t + 8, 1 * t + 8, 20 * t - 8, 6 * t - 8)),
+        SyntheticRegion("blood", "Blood", rectangle(14 * t + 8, 9 * t + 8, 18 * t - 8, 13 * t - 8)),
+        # Tissue touching the slide's bottom-right corner: its low-magnification
+        # windows cross the edge and must be padded, not shifted.
+        SyntheticRegion("damaged", "Cauterized", rectangle(21 * t + 8, 13 * t + 8, 24 * t, 16 * t)),
+        SyntheticRegion("urothelium", "Unknown thing", rectangle(1 * t + 8, 14 * t + 8, 4 * t - 8, 16 * t - 8)),
+    ]
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory) -> tuple[Path, Path]:
+    """A 1536x1024 px pyramidal JPEG TIFF at 0.25 µm/px (levels 1, 4, 16)."""
+    directory = tmp_path_factory.mktemp("synthetic")
+    return make_slide(directory / "slides", "known", 24 * TILE, 16 * TILE, known_regions(),
+                      annotations_dir=directory / "annotations")
