@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from utils.slide import Slide, slide_stem
 from utils.tissue import tile_fractions, tissue_grid
 
 SUMMARY_SUFFIX = ".summary.json"
+ENCODER_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -100,15 +102,19 @@ def _write_shard(slide, geometry, rows, cols, labels, name_index, cells: CellLab
 
     mpps = [s.mpp for s in geometry.scales]
     counts: Counter = Counter()
-    with atomic_path(path) as tmp:
+    # Encoding dominates the cost; OpenCV releases the GIL, so threads overlap it.
+    with atomic_path(path) as tmp, ThreadPoolExecutor(ENCODER_THREADS) as encoders:
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             for indices, tiles in read_triplets(slide, geometry, rows, cols):
                 xs, ys = geometry.centres(rows[indices], cols[indices])
+                encoded = list(encoders.map(
+                    lambda j: [encode_tile(scale_tiles[j], options.encoding) for scale_tiles in tiles],
+                    range(len(indices)),
+                ))
                 for j, i in enumerate(indices):
                     label = int(labels[rows[i], cols[i]])
                     name = cells.name_list[name_index[rows[i], cols[i]]] if label != UNLABELED else ""
-                    encoded = [encode_tile(scale_tiles[j], options.encoding) for scale_tiles in tiles]
-                    writer.write(make_example(slide.stem, label, name, xs[j], ys[j], encoded, mpps))
+                    writer.write(make_example(slide.stem, label, name, xs[j], ys[j], encoded[j], mpps))
                     counts[label] += 1
                 progress(len(indices))
     return counts

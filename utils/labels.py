@@ -60,8 +60,10 @@ def rasterize_regions(
 
 
 def _paint(classes, names, exterior, holes, cell_size, index, name_index) -> None:
-    # Cell (i, j) is inside when its centre is; cv2 puts pixel centres on integers.
-    to_cells = lambda pts: pts / cell_size - 0.5  # noqa: E731
+    def to_cells(points: np.ndarray) -> np.ndarray:
+        # Cell (i, j) is inside when its centre is; cv2 puts pixel centres on integers.
+        return points / cell_size - 0.5
+
     ext = to_cells(exterior)
     x0, y0 = np.floor(ext.min(axis=0)).astype(int)
     x1, y1 = np.ceil(ext.max(axis=0)).astype(int) + 1

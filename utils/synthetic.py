@@ -56,7 +56,6 @@ def rectangle(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, f
 def render(width: int, height: int, regions: list[SyntheticRegion], seed: int = 0,
            stain: tuple = SOURCE_STAIN) -> np.ndarray:
     """Level-0 RGB pixels: glass, then each region's texture (later regions on top)."""
-    rng = np.random.default_rng(seed)
     tissue_names = list(TEXTURES)
     index = np.full((height, width), -1, np.int8)
     for region in regions:
@@ -65,11 +64,24 @@ def render(width: int, height: int, regions: list[SyntheticRegion], seed: int = 
         for hole in region.holes:
             cv2.fillPoly(mask, [np.round(np.asarray(hole)).astype(np.int32)], 0)
         index[mask.astype(bool)] = tissue_names.index(region.tissue)
+    image = np.empty((height, width, 3), np.uint8)
+    rng = np.random.default_rng(seed)
+    for top in range(0, height, _STRIP):  # strips bound memory on large slides
+        rows = slice(top, min(top + _STRIP, height))
+        image[rows] = _texture(index[rows], top, rng, stain)
+    return image
+
+
+_STRIP = 512
+
+
+def _texture(index: np.ndarray, top: int, rng: np.random.Generator, stain: tuple) -> np.ndarray:
+    height, width = index.shape
+    yy, xx = np.mgrid[top : top + height, 0:width].astype(np.float32)
+    coarse = np.sin(xx / 230.0) * np.cos(yy / 170.0)  # visible at 2.5x
     image = np.empty((height, width, 3), np.float32)
     image[:] = GLASS
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    coarse = np.sin(xx / 230.0) * np.cos(yy / 170.0)  # visible at 2.5x
-    for t, name in enumerate(tissue_names):
+    for t, name in enumerate(TEXTURES):
         where = index == t
         if not where.any():
             continue
