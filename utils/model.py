@@ -1,0 +1,243 @@
+"""The multiscale network (MONO-, DI- or TRI-CNN) and how it is saved and loaded.
+
+One backbone per scale (inputs named after the scales), global average
+pooling, concatenation, then the paper's head: Dense 4096 ReLU, Dropout 0.4,
+Dense 4096 ReLU, Dropout 0.4, softmax. Preprocessing that matches the backbone
+is a layer of the model, so inference feeds raw 0-255 RGB and cannot forget it.
+
+A saved model is a normal ``.keras`` archive with one extra member,
+``tissue_al.json``: the resolved configuration (classes, colours,
+magnifications, tile size, thresholds) and the backbone, so ``--model
+RUN_DIR/model.keras`` alone is enough for inference.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utils.config import Config, scale_name
+from utils.errors import ModelError
+from utils.io import atomic_path
+
+BACKBONES = ("vgg16", "mobilenetv2", "small")
+METADATA_MEMBER = "tissue_al.json"
+_PREPROCESSING = {"vgg16": "caffe", "mobilenetv2": "tf", "small": "unit"}
+_IMAGENET_FILES = {
+    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_<size>_no_top.h5",
+}
+
+
+@keras.saving.register_keras_serializable(package="tissue_al")
+class Preprocess(keras.layers.Layer):
+    """Raw RGB 0-255 to what a backbone was trained on.
+
+    ``caffe``: RGB to BGR minus the ImageNet channel means (VGG16);
+    ``tf``: scaled to [-1, 1] (MobileNetV2); ``unit``: scaled to [0, 1].
+    """
+
+    def __init__(self, mode: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "caffe":
+            return x[..., ::-1] - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        return x / 255.0
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    backbone: str = "vgg16"
+    head_units: int = 4096
+    dropout: float = 0.4
+
+
+def build_model(
+    config: Config, spec: ModelSpec, backbone_weights: str | None = "imagenet", freeze_backbone: bool = False
+) -> keras.Model:
+    """Build the network for ``config``'s scales, tile size and classes.
+
+    ``backbone_weights``: "imagenet" (Keras download), a local weights file for
+    the backbone, or None for random initialisation.
+    """
+    if spec.backbone not in BACKBONES:
+        raise ModelError(f"unknown backbone {spec.backbone!r}; choose one of {BACKBONES}")
+    size = config.tile_size
+    inputs, features = [], []
+    for magnification in config.magnifications:
+        name = scale_name(magnification)
+        x = keras.Input((size, size, 3), name=name)
+        inputs.append(x)
+        h = Preprocess(_PREPROCESSING[spec.backbone], name=f"preprocess_{name}")(x)
+        backbone = _backbone(spec.backbone, size, backbone_weights, name=f"backbone_{name}")
+        backbone.trainable = not freeze_backbone
+        h = backbone(h, training=False if freeze_backbone else None)
+        features.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(h))
+    h = features[0] if len(features) == 1 else keras.layers.Concatenate(name="concat")(features)
+    h = keras.layers.Dense(spec.head_units, activation="relu", name="fc1")(h)
+    h = keras.layers.Dropout(spec.dropout, name="dropout1")(h)
+    h = keras.layers.Dense(spec.head_units, activation="relu", name="fc2")(h)
+    h = keras.layers.Dropout(spec.dropout, name="dropout2")(h)
+    outputs = keras.layers.Dense(config.num_classes, activation="softmax", name="predictions", dtype="float32")(h)
+    names = {1: "mono_cnn", 2: "di_cnn", 3: "tri_cnn"}
+    return keras.Model(inputs, outputs, name=names[len(inputs)])
+
+
+def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Model:
+    shape = (size, size, 3)
+    try:
+        if kind == "vgg16":
+            model = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
+        elif kind == "mobilenetv2":
+            model = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape, alpha=0.35)
+        else:
+            if weights not in (None, "none"):
+                raise ModelError("the 'small' backbone has no pre-trained weights; use --backbone-weights none")
+            model = _small_cnn(shape)
+    except ModelError:
+        raise
+    except Exception as exc:  # download errors surface as several unrelated types
+        if weights == "imagenet":
+            raise ModelError(
+                f"cannot get ImageNet weights for {kind} ({type(exc).__name__}: {exc}); without internet, "
+                f"download {_IMAGENET_FILES[kind]} elsewhere and pass --backbone-weights PATH, "
+                f"or train from scratch with --backbone-weights none"
+            ) from None
+        raise ModelError(f"cannot build the {kind} backbone with weights {weights!r}: {exc}") from None
+    model.name = name
+    return model
+
+
+def _small_cnn(shape: tuple[int, int, int]) -> keras.Model:
+    """Four conv-ReLU-pool blocks: a backbone cheap enough for CPUs and tests."""
+    x = inputs = keras.Input(shape)
+    for i, filters in enumerate((16, 32, 64, 128)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+    return keras.Model(inputs, x)
+
+
+def load_weights_by_name(model: keras.Model, path: str | Path) -> list[str]:
+    """Copy weights from a saved model into ``model`` layer by layer, matching
+    top-level layer names and weight shapes. Returns the names of the layers
+    (with weights) that received none, as the original code listed them."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such weights file")
+    if path.name.endswith(".weights.h5"):
+        try:
+            model.load_weights(path)
+        except Exception as exc:
+            raise ModelError(f"{path}: weights do not fit this architecture ({exc}); "
+                             f"pass a whole model (.keras) to load layers by name") from None
+        return []
+    source = load_model(path)
+    missing = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            other = source.get_layer(layer.name)
+        except ValueError:
+            missing.append(layer.name)
+            continue
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if shapes != [tuple(w.shape) for w in other.weights]:
+            missing.append(layer.name)
+            continue
+        layer.set_weights(other.get_weights())
+    return missing
+
+
+def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Save atomically as ``.keras`` with the metadata inference needs."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
+        model.save(keras_tmp)
+        with zipfile.ZipFile(keras_tmp, "a") as archive:
+            archive.writestr(METADATA_MEMBER, json.dumps(metadata, indent=2))
+        keras_tmp.rename(tmp)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The configuration and backbone saved with a model by :func:`save_model`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(METADATA_MEMBER))
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: not a model saved by this project ({exc})") from None
+
+
+def check_compatible(model: keras.Model, config: Config) -> None:
+    """A clear error, not a shape exception, when the model does not fit the configuration."""
+    names = [scale_name(m) for m in config.magnifications]
+    inputs = {tensor.name.split(":")[0]: tuple(tensor.shape[1:]) for tensor in model.inputs}
+    if len(inputs) != len(names):
+        raise ModelError(f"the model has {len(inputs)} scale input(s) {sorted(inputs)}, the configuration "
+                         f"{len(names)} ({config.magnifications}); pass the model's magnifications")
+    for name in names:
+        if name not in inputs:
+            raise ModelError(f"the model has no input {name!r} (it has {sorted(inputs)}); pass its magnifications")
+        if inputs[name][:2] != (config.tile_size, config.tile_size):
+            raise ModelError(f"the model expects {inputs[name][0]} px tiles at {name}, "
+                             f"the configuration gives {config.tile_size} px")
+    classes = model.outputs[0].shape[-1]
+    if classes != config.num_classes:
+        raise ModelError(f"the model predicts {classes} classes, the configuration has {config.num_classes} "
+                         f"({config.class_names})")
+
+
+class Predictor:
+    """Class probabilities, and Monte-Carlo dropout passes for BALD.
+
+    MC dropout runs the backbones once per batch (in inference mode, so batch
+    statistics stay frozen) and only the head ``passes`` times with dropout on:
+    the head holds every dropout layer, so this equals full MC dropout at a
+    fraction of the cost.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        feature_layer = model.get_layer("concat") if len(model.inputs) > 1 else model.get_layer(
+            f"pool_{model.inputs[0].name.split(':')[0]}")
+        self._features = keras.Model(model.inputs, feature_layer.output)
+        self._head = [model.get_layer(n) for n in ("fc1", "dropout1", "fc2", "dropout2", "predictions")]
+        self._predict = tf.function(lambda x: model(x, training=False))
+        self._extract = tf.function(lambda x: self._features(x, training=False))
+        self._head_mc = tf.function(self._head_pass)
+
+    def _head_pass(self, features):
+        h = features
+        for layer in self._head:
+            h = layer(h, training=True) if isinstance(layer, keras.layers.Dropout) else layer(h)
+        return h
+
+    def probabilities(self, inputs: dict[str, tf.Tensor]) -> np.ndarray:
+        return self._predict(inputs).numpy()
+
+    def mc_probabilities(self, inputs: dict[str, tf.Tensor], passes: int) -> np.ndarray:
+        """Shape (passes, batch, classes)."""
+        features = self._extract(inputs)
+        return np.stack([self._head_mc(features).numpy() for _ in range(passes)])
