@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from utils.annotations import Region
@@ -21,8 +20,8 @@ from utils.config import Config
 from utils.errors import AnnotationError
 from utils.tissue import tile_fractions
 
-#: Sub-pixel precision of polygon rasterisation (cv2.fillPoly ``shift``).
-_SHIFT = 4
+#: Mask rows processed together by the scanline fill (bounds its memory).
+_ROWS_PER_PASS = 256
 
 
 @dataclass
@@ -60,29 +59,43 @@ def rasterize_regions(
 
 
 def _paint(classes, names, exterior, holes, cell_size, index, name_index) -> None:
-    def to_cells(points: np.ndarray) -> np.ndarray:
-        # Cell (i, j) is inside when its centre is; cv2 puts pixel centres on integers.
-        return points / cell_size - 0.5
-
-    ext = to_cells(exterior)
-    x0, y0 = np.floor(ext.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(ext.max(axis=0)).astype(int) + 1
+    rings = [ring / cell_size - 0.5 for ring in [exterior, *holes]]  # cell centres on integers
     height, width = classes.shape
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if cx1 <= cx0 or cy1 <= cy0:
+    x0, y0 = np.maximum(np.floor(rings[0].min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(rings[0].max(axis=0)).astype(int) + 1, (width, height))
+    if x1 <= x0 or y1 <= y0:
         return
-    local = np.zeros((cy1 - cy0, cx1 - cx0), np.uint8)
-    offset = np.array([cx0, cy0])
+    inside = fill_rings(rings, (x0, y0, x1, y1))
+    classes[y0:y1, x0:x1][inside] = index
+    names[y0:y1, x0:x1][inside] = name_index
 
-    def fixed(pts: np.ndarray) -> np.ndarray:
-        return np.round((pts - offset) * (1 << _SHIFT)).astype(np.int32)
 
-    cv2.fillPoly(local, [fixed(ext)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
-    if holes:
-        cv2.fillPoly(local, [fixed(to_cells(h)) for h in holes], 0, lineType=cv2.LINE_8, shift=_SHIFT)
-    inside = local.astype(bool)
-    classes[cy0:cy1, cx0:cx1][inside] = index
-    names[cy0:cy1, cx0:cx1][inside] = name_index
+def fill_rings(rings: list[np.ndarray], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels of ``box`` (x0, y0, x1, y1) whose centres lie inside the rings.
+
+    Even-odd scanline fill: holes are just more rings. Unlike cv2.fillPoly,
+    which also paints every pixel an edge touches, a pixel is in only when its
+    centre is, so a polygon traced along cell borders maps back to exactly its
+    cells, and areas are unbiased.
+    """
+    x0, y0, x1, y1 = box
+    starts = np.concatenate([r[:-1] for r in rings])
+    ends = np.concatenate([r[1:] for r in rings])
+    out = np.zeros((y1 - y0, x1 - x0), bool)
+    columns = np.arange(x0, x1)
+    for top in range(y0, y1, _ROWS_PER_PASS):
+        ys = np.arange(top, min(top + _ROWS_PER_PASS, y1), dtype=np.float64)[:, None]
+        ya, yb = starts[:, 1][None, :], ends[:, 1][None, :]
+        crosses = (ya <= ys) != (yb <= ys)  # half-open: a vertex on the line counts once
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (ys - ya) / (yb - ya)
+        xs = np.where(crosses, starts[:, 0][None, :] + t * (ends[:, 0] - starts[:, 0])[None, :], np.inf)
+        xs.sort(axis=1)
+        for i, row_xs in enumerate(xs):
+            row_xs = row_xs[np.isfinite(row_xs)]
+            for left, right in zip(row_xs[0::2], row_xs[1::2]):
+                out[top - y0 + i] |= (columns >= left) & (columns < right)
+    return out
 
 
 def label_tiles(cells: CellLabels, tissue: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:

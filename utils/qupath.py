@@ -1,0 +1,76 @@
+"""GeoJSON that QuPath opens on top of a slide (File > Import objects).
+
+Features carry ``objectType: "annotation"`` and ``classification {name, color}``
+with the colour as an RGB list, as QuPath writes them; coordinates are level-0
+pixels. Cell masks become MultiPolygons whose edges lie exactly on cell borders
+(holes kept), so the project's own reader rasterises them back to the same cells.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from utils.config import hex_to_rgb
+from utils.io import atomic_write_text
+
+
+def feature(coordinates: list, kind: str, name: str, color: str, **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "Feature",
+        "geometry": {"type": kind, "coordinates": coordinates},
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": name, "color": list(hex_to_rgb(color))},
+            **properties,
+        },
+    }
+
+
+def square(x: float, y: float, side: float) -> list[list[list[float]]]:
+    """Polygon coordinates of a square centred on (x, y)."""
+    h = side / 2
+    ring = [[x - h, y - h], [x + h, y - h], [x + h, y + h], [x - h, y + h], [x - h, y - h]]
+    return [[[float(a), float(b)] for a, b in ring]]
+
+
+def mask_polygons(mask: np.ndarray, cell_size: float) -> list[list[list[list[float]]]]:
+    """MultiPolygon coordinates of a boolean cell mask, in level-0 pixels.
+
+    Contours are traced on the mask upsampled by 2: there a boundary pixel at
+    index u borders the cell edge at ceil(u / 2), for outer boundaries and holes
+    alike, which puts every vertex exactly on a cell corner.
+    """
+    if not mask.any():
+        return []
+    doubled = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
+    contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    hierarchy = hierarchy[0]
+
+    def ring(contour: np.ndarray) -> list[list[float]]:
+        points = np.ceil(contour[:, 0, :] / 2.0) * cell_size
+        keep = np.ones(len(points), bool)
+        keep[1:] = np.any(points[1:] != points[:-1], axis=1)
+        points = points[keep]
+        closed = np.vstack([points, points[:1]])
+        return closed.tolist()
+
+    polygons = []
+    for i, contour in enumerate(contours):
+        if hierarchy[i][3] != -1:
+            continue  # a hole; added to its parent below
+        rings = [ring(contour)]
+        child = hierarchy[i][2]
+        while child != -1:
+            rings.append(ring(contours[child]))
+            child = hierarchy[child][0]
+        polygons.append(rings)
+    return polygons
+
+
+def write_feature_collection(path: str | Path, features: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
