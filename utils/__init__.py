@@ -2,3 +2,9 @@
 tile geometry, tissue masks, annotations, records, model, active learning and
 inference. Scripts stay thin and call into here, so that extraction and
 inference cut tiles with exactly the same code."""
+
+import os
+
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN notes) buries the
+# progress bars users read; keep warnings and errors only, unless set otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -19,13 +19,13 @@ from utils.config import hex_to_rgb
 from utils.io import atomic_write_text
 
 
-def feature(coordinates: list, kind: str, name: str, color: str, **properties: Any) -> dict[str, Any]:
+def feature(coordinates: list, kind: str, class_name: str, color: str, **properties: Any) -> dict[str, Any]:
     return {
         "type": "Feature",
         "geometry": {"type": kind, "coordinates": coordinates},
         "properties": {
             "objectType": "annotation",
-            "classification": {"name": name, "color": list(hex_to_rgb(color))},
+            "classification": {"name": class_name, "color": list(hex_to_rgb(color))},
             **properties,
         },
     }

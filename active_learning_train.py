@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Fine-tune the multiscale TRI-CNN on target-domain tiles over active-learning rounds.
+
+Reads the TFRecord shards of tfrecord_generator.py (--data), splits them by
+slide into train/val/test, fits the model on an initial labelled set (round 0),
+then for each round lets a strategy choose --budget more tiles to label and
+fits again from the best weights so far. Everything lands in --output: the
+model (model.keras, which carries its configuration for inference), rounds.csv,
+learning and training curves, the test confusion matrix and the queried tiles
+of every round (queries/round_<k>/ with a contact sheet, a CSV and per-slide
+QuPath GeoJSON).
+
+    python active_learning_train.py --data tiles/ --output runs/exp1 --weights source_model.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from utils.active_learning import STRATEGIES
+from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
+from utils.model import BACKBONES, ModelSpec
+from utils.training import TrainOptions, run_training
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder of TFRecord shards")
+    parser.add_argument("--output", type=Path, required=True, help="run folder")
+    add_config_arguments(parser)
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", choices=BACKBONES, default="vgg16", help="per-scale backbone (default vgg16)")
+    model.add_argument("--backbone-weights", default="imagenet",
+                       help="imagenet (download), none, or a local backbone weights file (default imagenet)")
+    model.add_argument("--head-units", type=int, default=4096, help="units of each dense layer (default 4096)")
+    model.add_argument("--weights", type=Path,
+                       help="source-domain model (.keras) loaded layer by layer by name, or a matching .weights.h5")
+    model.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    al = parser.add_argument_group("active learning")
+    al.add_argument("--strategy", choices=STRATEGIES, default="class_ratio", help="query strategy (default: the paper's)")
+    al.add_argument("--rounds", type=int, default=4, help="rounds after the initial fit; 0 = initial fit only")
+    al.add_argument("--budget", type=int, default=20000, help="tiles labelled per round (default 20000)")
+    al.add_argument("--initial", type=int, default=25000, help="initial labelled tiles per class (default 25000)")
+    al.add_argument("--pool-sample", type=int, help="score only a random sample of this many pool tiles")
+    al.add_argument("--mc-passes", type=int, default=10, help="Monte-Carlo dropout passes for bald (default 10)")
+    al.add_argument("--spacing", type=int, default=2,
+                    help="diversity guard: at most one uncertainty pick per SxS tiles of a slide (default 2)")
+    al.add_argument("--query-only", action="store_true",
+                    help="annotation mode: fit on all labelled tiles, write the next queries for the pool and stop")
+    al.add_argument("--resume", action="store_true", help="continue the run in --output after its last round")
+    fit = parser.add_argument_group("fitting")
+    fit.add_argument("--epochs", type=int, default=10, help="maximum epochs per round (default 10)")
+    fit.add_argument("--batch-size", type=int, default=128)
+    fit.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                     help="sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch")
+    fit.add_argument("--learning-rate", type=float, default=1.5e-5)
+    fit.add_argument("--patience", type=int, default=3, help="early-stopping patience on validation loss")
+    fit.add_argument("--no-augment", action="store_true", help="no flips or 90-degree rotations")
+    fit.add_argument("--colour-jitter", action="store_true", help="also jitter brightness, saturation and hue")
+    data = parser.add_argument_group("data")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--split", type=Path, help="split file (JSON {train,val,test: [slides]} or CSV slide,split)")
+    data.add_argument("--slide-class-cap", type=int, default=1000,
+                      help="at most this many tiles per slide and class (default 1000; 0 = no cap)")
+    data.add_argument("--uncapped", nargs="*", default=["blood"], help="classes exempt from that cap (default blood)")
+    data.add_argument("--eval-cap", type=int, help="at most this many validation/test tiles per class")
+    return parser.parse_args(argv)
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    extraction = args.data / "extraction_config.json"
+    base = json.loads(extraction.read_text()) if extraction.exists() else None
+    config = resolve_config(args, base=base)
+    weights = None if args.backbone_weights.lower() == "none" else args.backbone_weights
+    options = TrainOptions(
+        data=args.data, output=args.output,
+        spec=ModelSpec(args.backbone, args.head_units), backbone_weights=weights, weights=args.weights,
+        freeze_backbone=args.freeze_backbone, strategy=args.strategy, rounds=args.rounds, budget=args.budget,
+        initial=args.initial, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, split_file=args.split,
+        slide_class_cap=args.slide_class_cap or None, uncapped_classes=tuple(args.uncapped),
+        eval_cap=args.eval_cap, pool_sample=args.pool_sample, mc_passes=args.mc_passes, spacing=args.spacing,
+        augment=not args.no_augment, colour_jitter=args.colour_jitter, query_only=args.query_only,
+        resume=args.resume,
+    )
+    last = run_training(options, config)
+    print(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {args.output / 'model.keras'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

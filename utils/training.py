@@ -1,0 +1,433 @@
+"""Fine-tuning over active-learning rounds.
+
+Round 0 fits the model on the initial labelled set; every later round asks a
+strategy for ``budget`` more tiles from the pool, adds them, and fits again
+from the best weights so far with a fresh optimizer (early stopping on the
+validation loss, best epoch kept). After each round everything needed to
+resume is on disk: the round's model, the labelled set as (slide, x, y) keys,
+``rounds.csv`` and ``state.json``.
+
+Two modes:
+
+* simulation (default, as in the paper): every candidate tile has a label; the
+  strategy only decides which labels the model may see;
+* annotation (``--query-only``): the labelled set is every labelled training
+  tile in the data and the pool is the unlabelled (-1) tiles written with
+  ``tfrecord_generator.py --unlabeled``; after fitting, the next batch to label
+  is written to ``queries/round_<k>/`` and the run stops. A pathologist labels
+  those places in QuPath, extraction is rerun, and ``--resume`` goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from utils import plots
+from utils.active_learning import UNCERTAINTY, Pool, select
+from utils.config import Config
+from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
+from utils.errors import InputError, ModelError
+from utils.io import atomic_write_json, atomic_write_text
+from utils.model import ModelSpec, Predictor, build_model, load_model, load_weights_by_name, save_model
+from utils.qupath import feature, square, write_feature_collection
+from utils.records import RecordIndex, read_index, record_files, triplet_dataset
+
+CONTACT_SHEET_TILES = 48
+
+# Keras warns about shuffle=True and finite datasets it is handed by design here.
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    output: Path
+    spec: ModelSpec = field(default_factory=ModelSpec)
+    backbone_weights: str | None = "imagenet"
+    weights: Path | None = None
+    freeze_backbone: bool = False
+    strategy: str = "class_ratio"
+    rounds: int = 4
+    budget: int = 20000
+    initial: int = 25000
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 1.5e-5
+    patience: int = 3
+    seed: int = 0
+    split_file: Path | None = None
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    slide_class_cap: int | None = 1000
+    uncapped_classes: tuple[str, ...] = ("blood",)
+    eval_cap: int | None = None
+    pool_sample: int | None = None
+    mc_passes: int = 10
+    spacing: int = 2
+    augment: bool = True
+    colour_jitter: bool = False
+    query_only: bool = False
+    resume: bool = False
+
+
+class Run:
+    """One run directory and the data it trains on."""
+
+    def __init__(self, options: TrainOptions, config: Config) -> None:
+        self.options, self.config = options, config
+        self.out = options.output
+        self.rng = np.random.default_rng(options.seed)
+        files = record_files(options.data)
+        if not files:
+            raise InputError(f"{options.data}: no .tfrecord shards; run tfrecord_generator.py first")
+        self.index = read_index(files)
+        self.strides = _slide_strides(options.data, config)
+        slides = sorted(set(self.index.slide))
+        split = (read_split_file(options.split_file, slides) if options.split_file
+                 else split_slides(slides, options.split_fractions, options.seed))
+        self.split = split
+        in_split = {name: np.isin(self.index.slide, split[name]) for name in split}
+        labelled = self.index.label >= 0
+        if (self.index.label >= config.num_classes).any():
+            raise ModelError(f"records have labels up to {self.index.label.max()} but the configuration has "
+                             f"{config.num_classes} classes; use the configuration the data was extracted with")
+        rng = self.rng
+        self.val_ids = cap_per_class(np.flatnonzero(in_split["val"] & labelled), self.index.label, options.eval_cap, rng)
+        self.test_ids = cap_per_class(np.flatnonzero(in_split["test"] & labelled), self.index.label,
+                                      options.eval_cap, rng)
+        if len(self.val_ids) == 0:
+            raise InputError(f"the validation slides {split['val']} have no labelled tiles")
+        uncapped = [config.class_index(n) for n in options.uncapped_classes if n in config.class_names]
+        if options.query_only:
+            self.candidates = np.flatnonzero(in_split["train"] & labelled)
+            self.pool_ids = np.flatnonzero(in_split["train"] & ~labelled)
+        else:
+            self.candidates = cap_per_slide_and_class(
+                np.flatnonzero(in_split["train"] & labelled), self.index, options.slide_class_cap, uncapped, rng)
+            self.pool_ids = self.candidates
+        self.keys = np.array([f"{s}\t{x}\t{y}" for s, x, y in zip(self.index.slide, self.index.x, self.index.y)])
+
+    # -- labelled set --------------------------------------------------------------
+    def initial_labelled(self) -> np.ndarray:
+        if self.options.query_only:
+            return self.candidates
+        chosen = []
+        for c in range(self.config.num_classes):
+            members = self.candidates[self.index.label[self.candidates] == c]
+            chosen.append(self.rng.choice(members, size=min(self.options.initial, len(members)), replace=False))
+        return np.sort(np.concatenate(chosen))
+
+    def save_labelled(self, labelled: np.ndarray, added_round: dict[int, int]) -> None:
+        lines = ["slide,x,y,label,round"]
+        for i in labelled:
+            lines.append(f"{self.index.slide[i]},{self.index.x[i]},{self.index.y[i]},{self.index.label[i]},"
+                         f"{added_round.get(int(i), 0)}")
+        atomic_write_text(self.out / "labelled.csv", "\n".join(lines) + "\n")
+
+    def load_labelled(self) -> tuple[np.ndarray, dict[int, int]]:
+        lookup = {k: i for i, k in enumerate(self.keys)}
+        labelled, added = [], {}
+        with (self.out / "labelled.csv").open() as handle:
+            for row in csv.DictReader(handle):
+                i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
+                if i is not None:
+                    labelled.append(i)
+                    added[i] = int(row["round"])
+        return np.array(sorted(labelled), np.int64), added
+
+    def counts(self, ids: np.ndarray) -> dict[str, int]:
+        bins = np.bincount(self.index.label[ids][self.index.label[ids] >= 0], minlength=self.config.num_classes)
+        return {name: int(n) for name, n in zip(self.config.class_names, bins)}
+
+    # -- data ----------------------------------------------------------------------
+    def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False) -> tf.data.Dataset:
+        o = self.options
+        return triplet_dataset(
+            self.index, ids, self.config.magnifications, self.config.tile_size, o.batch_size,
+            shuffle=train, augment=train and o.augment, colour_jitter=o.colour_jitter, seed=o.seed,
+            with_ids=with_ids,
+        )
+
+
+def _slide_strides(data: Path, config: Config) -> dict[str, float]:
+    """Level-0 tile stride per slide, from the extraction summaries; also checks
+    that the shards were cut with this configuration's scales and tile size."""
+    strides = {}
+    for path in sorted(data.glob("*.summary.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("status") != "done":
+            continue
+        if [float(m) for m in summary["magnifications"]] != list(config.magnifications) or \
+                summary["tile_size"] != config.tile_size:
+            raise ModelError(
+                f"{path}: extracted at {summary['magnifications']} with {summary['tile_size']} px tiles, but the "
+                f"configuration asks for {config.magnifications} with {config.tile_size} px; pass the same "
+                f"--magnifications/--tile-size (or --config) as for extraction")
+        strides[summary["slide"]] = float(summary["stride_level0"])
+    return strides
+
+
+def gpu_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs, mixed precision on any GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def compile_fresh(model: keras.Model, options: TrainOptions) -> None:
+    """A new optimizer every round: state from an earlier round must not leak in."""
+    if options.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(options.learning_rate, momentum=0.9, nesterov=True)
+    elif options.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(options.learning_rate)
+    else:
+        raise InputError(f"unknown optimizer {options.optimizer!r}; choose sgd or adam")
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0) -> dict[str, np.ndarray]:
+    """Probabilities (and MC-dropout passes) of every record of a ``with_ids`` dataset."""
+    ids, labels, probs, mc = [], [], [], []
+    for inputs, label, gid in dataset:
+        ids.append(gid.numpy())
+        labels.append(label.numpy())
+        if mc_passes:
+            passes = predictor.mc_probabilities(inputs, mc_passes)
+            mc.append(passes)
+            probs.append(passes.mean(axis=0))
+        else:
+            probs.append(predictor.probabilities(inputs))
+    if not ids:
+        return {"ids": np.zeros(0, np.int64), "labels": np.zeros(0, np.int64), "probs": np.zeros((0, 0))}
+    result = {"ids": np.concatenate(ids), "labels": np.concatenate(labels), "probs": np.concatenate(probs)}
+    if mc_passes:
+        result["mc_probs"] = np.concatenate(mc, axis=1)
+    return result
+
+
+def evaluate(predictor: Predictor, run: Run, ids: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro and per-class F1 (scikit-learn) and the confusion matrix."""
+    num = run.config.num_classes
+    if len(ids) == 0:
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "per_class_f1": [float("nan")] * num,
+                "confusion": np.zeros((num, num), np.int64), "misclassified": np.zeros(num)}
+    result = predict(predictor, run.dataset(ids, with_ids=True))
+    truth, predicted = result["labels"], result["probs"].argmax(axis=1)
+    labels = list(range(num))
+    present = sorted(set(truth.tolist()))
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
+        "per_class_f1": f1_score(truth, predicted, labels=labels, average=None, zero_division=0).tolist(),
+        "confusion": confusion_matrix(truth, predicted, labels=labels),
+        "misclassified": np.bincount(truth[truth != predicted], minlength=num),
+    }
+
+
+def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: np.ndarray,
+          round_number: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Choose the next ``budget`` tiles from the pool and write them for annotators."""
+    o = run.options
+    pool_ids = np.setdiff1d(run.pool_ids, labelled)
+    if o.pool_sample and len(pool_ids) > o.pool_sample:
+        pool_ids = np.sort(run.rng.choice(pool_ids, size=o.pool_sample, replace=False))
+    if len(pool_ids) == 0:
+        return pool_ids, {}
+    needs_model = o.strategy in UNCERTAINTY or o.query_only
+    scored = (predict(predictor, run.dataset(pool_ids, with_ids=True), o.mc_passes if o.strategy == "bald" else 0)
+              if needs_model else None)
+    if scored is not None:
+        order = np.argsort(scored["ids"])
+        pool_ids = scored["ids"][order]
+        probs = scored["probs"][order]
+        mc_probs = scored["mc_probs"][:, order] if "mc_probs" in scored else None
+    else:
+        probs = mc_probs = None
+    classes = probs.argmax(axis=1) if o.query_only else run.index.label[pool_ids]
+    pool = Pool(run.index.slide[pool_ids], run.index.x[pool_ids], run.index.y[pool_ids], classes, probs, mc_probs)
+    stride = float(np.median(list(run.strides.values()))) if run.strides else 1.0
+    positions, scores = select(o.strategy, o.budget, pool, run.rng, misclassified, run.config.num_classes,
+                               stride=stride, spacing=o.spacing)
+    chosen = pool_ids[positions]
+    write_queries(run, chosen, scores[positions] if scores is not None else None,
+                  probs[positions].argmax(axis=1) if probs is not None else None, round_number)
+    return chosen, {"pool_scored": len(pool_ids)}
+
+
+def write_queries(run: Run, ids: np.ndarray, scores: np.ndarray | None, predicted: np.ndarray | None,
+                  round_number: int) -> None:
+    """``queries/round_<k>/``: queries.csv, a contact sheet, one QuPath GeoJSON per slide."""
+    folder = run.out / "queries" / f"round_{round_number}"
+    names = run.config.class_names
+    index = run.index
+    lines = ["slide,x,y,score,predicted,label"]
+    for k, i in enumerate(ids):
+        score = f"{scores[k]:.5f}" if scores is not None else ""
+        pred = names[predicted[k]] if predicted is not None else ""
+        label = names[index.label[i]] if index.label[i] >= 0 else ""
+        lines.append(f"{index.slide[i]},{index.x[i]},{index.y[i]},{score},{pred},{label}")
+    atomic_write_text(folder / "queries.csv", "\n".join(lines) + "\n")
+    for slide in sorted(set(index.slide[ids])):
+        members = [k for k, i in enumerate(ids) if index.slide[i] == slide]
+        side = run.strides.get(slide, float(run.config.tile_size))
+        features = [feature(square(index.x[ids[k]], index.y[ids[k]], side), "Polygon", "Query",
+                            run.config.undefined["color"], name=f"round {round_number} #{k}")
+                    for k in members]
+        write_feature_collection(folder / f"{slide}.geojson", features)
+    shown = ids[:CONTACT_SHEET_TILES]
+    triplets, captions = [], []
+    position = {int(i): k for k, i in enumerate(ids)}
+    for inputs, _, gid in run.dataset(shown, with_ids=True):
+        arrays = [inputs[name].numpy().astype(np.uint8) for name in inputs]
+        for j, i in enumerate(gid.numpy()):
+            k = position[int(i)]
+            triplets.append([a[j] for a in arrays])
+            caption = names[predicted[k]] if predicted is not None else names[index.label[i]]
+            captions.append(f"{caption} {scores[k]:.2f}" if scores is not None else caption)
+    plots.contact_sheet(triplets, captions, folder / "contact_sheet.png")
+
+
+def train_round(model: keras.Model, run: Run, labelled: np.ndarray, round_number: int) -> list[dict]:
+    o = run.options
+    compile_fresh(model, o)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
+    history = model.fit(run.dataset(labelled, train=True), validation_data=run.dataset(run.val_ids),
+                        epochs=o.epochs, callbacks=[stop], verbose=2)
+    epochs = history.history
+    return [{"round": round_number, **{k: float(v[e]) for k, v in epochs.items()}}
+            for e in range(len(epochs["loss"]))]
+
+
+def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
+    """The whole run; returns the last row of ``rounds.csv``."""
+    out = options.output
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(options, config)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if options.resume and state_path.exists() else None
+    if options.resume and state is None:
+        print(f"nothing to resume in {out}; starting at round 0")
+    if state is None and (out / "rounds.csv").exists() and not options.resume:
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
+
+    strategy = gpu_strategy()
+    with strategy.scope():
+        model = build_model(config, options.spec, options.backbone_weights, options.freeze_backbone)
+    if state:
+        model.set_weights(load_model(out / state["best_model"]).get_weights())
+        labelled, added = run.load_labelled() if not options.query_only else (run.initial_labelled(), {})
+        start, rows, history = state["round"] + 1, state["rows"], state["history"]
+        best = state["best"]
+        misclassified = np.asarray(state["misclassified"])
+        print(f"resuming {out} at round {start} with {len(labelled)} labelled tiles")
+    else:
+        if options.weights:
+            missing = load_weights_by_name(model, options.weights)
+            print(f"loaded source weights from {options.weights}")
+            if missing:
+                print(f"layers that received no weights: {', '.join(missing)}")
+        labelled, added = run.initial_labelled(), {}
+        start, rows, history, best = 0, [], [], {"round": None, "val_macro_f1": -1.0}
+        misclassified = np.zeros(config.num_classes)
+        class_counts = {"train_candidates": run.counts(run.candidates), "initial_labelled": run.counts(labelled),
+                        "val": run.counts(run.val_ids), "test": run.counts(run.test_ids)}
+        atomic_write_json(out / "class_counts.json", class_counts)
+        atomic_write_json(out / "split.json", run.split)
+        _print_counts(class_counts)
+    metadata = {"config": config.to_dict(), "backbone": options.spec.backbone, "spec": asdict(options.spec)}
+    atomic_write_json(out / "config.json", {**metadata, "options": _jsonable(asdict(options))})
+
+    predictor = Predictor(model)
+    last_round = start if options.query_only else options.rounds
+    for round_number in range(start, last_round + 1):
+        started = time.perf_counter()
+        query_seconds = 0.0
+        if round_number > 0 and not options.query_only:
+            new, info = query(run, predictor, labelled, misclassified, round_number)
+            query_seconds = time.perf_counter() - started
+            for i in new:
+                added[int(i)] = round_number
+            labelled = np.union1d(labelled, new)
+            print(f"round {round_number}: {options.strategy} added {len(new)} tiles "
+                  f"({info.get('pool_scored', 0)} scored) -> {len(labelled)} labelled")
+        if len(labelled) == 0:
+            raise InputError("the labelled training set is empty; check the split and the class counts")
+        fit_started = time.perf_counter()
+        history += train_round(model, run, labelled, round_number)
+        fit_seconds = time.perf_counter() - fit_started
+        val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
+        misclassified = val["misclassified"]
+        row = {"round": round_number, "labelled": len(labelled),
+               **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
+               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+               "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+               **{f"test_f1_{n}": f for n, f in zip(config.class_names, test["per_class_f1"])},
+               "epochs": sum(1 for h in history if h["round"] == round_number),
+               "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
+               "seconds": round(time.perf_counter() - started, 2)}
+        rows.append(row)
+        print(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
+              f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)")
+        checkpoint = Path("rounds") / f"round_{round_number}.keras"
+        save_model(model, out / checkpoint, metadata)
+        if val["macro_f1"] > best["val_macro_f1"] or best["round"] is None:
+            best = {"round": round_number, "val_macro_f1": val["macro_f1"]}
+            shutil.copyfile(out / checkpoint, out / "model.tmp.keras")
+            (out / "model.tmp.keras").replace(out / "model.keras")
+            plots.confusion_matrix_plot(test["confusion"], config.class_names, out / "confusion_matrix.png",
+                                        f"test set, round {round_number}")
+        else:
+            model.set_weights(load_model(out / "model.keras").get_weights())
+        run.save_labelled(labelled, added)
+        _write_rounds(out, rows)
+        plots.learning_curve({options.strategy: rows}, out / "learning_curve.png")
+        plots.training_curves(history, out / "training_curves.png")
+        atomic_write_json(state_path, {"round": round_number, "best_model": "model.keras", "best": best,
+                                       "rows": rows, "history": history,
+                                       "misclassified": np.asarray(misclassified).tolist()})
+    if options.query_only:
+        query(run, predictor, labelled, misclassified, last_round + 1)
+        print(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
+    return rows[-1]
+
+
+def _write_rounds(out: Path, rows: list[dict]) -> None:
+    columns = list(rows[0])
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    atomic_write_text(out / "rounds.csv", "\n".join(lines) + "\n")
+
+
+def _print_counts(counts: dict[str, dict[str, int]]) -> None:
+    names = list(next(iter(counts.values())))
+    print(f"{'':18s}" + "".join(f"{n:>12s}" for n in names))
+    for split, row in counts.items():
+        print(f"{split:18s}" + "".join(f"{row[n]:12d}" for n in names))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def read_rounds(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open() as handle:
+        return list(csv.DictReader(handle))
