@@ -316,6 +316,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     """The whole run; returns the last row of ``rounds.csv``."""
     out = options.output
     out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(options.seed)
     run = Run(options, config)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if options.resume and state_path.exists() else None

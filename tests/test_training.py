@@ -1,0 +1,174 @@
+"""Training over active-learning rounds on synthetic records, the model
+builder, and a real-texture learning check on the Kather tiles."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import active_learning_train
+import tfrecord_generator
+from tests.conftest import shared_file
+from utils.config import load_config
+from utils.errors import ModelError
+from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
+from utils.records import make_example
+from utils.synthetic import make_slide, random_layout
+from utils.training import TrainOptions, run_training
+
+TILE = 32
+FAST = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32", "--optimizer", "adam",
+        "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "32", "--initial", "20", "--budget", "40",
+        "--slide-class-cap", "60", "--eval-cap", "40"]
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory) -> Path:
+    """Four synthetic slides cut into 32-px triplets, unlabelled tissue pooled."""
+    root = tmp_path_factory.mktemp("training")
+    for i in range(4):
+        make_slide(root / "slides", f"slide{i}", 1024, 1024, random_layout(1024, 1024, i), seed=i,
+                   annotations_dir=root / "annotations")
+    assert tfrecord_generator.main(["--slides", str(root / "slides"), "--annotations", str(root / "annotations"),
+                                    "--output", str(root / "tiles"), "--tile-size", str(TILE), "--unlabeled"]) == 0
+    return root / "tiles"
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_rounds_grow_the_labelled_set_and_resume_after_a_kill(tiles, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--rounds", "1", *FAST]) == 0
+    first = rows_of(run / "labelled.csv")
+    # The run is "killed" after round 1; a rerun with --resume must go on at round 2.
+    capsys.readouterr()
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--rounds", "2", "--resume",
+                                       *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "at round 2" in out
+    assert "round 0:" not in out and "round 1:" not in out, "finished rounds are not trained again"
+
+    rounds = rows_of(run / "rounds.csv")
+    assert [int(r["round"]) for r in rounds] == [0, 1, 2]
+    labelled = [int(r["labelled"]) for r in rounds]
+    assert labelled[1] == labelled[0] + 40 and labelled[2] == labelled[1] + 40
+    for r in rounds:
+        assert 0.0 <= float(r["test_macro_f1"]) <= 1.0
+    final = rows_of(run / "labelled.csv")
+    keys = {(r["slide"], r["x"], r["y"]) for r in final}
+    assert {(r["slide"], r["x"], r["y"]) for r in first} <= keys, "the labelled set only grows"
+    split = json.loads((run / "split.json").read_text())
+    assert {r["slide"] for r in final} <= set(split["train"]), "no val/test slide is ever labelled"
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+
+    for name in ("model.keras", "config.json", "class_counts.json", "learning_curve.png", "training_curves.png",
+                 "confusion_matrix.png", "rounds/round_0.keras", "rounds/round_2.keras"):
+        assert (run / name).exists(), name
+    for k in (1, 2):
+        folder = run / "queries" / f"round_{k}"
+        queries = rows_of(folder / "queries.csv")
+        assert len(queries) == 40 and (folder / "contact_sheet.png").exists()
+        assert {q["slide"] for q in queries} <= set(split["train"])
+        geojson = json.loads((folder / f"{queries[0]['slide']}.geojson").read_text())
+        ring = np.array(geojson["features"][0]["geometry"]["coordinates"][0])
+        assert ring.max(axis=0)[0] - ring.min(axis=0)[0] == TILE
+    metadata = read_metadata(run / "model.keras")
+    assert metadata["config"]["tile_size"] == TILE and metadata["backbone"] == "small"
+
+
+def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_path):
+    run = tmp_path / "annotate"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--query-only",
+                                       "--strategy", "entropy", *FAST]) == 0
+    queries = rows_of(run / "queries" / "round_1" / "queries.csv")
+    assert len(queries) == 40
+    assert all(q["label"] == "" for q in queries), "queries come from the unlabelled pool"
+    assert all(q["predicted"] for q in queries) and len(rows_of(run / "rounds.csv")) == 1
+
+
+def test_source_weights_load_by_name_and_missing_layers_are_listed(tmp_path):
+    source_config = load_config(tile_size=TILE)
+    target_config = load_config(tile_size=TILE, classes=source_config.classes[:4], rules=[], priority=[])
+    source = build_model(source_config, ModelSpec("small", 16), None)
+    save_model(source, tmp_path / "source.keras", {})
+    target = build_model(target_config, ModelSpec("small", 16), None)
+    missing = load_weights_by_name(target, tmp_path / "source.keras")
+    assert missing == ["predictions"]
+    for name in ("backbone_mag_40x", "fc1", "fc2"):
+        for a, b in zip(target.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_failed_imagenet_download_says_how_to_pass_a_local_file(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    with pytest.raises(ModelError, match="--backbone-weights PATH"):
+        build_model(load_config(tile_size=TILE), ModelSpec("vgg16", 16), "imagenet")
+
+
+def test_local_backbone_weights_file(tmp_path):
+    backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(TILE, TILE, 3), alpha=0.35)
+    path = tmp_path / "mobilenet.weights.h5"
+    backbone.save_weights(path)
+    model = build_model(load_config(tile_size=TILE, magnifications=[10]), ModelSpec("mobilenetv2", 16), str(path))
+    for a, b in zip(model.get_layer("backbone_mag_10x").get_weights(), backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_and_two_scale_models_and_compatibility_errors():
+    mono = build_model(load_config(tile_size=TILE, magnifications=[10]), ModelSpec("small", 16), None)
+    di = build_model(load_config(tile_size=TILE, magnifications=[20, 5]), ModelSpec("small", 16), None)
+    assert mono.name == "mono_cnn" and len(mono.inputs) == 1 and di.name == "di_cnn"
+    with pytest.raises(ModelError, match="scale input"):
+        check_compatible(mono, load_config(tile_size=TILE))
+    with pytest.raises(ModelError, match="px tiles"):
+        check_compatible(mono, load_config(tile_size=64, magnifications=[10]))
+    with pytest.raises(ModelError, match="classes"):
+        check_compatible(mono, load_config(tile_size=TILE, magnifications=[10], classes=[
+            {"name": "background", "color": "#000000"}, {"name": "x", "color": "#FFFFFF"}], rules=[], priority=[]))
+
+
+def test_small_model_learns_real_kather_textures(tmp_path):
+    """Kather et al. 2016 colorectal tiles (CC BY 4.0), split by source slide.
+
+    The "empty" class is left out: nearly all its tiles come from one slide, so
+    no split by slide can both train and test it."""
+    root = shared_file("kather")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "08_EMPTY")
+    classes = [{"name": f.name.split("_", 1)[1].lower(), "color": "#808080"} for f in folders]
+    config = load_config(classes=classes, rules=[], priority=[], magnifications=[10], tile_size=48)
+    data = tmp_path / "kather"
+    data.mkdir()
+    writers: dict[str, tf.io.TFRecordWriter] = {}
+    for label, folder in enumerate(folders):
+        for path in sorted(folder.glob("*.png")):
+            slide = path.name.split("_")[1].split(".")[0]  # CRC-Prim-HE-NN
+            tile = cv2.resize(cv2.imread(str(path)), (48, 48), interpolation=cv2.INTER_AREA)
+            png = cv2.imencode(".png", tile)[1].tobytes()
+            if slide not in writers:
+                writers[slide] = tf.io.TFRecordWriter(str(data / f"{slide}.tfrecord"))
+            writers[slide].write(make_example(slide, label, folder.name, 0, 0, [png], [1.5]))
+    for writer in writers.values():
+        writer.close()
+    split = tmp_path / "split.json"
+    name = "CRC-Prim-HE-{:02d}".format
+    split.write_text(json.dumps({"train": [name(i) for i in (1, 2, 3, 4, 5, 7)], "val": [name(9), name(10)],
+                                 "test": [name(6), name(8)]}))
+    options = TrainOptions(data=data, output=tmp_path / "run", spec=ModelSpec("small", 64), backbone_weights=None,
+                           rounds=0, initial=1000, epochs=10, batch_size=32, optimizer="adam", learning_rate=2e-3,
+                           slide_class_cap=None, split_file=split, seed=1)
+    last = run_training(options, config)
+    chance = 1 / len(classes)
+    assert last["test_accuracy"] > 2.5 * chance, last
