@@ -13,7 +13,9 @@ inference is cut exactly like a training tile.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -93,23 +95,39 @@ def slide_geometry(slide: Slide, config: Config) -> Geometry:
 
 
 def read_triplets(
-    slide: Slide, geometry: Geometry, rows: np.ndarray, cols: np.ndarray
+    slide: Slide, geometry: Geometry, rows: np.ndarray, cols: np.ndarray, threads: int = 1
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
     """Yield ``(indices, [tiles of scale 0, 1, ...])`` for the given grid cells.
 
     Cells are grouped into blocks of ``BLOCK_TILES`` x ``BLOCK_TILES``; each
     block costs one read per scale, and tiles are sliced from it. ``indices``
     index into ``rows``/``cols``; each tile array is ``(n, T, T, 3)`` uint8.
+    With ``threads`` > 1 blocks are read and decoded in parallel threads (the
+    slide libraries release the GIL while decoding), at most two per thread
+    ahead of the consumer so memory stays bounded.
     """
     rows, cols = np.asarray(rows), np.asarray(cols)
     if rows.size == 0:
         return
     block_ids = (rows // BLOCK_TILES) * (cols.max() // BLOCK_TILES + 1) + cols // BLOCK_TILES
     order = np.argsort(block_ids, kind="stable")
-    boundaries = np.flatnonzero(np.diff(block_ids[order])) + 1
-    for indices in np.split(order, boundaries):
+    groups = np.split(order, np.flatnonzero(np.diff(block_ids[order])) + 1)
+
+    def read_block(indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         x, y = geometry.centres(rows[indices], cols[indices])
-        yield indices, [_read_scale(slide, geometry, scale, x, y) for scale in geometry.scales]
+        return indices, [_read_scale(slide, geometry, scale, x, y) for scale in geometry.scales]
+
+    if threads <= 1:
+        yield from map(read_block, groups)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for group in groups:
+            pending.append(pool.submit(read_block, group))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _read_scale(slide: Slide, geometry: Geometry, scale: Scale, x: np.ndarray, y: np.ndarray) -> np.ndarray:

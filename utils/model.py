@@ -220,24 +220,32 @@ class Predictor:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
-        feature_layer = model.get_layer("concat") if len(model.inputs) > 1 else model.get_layer(
-            f"pool_{model.inputs[0].name.split(':')[0]}")
-        self._features = keras.Model(model.inputs, feature_layer.output)
-        self._head = [model.get_layer(n) for n in ("fc1", "dropout1", "fc2", "dropout2", "predictions")]
         self._predict = tf.function(lambda x: model(x, training=False))
-        self._extract = tf.function(lambda x: self._features(x, training=False))
-        self._head_mc = tf.function(self._head_pass)
+        self._mc = None
 
-    def _head_pass(self, features):
-        h = features
-        for layer in self._head:
-            h = layer(h, training=True) if isinstance(layer, keras.layers.Dropout) else layer(h)
-        return h
+    def _build_mc(self):
+        model = self.model
+        if len(model.inputs) > 1:
+            feature_layer = model.get_layer("concat")
+        else:
+            feature_layer = model.get_layer(f"pool_{model.inputs[0].name.split(':')[0]}")
+        features = keras.Model(model.inputs, feature_layer.output)
+        head = [model.get_layer(n) for n in ("fc1", "dropout1", "fc2", "dropout2", "predictions")]
+
+        def head_pass(h):
+            for layer in head:
+                h = layer(h, training=True) if isinstance(layer, keras.layers.Dropout) else layer(h)
+            return h
+
+        return tf.function(lambda x: features(x, training=False)), tf.function(head_pass)
 
     def probabilities(self, inputs: dict[str, tf.Tensor]) -> np.ndarray:
         return self._predict(inputs).numpy()
 
     def mc_probabilities(self, inputs: dict[str, tf.Tensor], passes: int) -> np.ndarray:
         """Shape (passes, batch, classes)."""
-        features = self._extract(inputs)
-        return np.stack([self._head_mc(features).numpy() for _ in range(passes)])
+        if self._mc is None:
+            self._mc = self._build_mc()
+        extract, head_pass = self._mc
+        features = extract(inputs)
+        return np.stack([head_pass(features).numpy() for _ in range(passes)])

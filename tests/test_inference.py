@@ -1,0 +1,200 @@
+"""Whole-slide inference on a synthetic slide whose regions are known, with a
+stub model whose output is a known function of the tile colour."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import active_learning_inference
+from tests.conftest import TILE, known_regions, shared_file
+from utils.annotations import read_annotations
+from utils.config import load_config, scale_name
+from utils.geometry import slide_geometry
+from utils.inference import classify, label_colours
+from utils.labels import rasterize_regions
+from utils.model import ModelSpec, build_model, save_model
+from utils.slide import Slide
+from utils.synthetic import GLASS, TEXTURES, make_slide
+from utils.tissue import tile_fractions, tissue_grid
+
+ROWS, COLS = 16, 24
+
+
+def colour_model(config, temperature: float = 40.0) -> keras.Model:
+    """Softmax over minus the squared distance between the scale-0 tile's mean
+    colour and each class's synthetic colour (glass for background)."""
+    centres = np.array([GLASS if n == "background" else TEXTURES[n]["colour"] for n in config.class_names], float)
+    inputs = [keras.Input((config.tile_size, config.tile_size, 3), name=scale_name(m)) for m in config.magnifications]
+    pooled = keras.layers.Concatenate(name="concat")([keras.layers.GlobalAveragePooling2D()(x) for x in inputs])
+    kernel = np.zeros((3 * len(inputs), len(centres)))
+    kernel[:3] = 2 * centres.T / temperature  # only scale 0 counts
+    bias = -(centres**2).sum(axis=1) / temperature
+    dense = keras.layers.Dense(len(centres), activation="softmax", name="predictions")
+    outputs = dense(pooled)
+    dense.set_weights([kernel, bias])
+    return keras.Model(inputs, outputs)
+
+
+def truth() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-cell coverage of each rendered texture (later regions drawn on top)."""
+    names = list(TEXTURES)
+    image = np.full((ROWS * TILE, COLS * TILE), -1, np.int8)
+    for region in known_regions():
+        xs, ys = zip(*region.exterior)
+        image[int(min(ys)) : int(max(ys)), int(min(xs)) : int(max(xs))] = names.index(region.tissue)
+    blocks = image.reshape(ROWS, TILE, COLS, TILE)
+    return {n: (blocks == i).mean(axis=(1, 3)) for i, n in enumerate(names)}, (blocks >= 0).mean(axis=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    config = load_config(tile_size=TILE)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    save_model(colour_model(config), path, {"config": config.to_dict(), "backbone": "stub"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def mapped(synthetic_slide, model_path, tmp_path_factory):
+    output = tmp_path_factory.mktemp("maps")
+    assert active_learning_inference.main(["--slides", str(synthetic_slide[0]), "--model", str(model_path),
+                                           "--output", str(output), "--batch-size", "64"]) == 0
+    return output / "known"
+
+
+def decode_map(folder, config) -> np.ndarray:
+    image = cv2.imread(str(folder / "tissue_map.png"))[..., ::-1]
+    scale = image.shape[0] // ROWS
+    cells = image[scale // 2 :: scale, scale // 2 :: scale]
+    colours = label_colours(config).astype(int)
+    distance = ((cells[..., None, :].astype(int) - colours[None, None]) ** 2).sum(axis=-1)
+    assert distance.min(axis=-1).max() == 0, "the map uses only the configured colours"
+    return distance.argmin(axis=-1)
+
+
+def test_map_matches_the_known_regions(mapped):
+    config = load_config(tile_size=TILE)
+    classes = decode_map(mapped, config)
+    assert classes.shape == (ROWS, COLS)
+    coverage, tissue = truth()
+    correct = total = 0
+    for row in range(ROWS):
+        for col in range(COLS):
+            clear = [n for n, f in coverage.items() if f[row, col] >= 0.85]
+            if clear:
+                expected = config.class_index(clear[0])
+            elif tissue[row, col] == 0:
+                expected = config.class_index("background")
+            else:
+                continue
+            total += 1
+            correct += classes[row, col] == expected
+    assert total > 0.8 * ROWS * COLS
+    assert correct / total >= 0.97, f"cell accuracy {correct / total:.3f}"
+
+
+def test_probabilities_rethresholded_give_the_png_classes(mapped):
+    config = load_config(tile_size=TILE)
+    saved = np.load(mapped / "probabilities.npz")
+    assert saved["probabilities"].dtype == np.float16
+    assert list(saved["class_names"]) == config.class_names
+    assert float(saved["cell_size_level0"]) == TILE and float(saved["mpp"]) == 0.25
+    again = classify(saved["probabilities"].astype(np.float32), saved["tissue"], config)
+    np.testing.assert_array_equal(again, decode_map(mapped, config))
+
+
+def test_geojson_round_trips_to_the_same_cells(mapped):
+    config = load_config(tile_size=TILE)
+    classes = decode_map(mapped, config)
+    names = [*config.class_names, config.undefined["name"]]
+    regions = read_annotations(mapped / "tissue_map.geojson")
+    collection = json.loads((mapped / "tissue_map.geojson").read_text())
+    assert all(f["properties"]["objectType"] == "annotation" for f in collection["features"])
+    assert {r.name for r in regions} == {names[c] for c in np.unique(classes)} - {"background"}
+    any_rule = load_config(rules=[[".*", "stroma"]])
+    for region in regions:
+        cells = rasterize_regions([region], any_rule, (ROWS * 8, COLS * 8), TILE / 8).classes >= 0
+        per_cell = cells.reshape(ROWS, 8, COLS, 8).all(axis=(1, 3))
+        np.testing.assert_array_equal(per_cell, classes == names.index(region.name), err_msg=region.name)
+
+
+def test_summary_areas(mapped):
+    summary = json.loads((mapped / "summary.json").read_text())
+    cell_mm2 = (TILE * 0.25 / 1000) ** 2
+    assert summary["cell_area_mm2"] == pytest.approx(cell_mm2)
+    tissue_classes = {k: v for k, v in summary["classes"].items() if k != "background"}
+    assert sum(v["cells"] for v in tissue_classes.values()) == summary["tissue_tiles"]
+    assert sum(v["percent_of_tissue"] for v in tissue_classes.values()) == pytest.approx(100, abs=0.01)
+    assert summary["tissue_mm2"] == pytest.approx(summary["tissue_tiles"] * cell_mm2, rel=1e-6)
+    assert summary["tiles_per_second"] > 0 and summary["model_info"]["backbone"] == "stub"
+
+
+def test_thresholds_give_undefined_and_the_damaged_rule():
+    config = load_config()
+    b, bl, d, m, s, u = range(6)
+    probs = np.zeros((1, 6, 6))
+    probs[0, 0, [m, s]] = [0.59, 0.41]  # top below 0.6: undefined
+    probs[0, 1, [m, s]] = [0.6, 0.4]  # exactly 0.6: kept
+    probs[0, 2, [d, s]] = [0.89, 0.11]  # damaged below 0.9: the next class
+    probs[0, 3, [d, s]] = [0.9, 0.1]  # damaged at 0.9: kept
+    probs[0, 4, [d, u, s]] = [0.7, 0.2, 0.1]  # damaged demoted to urothelium
+    probs[0, 5, [u, s]] = [0.95, 0.05]
+    tissue = np.array([[True, True, True, True, True, False]])
+    classes = classify(probs, tissue, config)
+    assert classes.tolist() == [[6, m, s, d, u, b]]
+
+
+def test_slide_without_tissue_gives_an_all_background_map(model_path, tmp_path):
+    slide, _ = make_slide(tmp_path, "blank", 8 * TILE, 8 * TILE, [])
+    assert active_learning_inference.main(["--slides", str(slide), "--model", str(model_path),
+                                           "--output", str(tmp_path / "maps")]) == 0
+    config = load_config(tile_size=TILE)
+    folder = tmp_path / "maps" / "blank"
+    saved = np.load(folder / "probabilities.npz")
+    assert not saved["tissue"].any() and (saved["classes"] == config.class_index("background")).all()
+    assert json.loads((folder / "tissue_map.geojson").read_text())["features"] == []
+    assert json.loads((folder / "summary.json").read_text())["tissue_mm2"] == 0
+
+
+def test_contradicting_the_model_is_a_clear_error(synthetic_slide, model_path, tmp_path, capsys):
+    code = active_learning_inference.main(["--slides", str(synthetic_slide[0]), "--model", str(model_path),
+                                           "--output", str(tmp_path), "--tile-size", "32"])
+    assert code == 2
+    assert "expects 64 px tiles" in capsys.readouterr().err
+
+
+def test_complete_slides_are_skipped_and_a_bad_slide_does_not_stop_the_rest(mapped, synthetic_slide, model_path,
+                                                                           tmp_path, capsys):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(synthetic_slide[0], slides / "known.tiff")
+    (slides / "corrupt.svs").write_bytes(b"\x00" * 100)
+    shutil.copytree(mapped, tmp_path / "maps" / "known")
+    code = active_learning_inference.main(["--slides", str(slides), "--model", str(model_path),
+                                           "--output", str(tmp_path / "maps")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "known: skipped: outputs complete" in out and "corrupt.svs" in out
+
+
+def test_real_slide_tissue_area_agrees_with_the_tissue_mask(tmp_path):
+    path = shared_file("slides", "CMU-1-Small-Region.svs")
+    config = load_config(magnifications=[20, 5, 1.25], tile_size=TILE)
+    model = build_model(config, ModelSpec("small", 16), None)
+    save_model(model, tmp_path / "model.keras", {"config": config.to_dict(), "backbone": "small"})
+    assert active_learning_inference.main(["--slides", str(path), "--model", str(tmp_path / "model.keras"),
+                                           "--output", str(tmp_path / "maps")]) == 0
+    summary = json.loads((tmp_path / "maps" / "CMU-1-Small-Region" / "summary.json").read_text())
+    with Slide(path) as slide:
+        geometry = slide_geometry(slide, config)
+        k = config.mask_cells_per_tile
+        tissue = tile_fractions(tissue_grid(slide, geometry, config.tissue_method, k), k) >= config.tissue_fraction
+    cell_mm2 = (geometry.stride * 0.499 / 1000) ** 2
+    assert summary["tissue_tiles"] == int(tissue.sum()) > 100
+    assert summary["tissue_mm2"] == pytest.approx(tissue.sum() * cell_mm2, rel=1e-6)

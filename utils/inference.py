@@ -1,0 +1,249 @@
+"""Whole-slide inference: every tissue tile of the extraction grid, predicted in
+batches, stitched into a map with one cell per scale-0 tile.
+
+Reading is what starves a GPU, so tiles come from block reads (one per scale
+per 16x16 tiles) decoded in parallel threads and handed to the model through
+``tf.data`` with prefetch, while the model works on the previous batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from utils.batch import Progress
+from utils.config import Config, hex_to_rgb, scale_name
+from utils.geometry import read_triplets, slide_geometry
+from utils.io import atomic_path, atomic_write_json
+from utils.model import Predictor
+from utils.qupath import feature, mask_polygons, write_feature_collection
+from utils.slide import Slide, slide_stem
+from utils.tissue import tile_fractions, tissue_grid
+
+OUTPUT_FILES = ("tissue_map.png", "tissue_map_legend.png", "overlay.png", "probabilities.npz",
+                "tissue_map.geojson", "summary.json")
+#: Longest side of the map and overlay images in pixels (cells are enlarged to it).
+MAP_IMAGE_SIDE = 1600
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    output: Path
+    model_path: Path
+    mpp: float | None = None
+    batch_size: int = 512
+    threads: int = 2
+    overwrite: bool = False
+    smooth: bool = False
+
+
+def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarray:
+    """Class index per cell by the paper's rules; ``num_classes`` means undefined.
+
+    Non-tissue cells are background. A tissue cell whose top probability is
+    below ``undefined_threshold`` is undefined. Otherwise the most likely class
+    is taken, except that ``damaged_class`` is kept only at
+    ``damaged_threshold`` or more and otherwise yields to the next most likely
+    class (the original code meant this but compared a tuple with an int).
+    """
+    background = config.class_names.index("background") if "background" in config.class_names else None
+    undefined = config.num_classes
+    ranked = np.argsort(-probs, axis=-1, kind="stable")
+    top, second = ranked[..., 0], ranked[..., 1] if probs.shape[-1] > 1 else ranked[..., 0]
+    top_prob = np.take_along_axis(probs, top[..., None], axis=-1)[..., 0]
+    classes = top.copy()
+    if config.damaged_class in config.class_names:
+        damaged = config.class_index(config.damaged_class)
+        demote = (top == damaged) & (top_prob < config.damaged_threshold)
+        classes[demote] = second[demote]
+    classes[top_prob < config.undefined_threshold] = undefined
+    classes[~tissue] = background if background is not None else undefined
+    return classes
+
+
+def smooth_classes(classes: np.ndarray, tissue: np.ndarray, num_labels: int) -> np.ndarray:
+    """3x3 majority vote among tissue cells: removes isolated single-cell
+    speckle at the cost of rounding off thin structures one cell wide."""
+    votes = np.stack([cv2.boxFilter(((classes == c) & tissue).astype(np.float32), -1, (3, 3), normalize=False,
+                                    borderType=cv2.BORDER_CONSTANT) for c in range(num_labels)])
+    smoothed = votes.argmax(axis=0)
+    return np.where(tissue, smoothed, classes)
+
+
+def label_colours(config: Config) -> np.ndarray:
+    """RGB per class index, undefined last."""
+    return np.array([hex_to_rgb(c["color"]) for c in [*config.classes, config.undefined]], np.uint8)
+
+
+def label_names(config: Config) -> list[str]:
+    return [*config.class_names, config.undefined["name"]]
+
+
+def predict_slide(slide: Slide, config: Config, predictor: Predictor, options: InferenceOptions,
+                  progress: Progress) -> dict[str, Any]:
+    """Probabilities on the cell grid (zeros outside tissue) and the tissue mask."""
+    geometry = slide_geometry(slide, config)
+    k = config.mask_cells_per_tile
+    tissue_cells = tissue_grid(slide, geometry, config.tissue_method, k)
+    tissue = tile_fractions(tissue_cells, k) >= config.tissue_fraction
+    rows, cols = np.nonzero(tissue)
+    probs = np.zeros((*tissue.shape, config.num_classes), np.float32)
+    names = [scale_name(m) for m in config.magnifications]
+    size = config.tile_size
+
+    def batches():
+        buffer_idx, buffer_tiles = [], [[] for _ in names]
+        for indices, tiles in read_triplets(slide, geometry, rows, cols, threads=options.threads):
+            buffer_idx.append(indices)
+            for s, t in enumerate(tiles):
+                buffer_tiles[s].append(t)
+            if sum(len(i) for i in buffer_idx) >= options.batch_size:
+                yield np.concatenate(buffer_idx), {n: np.concatenate(t) for n, t in zip(names, buffer_tiles)}
+                buffer_idx, buffer_tiles = [], [[] for _ in names]
+        if buffer_idx:
+            yield np.concatenate(buffer_idx), {n: np.concatenate(t) for n, t in zip(names, buffer_tiles)}
+
+    signature = (tf.TensorSpec([None], tf.int64),
+                 {n: tf.TensorSpec([None, size, size, 3], tf.uint8) for n in names})
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+    started = time.perf_counter()
+    for indices, inputs in dataset:
+        batch = predictor.probabilities({n: tf.cast(v, tf.float32) for n, v in inputs.items()})
+        idx = indices.numpy()
+        probs[rows[idx], cols[idx]] = batch
+        progress(len(idx))
+    return {"geometry": geometry, "tissue": tissue, "probs": probs, "tiles": len(rows),
+            "predict_seconds": time.perf_counter() - started}
+
+
+def infer_slide(slide_path: Path, progress: Progress, *, config: Config, predictor: Predictor,
+                options: InferenceOptions, model_info: dict[str, Any]) -> dict[str, Any]:
+    """Write every output of one slide into ``OUTPUT/<stem>/``; summary.json last."""
+    started = time.perf_counter()
+    folder = options.output / slide_stem(slide_path)
+    if (folder / "summary.json").exists() and not options.overwrite:
+        return {"slide": slide_stem(slide_path), "status": "skipped: outputs complete"}
+    with Slide(slide_path, mpp=options.mpp) as slide:
+        result = predict_slide(slide, config, predictor, options, progress)
+        geometry, tissue, probs = result["geometry"], result["tissue"], result["probs"]
+        classes = classify(probs, tissue, config)
+        if options.smooth:
+            classes = smooth_classes(classes, tissue, config.num_classes + 1)
+        scale = max(1, MAP_IMAGE_SIDE // max(1, max(tissue.shape)))
+        thumbnail = _map_aligned_thumbnail(slide, geometry.stride, tissue.shape, scale)
+        write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail)
+    seconds = time.perf_counter() - started
+    summary = _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info, options)
+    atomic_write_json(folder / "summary.json", summary)
+    return summary
+
+
+def _map_aligned_thumbnail(slide: Slide, stride: float, grid: tuple[int, int], scale: int) -> np.ndarray:
+    """The slide area covered by the cell grid, at ``scale`` pixels per cell."""
+    thumbnail, factor = slide.thumbnail(stride / scale)
+    rows, cols = grid
+    covered = thumbnail[: int(round(rows * stride / factor)), : int(round(cols * stride / factor))]
+    if covered.size == 0:
+        return np.full((rows * scale, cols * scale, 3), 255, np.uint8)
+    return cv2.resize(covered, (cols * scale, rows * scale), interpolation=cv2.INTER_AREA)
+
+
+def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail) -> None:
+    colours = label_colours(config)
+    names = label_names(config)
+    rgb = colours[classes]
+    big = np.kron(rgb, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else rgb
+    _write_png(folder / "tissue_map.png", big)
+    _legend_png(folder / "tissue_map_legend.png", big, names, colours, classes)
+    tissue_big = np.kron(tissue, np.ones((scale, scale), bool)) if scale > 1 else tissue
+    overlay = thumbnail.copy()
+    overlay[tissue_big] = (0.6 * thumbnail[tissue_big] + 0.4 * big[tissue_big]).astype(np.uint8)
+    _write_png(folder / "overlay.png", overlay)
+    with atomic_path(folder / "probabilities.npz") as tmp:
+        with tmp.open("wb") as handle:
+            np.savez_compressed(
+                handle, probabilities=probs.astype(np.float16), tissue=tissue, classes=classes.astype(np.int16),
+                class_names=np.array(config.class_names), cell_size_level0=geometry.stride, mpp=slide.mpp,
+                magnifications=np.array(config.magnifications),
+            )
+    features = []
+    for index, name in enumerate(names):
+        if name == "background":
+            continue
+        polygons = mask_polygons(classes == index, geometry.stride)
+        if polygons:
+            features.append(feature(polygons, "MultiPolygon", name, colours_hex(colours[index]),
+                                    name=name, isLocked=True))
+    write_feature_collection(folder / "tissue_map.geojson", features)
+
+
+def colours_hex(rgb: np.ndarray) -> str:
+    return "#" + "".join(f"{int(v):02X}" for v in rgb)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+        tmp.write_bytes(data.tobytes())
+
+
+def _legend_png(path: Path, image: np.ndarray, names: list[str], colours: np.ndarray, classes: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    height, width = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(8, 8 * height / max(width, 1) + 0.8))
+    ax.imshow(image, interpolation="nearest")
+    ax.axis("off")
+    present = sorted(set(np.unique(classes).tolist()) | set(range(len(names) - 1)))
+    handles = [Patch(facecolor=colours[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(4, len(handles)),
+              frameon=False)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info, options) -> dict:
+    names = label_names(config)
+    cell_mm2 = (geometry.stride * slide.mpp / 1000.0) ** 2
+    counts = np.bincount(classes.ravel(), minlength=len(names))
+    tissue_cells = int(tissue.sum())
+    areas = {}
+    for index, name in enumerate(names):
+        cells = int(counts[index])
+        areas[name] = {
+            "cells": cells,
+            "mm2": round(cells * cell_mm2, 6),
+            "percent_of_tissue": round(100.0 * int(((classes == index) & tissue).sum()) / tissue_cells, 3)
+            if tissue_cells else 0.0,
+        }
+    return {
+        "slide": slide.stem,
+        "status": "done",
+        "slide_path": str(slide_path),
+        "base_mpp": slide.mpp,
+        "mpp_source": slide.mpp_source.origin,
+        "grid_shape": list(tissue.shape),
+        "cell_size_level0": geometry.stride,
+        "cell_area_mm2": cell_mm2,
+        "tissue_tiles": tissue_cells,
+        "tissue_mm2": round(tissue_cells * cell_mm2, 6),
+        "classes": areas,
+        "model": str(options.model_path),
+        "model_info": model_info,
+        "smoothing": options.smooth,
+        "config": config.to_dict(),
+        "seconds": round(seconds, 2),
+        "predict_seconds": round(result["predict_seconds"], 2),
+        "tiles_per_second": round(result["tiles"] / result["predict_seconds"], 1) if result["tiles"] else None,
+    }
