@@ -220,7 +220,8 @@ class Predictor:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
-        self._predict = tf.function(lambda x: model(x, training=False))
+        # reduce_retracing: the last batch of a slide is smaller than the others.
+        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self._mc = None
 
     def _build_mc(self):
@@ -237,7 +238,8 @@ class Predictor:
                 h = layer(h, training=True) if isinstance(layer, keras.layers.Dropout) else layer(h)
             return h
 
-        return tf.function(lambda x: features(x, training=False)), tf.function(head_pass)
+        return (tf.function(lambda x: features(x, training=False), reduce_retracing=True),
+                tf.function(head_pass, reduce_retracing=True))
 
     def probabilities(self, inputs: dict[str, tf.Tensor]) -> np.ndarray:
         return self._predict(inputs).numpy()

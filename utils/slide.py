@@ -80,21 +80,25 @@ class Slide:
         corner is level-0 pixel ``(x, y)``. Parts outside the slide are background."""
         ds = self.level_downsamples[level]
         level_w, level_h = self.level_dimensions[level]
-        out = np.empty((height, width, 3), np.uint8)
-        out[:] = self.background
         # Intersect the request with the level, in level pixels.
         lx, ly = int(round(x / ds)), int(round(y / ds))
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + width, level_w), min(ly + height, level_h)
-        if x1 <= x0 or y1 <= y0:
-            return out
-        region = self._read_inside(level, int(round(x0 * ds)), int(round(y0 * ds)), x1 - x0, y1 - y0)
-        out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = region
+        if (x0, y0, x1, y1) == (lx, ly, lx + width, ly + height):
+            return self._read_inside(level, int(round(x0 * ds)), int(round(y0 * ds)), width, height)
+        out = np.empty((height, width, 3), np.uint8)
+        out[:] = self.background
+        if x1 > x0 and y1 > y0:
+            region = self._read_inside(level, int(round(x0 * ds)), int(round(y0 * ds)), x1 - x0, y1 - y0)
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = region
         return out
 
     def _read_inside(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         try:
-            region = np.asarray(self._handle.read_region((x, y), level, (width, height)))
+            if self.backend == "tiffslide":  # straight to numpy, no PIL round trip
+                region = self._handle.read_region((x, y), level, (width, height), as_array=True)
+            else:
+                region = np.asarray(self._handle.read_region((x, y), level, (width, height)))
         except Exception as exc:
             raise SlideError(f"{self.path}: cannot read region at ({x}, {y}) level {level}: {exc}") from None
         if region.ndim == 2:
@@ -132,6 +136,8 @@ def slide_stem(path: str | Path) -> str:
 
 def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
     """Blend an RGBA image over a solid background colour."""
+    if rgba[..., 3].min() == 255:  # the common case inside the scanned area
+        return np.ascontiguousarray(rgba[..., :3])
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32)
     bg = np.asarray(background, np.float32)
