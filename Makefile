@@ -15,8 +15,12 @@ $(VENV)/.installed: requirements.txt
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+demo: $(VENV)/.installed
+	$(BIN)/python demo.py
+
 benchmark: $(VENV)/.installed
+	$(BIN)/python benchmarks/reader_throughput.py
 	$(BIN)/python benchmarks/extraction_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache demo_output

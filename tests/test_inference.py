@@ -20,7 +20,7 @@ from utils.inference import classify, label_colours
 from utils.labels import rasterize_regions
 from utils.model import ModelSpec, build_model, save_model
 from utils.slide import Slide
-from utils.synthetic import GLASS, TEXTURES, make_slide
+from utils.synthetic import GLASS, TEXTURES, make_slide, truth_grid
 from utils.tissue import tile_fractions, tissue_grid
 
 ROWS, COLS = 16, 24
@@ -39,17 +39,6 @@ def colour_model(config, temperature: float = 40.0) -> keras.Model:
     outputs = dense(pooled)
     dense.set_weights([kernel, bias])
     return keras.Model(inputs, outputs)
-
-
-def truth() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-cell coverage of each rendered texture (later regions drawn on top)."""
-    names = list(TEXTURES)
-    image = np.full((ROWS * TILE, COLS * TILE), -1, np.int8)
-    for region in known_regions():
-        xs, ys = zip(*region.exterior)
-        image[int(min(ys)) : int(max(ys)), int(min(xs)) : int(max(xs))] = names.index(region.tissue)
-    blocks = image.reshape(ROWS, TILE, COLS, TILE)
-    return {n: (blocks == i).mean(axis=(1, 3)) for i, n in enumerate(names)}, (blocks >= 0).mean(axis=(1, 3))
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +71,10 @@ def test_map_matches_the_known_regions(mapped):
     config = load_config(tile_size=TILE)
     classes = decode_map(mapped, config)
     assert classes.shape == (ROWS, COLS)
-    coverage, tissue = truth()
-    correct = total = 0
-    for row in range(ROWS):
-        for col in range(COLS):
-            clear = [n for n, f in coverage.items() if f[row, col] >= 0.85]
-            if clear:
-                expected = config.class_index(clear[0])
-            elif tissue[row, col] == 0:
-                expected = config.class_index("background")
-            else:
-                continue
-            total += 1
-            correct += classes[row, col] == expected
+    truth = truth_grid(COLS * TILE, ROWS * TILE, known_regions(), TILE)
+    scored = truth != ""
+    expected = np.array([config.class_index(n) for n in truth[scored]])
+    total, correct = int(scored.sum()), int((classes[scored] == expected).sum())
     assert total > 0.8 * ROWS * COLS
     assert correct / total >= 0.97, f"cell accuracy {correct / total:.3f}"
 

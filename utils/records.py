@@ -184,9 +184,10 @@ def triplet_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((files, offsets))
     if shuffle:
         dataset = dataset.shuffle(len(index.files), seed=seed)
+    # Deterministic order (the shuffles are seeded): a run can be reproduced exactly.
     dataset = dataset.interleave(
         read_file, cycle_length=min(8, max(1, len(index.files))), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle,
+        deterministic=True,
     )
     dataset = dataset.filter(lambda gid, rec: tf.gather(keep_table, gid))
     if shuffle:
@@ -206,5 +207,5 @@ def triplet_dataset(
             return inputs, parsed["label"], gid
         return inputs, parsed["label"]
 
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

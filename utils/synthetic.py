@@ -24,7 +24,7 @@ GLASS = (236, 236, 238)
 #: Base colour and texture parameters per tissue class.
 TEXTURES: dict[str, dict] = {
     "blood": {"colour": (176, 36, 52), "period": 14, "blobs": 1.0},
-    "damaged": {"colour": (96, 70, 128), "period": 48, "blobs": 0.0},
+    "damaged": {"colour": (88, 58, 78), "period": 48, "blobs": 0.0},  # dark, smeared, little detail
     "muscle": {"colour": (214, 106, 136), "period": 20, "blobs": 0.0},
     "stroma": {"colour": (226, 170, 204), "period": 36, "blobs": 0.0},
     "urothelium": {"colour": (128, 72, 168), "period": 10, "blobs": 1.0},
@@ -38,7 +38,7 @@ ANNOTATION_NAMES = {
     "urothelium": ["Grade 2 High", "CIS", "Urothelium"],
 }
 SOURCE_STAIN = ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-TARGET_STAIN = ((0.82, 0.95, 1.08), (18.0, -6.0, -10.0))
+TARGET_STAIN = ((0.72, 0.8, 1.1), (8.0, -4.0, 22.0))  # a bluer, paler lab: source muscle drifts towards urothelium
 
 
 @dataclass
@@ -56,14 +56,7 @@ def rectangle(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, f
 def render(width: int, height: int, regions: list[SyntheticRegion], seed: int = 0,
            stain: tuple = SOURCE_STAIN) -> np.ndarray:
     """Level-0 RGB pixels: glass, then each region's texture (later regions on top)."""
-    tissue_names = list(TEXTURES)
-    index = np.full((height, width), -1, np.int8)
-    for region in regions:
-        mask = np.zeros((height, width), np.uint8)
-        cv2.fillPoly(mask, [np.round(np.asarray(region.exterior)).astype(np.int32)], 1)
-        for hole in region.holes:
-            cv2.fillPoly(mask, [np.round(np.asarray(hole)).astype(np.int32)], 0)
-        index[mask.astype(bool)] = tissue_names.index(region.tissue)
+    index = _texture_index(width, height, regions)
     image = np.empty((height, width, 3), np.uint8)
     rng = np.random.default_rng(seed)
     for top in range(0, height, _STRIP):  # strips bound memory on large slides
@@ -73,6 +66,34 @@ def render(width: int, height: int, regions: list[SyntheticRegion], seed: int = 
 
 
 _STRIP = 512
+
+
+def _texture_index(width: int, height: int, regions: list[SyntheticRegion]) -> np.ndarray:
+    """Level-0 raster of TEXTURES positions (-1: glass); later regions on top."""
+    tissue_names = list(TEXTURES)
+    index = np.full((height, width), -1, np.int8)
+    for region in regions:
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(np.asarray(region.exterior)).astype(np.int32)], 1)
+        for hole in region.holes:
+            cv2.fillPoly(mask, [np.round(np.asarray(hole)).astype(np.int32)], 0)
+        index[mask.astype(bool)] = tissue_names.index(region.tissue)
+    return index
+
+
+def truth_grid(width: int, height: int, regions: list[SyntheticRegion], cell: int,
+               purity: float = 0.85) -> np.ndarray:
+    """What a perfect tissue map shows, per ``cell`` x ``cell`` px cell:
+    "background" where there is no tissue at all, the tissue drawn there where
+    one covers at least ``purity`` of the cell, "" (not scored) otherwise."""
+    rows, cols = height // cell, width // cell
+    index = _texture_index(width, height, regions)[: rows * cell, : cols * cell]
+    blocks = index.reshape(rows, cell, cols, cell)
+    out = np.full((rows, cols), "", dtype=object)
+    out[(blocks < 0).all(axis=(1, 3))] = "background"
+    for t, name in enumerate(TEXTURES):
+        out[(blocks == t).mean(axis=(1, 3)) >= purity] = name
+    return out
 
 
 def _texture(index: np.ndarray, top: int, rng: np.random.Generator, stain: tuple) -> np.ndarray:

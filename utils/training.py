@@ -349,10 +349,16 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         atomic_write_json(out / "class_counts.json", class_counts)
         atomic_write_json(out / "split.json", run.split)
         _print_counts(class_counts)
+    predictor = Predictor(model)
+    if state is None and options.weights:
+        # Round -1: the source-domain model on the target data, before any target label.
+        val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
+        rows.append(_metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0.0, 0.0, 0.0))
+        print(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
+              f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
     metadata = {"config": config.to_dict(), "backbone": options.spec.backbone, "spec": asdict(options.spec)}
     atomic_write_json(out / "config.json", {**metadata, "options": _jsonable(asdict(options))})
 
-    predictor = Predictor(model)
     last_round = start if options.query_only else options.rounds
     for round_number in range(start, last_round + 1):
         started = time.perf_counter()
@@ -372,14 +378,9 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         fit_seconds = time.perf_counter() - fit_started
         val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
         misclassified = val["misclassified"]
-        row = {"round": round_number, "labelled": len(labelled),
-               **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
-               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-               "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-               **{f"test_f1_{n}": f for n, f in zip(config.class_names, test["per_class_f1"])},
-               "epochs": sum(1 for h in history if h["round"] == round_number),
-               "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
-               "seconds": round(time.perf_counter() - started, 2)}
+        epochs = sum(1 for h in history if h["round"] == round_number)
+        row = _metrics_row(run, round_number, labelled, val, test, epochs, query_seconds, fit_seconds,
+                           time.perf_counter() - started)
         rows.append(row)
         print(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
               f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)")
@@ -404,6 +405,17 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         query(run, predictor, labelled, misclassified, last_round + 1)
         print(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return rows[-1]
+
+
+def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int,
+                 query_seconds: float, fit_seconds: float, seconds: float) -> dict[str, Any]:
+    return {"round": round_number, "labelled": len(labelled),
+            **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
+            "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+            "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+            **{f"test_f1_{n}": f for n, f in zip(run.config.class_names, test["per_class_f1"])},
+            "epochs": epochs, "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
+            "seconds": round(seconds, 2)}
 
 
 def _write_rounds(out: Path, rows: list[dict]) -> None:
