@@ -5,8 +5,9 @@ On one synthetic 40x-like pyramidal JPEG tiled TIFF (levels 1, 4, 16), each
 measurement runs in its own single-threaded process and prints triplets/s:
 
   (a) naive: one OpenSlide read_region per tile per scale, from the best level;
-  (b) the project's block reader (utils.geometry.read_triplets), no model,
-      through tiffslide (the default for TIFF-family slides) and through OpenSlide;
+  (b) the project's block reader (utils.geometry.read_triplets), no model, with
+      the default TIFF path (direct tile decoding, utils.tiff_tiles) and with
+      OpenSlide alone (the path of every non-TIFF format);
   (c) full inference (utils.inference.predict_slide) with the small backbone;
   (d) decode limit: the slide's level-0 JPEG tiles decoded directly with
       libjpeg-turbo (imagecodecs), converted to triplets by the level-0 pixels
@@ -159,8 +160,8 @@ def main() -> None:
         _, small_mem = in_child(block, small, t, "tiffslide")
     print(f"synthetic {args.size}^2 JPEG tiled TIFF, 40x/10x/2.5x, {t} px tiles, one core")
     print(f"(a) naive, one OpenSlide read_region per tile per scale {a:10.0f} triplets/s")
-    print(f"(b) block reader, tiffslide                           {b:10.0f} triplets/s")
-    print(f"    block reader, OpenSlide                           {b_os:10.0f} triplets/s")
+    print(f"(b) block reader, direct TIFF tile decoding           {b:10.0f} triplets/s")
+    print(f"    block reader, OpenSlide alone                     {b_os:10.0f} triplets/s")
     print(f"(c) full inference, small backbone                    {c:10.0f} triplets/s")
     print(f"(d) decode limit, libjpeg-turbo on level-0 tiles      {d:10.0f} triplets/s")
     print(f"(b)/(a) = {b / a:.1f}   OpenSlide blocks/(a) = {b_os / a:.1f}   (d)/(b) = {d / b:.2f}")

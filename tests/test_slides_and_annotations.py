@@ -150,3 +150,22 @@ def test_broken_annotation_file_is_an_annotation_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(AnnotationError, match="x.geojson"):
         read_annotations(path)
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "CMU-1-Small-Region.pyramid.tiff"])
+def test_direct_tile_decoding_equals_tiffslide_including_non_integer_downsamples(name):
+    """Regression: reading through tiffslide at a level whose downsample is not an
+    integer (2.0003) used to land one pixel short, since it truncates x / downsample."""
+    direct = Slide(shared_file("slides", name))
+    general = Slide(shared_file("slides", name))
+    general._tiles = None
+    assert direct._tiles is not None
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        level = int(rng.integers(len(direct.level_dimensions)))
+        width, height = direct.level_dimensions[level]
+        ds = direct.level_downsamples[level]
+        w, h = int(rng.integers(1, min(width, 300))), int(rng.integers(1, min(height, 300)))
+        lx, ly = int(rng.integers(-40, width - w + 40)), int(rng.integers(-40, height - h + 40))
+        x, y = int(np.ceil(lx * ds - 1e-6)), int(np.ceil(ly * ds - 1e-6))
+        np.testing.assert_array_equal(direct.read(level, x, y, w, h), general.read(level, x, y, w, h))
