@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     al.add_argument("--query-only", action="store_true",
                     help="annotation mode: fit on all labelled tiles, write the next queries for the pool and stop")
     al.add_argument("--resume", action="store_true", help="continue the run in --output after its last round")
+    al.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                    help="also draw these runs' curves in learning_curve.png (e.g. a random baseline)")
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--epochs", type=int, default=10, help="maximum epochs per round (default 10)")
     fit.add_argument("--batch-size", type=int, default=128)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         slide_class_cap=args.slide_class_cap or None, uncapped_classes=tuple(args.uncapped),
         eval_cap=args.eval_cap, pool_sample=args.pool_sample, mc_passes=args.mc_passes, spacing=args.spacing,
         augment=not args.no_augment, colour_jitter=args.colour_jitter, query_only=args.query_only,
-        resume=args.resume,
+        resume=args.resume, compare=tuple(args.compare),
     )
     last = run_training(options, config)
     print(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {args.output / 'model.keras'}")

@@ -81,6 +81,7 @@ class TrainOptions:
     colour_jitter: bool = False
     query_only: bool = False
     resume: bool = False
+    compare: tuple[Path, ...] = ()
 
 
 class Run:
@@ -265,7 +266,7 @@ def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: n
     chosen = pool_ids[positions]
     write_queries(run, chosen, scores[positions] if scores is not None else None,
                   probs[positions].argmax(axis=1) if probs is not None else None, round_number)
-    return chosen, {"pool_scored": len(pool_ids)}
+    return chosen, {"pool": len(pool_ids)}
 
 
 def write_queries(run: Run, ids: np.ndarray, scores: np.ndarray | None, predicted: np.ndarray | None,
@@ -369,8 +370,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
             for i in new:
                 added[int(i)] = round_number
             labelled = np.union1d(labelled, new)
-            print(f"round {round_number}: {options.strategy} added {len(new)} tiles "
-                  f"({info.get('pool_scored', 0)} scored) -> {len(labelled)} labelled")
+            print(f"round {round_number}: {options.strategy} chose {len(new)} of {info.get('pool', 0)} pool tiles "
+                  f"-> {len(labelled)} labelled")
         if len(labelled) == 0:
             raise InputError("the labelled training set is empty; check the split and the class counts")
         fit_started = time.perf_counter()
@@ -396,7 +397,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
             model.set_weights(load_model(out / "model.keras").get_weights())
         run.save_labelled(labelled, added)
         _write_rounds(out, rows)
-        plots.learning_curve({options.strategy: rows}, out / "learning_curve.png")
+        plots.learning_curve({options.strategy: rows, **_other_runs(options.compare)}, out / "learning_curve.png")
         plots.training_curves(history, out / "training_curves.png")
         atomic_write_json(state_path, {"round": round_number, "best_model": "model.keras", "best": best,
                                        "rows": rows, "history": history,
@@ -416,6 +417,17 @@ def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, t
             **{f"test_f1_{n}": f for n, f in zip(run.config.class_names, test["per_class_f1"])},
             "epochs": epochs, "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
             "seconds": round(seconds, 2)}
+
+
+def _other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
+    """Rows of earlier runs to draw beside this one, labelled by folder and strategy."""
+    runs = {}
+    for folder in folders:
+        if not (folder / "rounds.csv").exists():
+            raise InputError(f"{folder}: no rounds.csv to compare with")
+        strategy = json.loads((folder / "config.json").read_text())["options"]["strategy"]
+        runs[f"{folder.name} ({strategy})"] = read_rounds(folder / "rounds.csv")
+    return runs
 
 
 def _write_rounds(out: Path, rows: list[dict]) -> None:
