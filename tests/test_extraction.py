@@ -183,3 +183,12 @@ def test_slide_without_annotations_is_skipped_with_a_message(synthetic_slide, tm
     assert code == 0
     assert "no annotation file" in capsys.readouterr().out
     assert not (tmp_path / "out" / "known.tfrecord").exists()
+
+
+def test_strict_fails_a_slide_with_unmatched_annotation_names(synthetic_slide, tmp_path, capsys):
+    slide, geojson = synthetic_slide
+    code = tfrecord_generator.main(["--slides", str(slide), "--annotations", str(geojson.parent),
+                                    "--output", str(tmp_path), "--tile-size", str(TILE), "--strict"])
+    assert code == 1
+    assert "Unknown thing" in capsys.readouterr().out
+    assert not (tmp_path / "known.tfrecord").exists()

@@ -172,3 +172,23 @@ def test_small_model_learns_real_kather_textures(tmp_path):
     last = run_training(options, config)
     chance = 1 / len(classes)
     assert last["test_accuracy"] > 2.5 * chance, last
+
+
+def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tmp_path, monkeypatch):
+    from sklearn.metrics import f1_score
+
+    from utils import training
+
+    config = load_config(tile_size=TILE)
+    run = training.Run(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config)
+    truth = np.array([1, 1, 2, 2, 3, 3, 4, 5])
+    guess = np.array([1, 2, 2, 2, 3, 5, 4, 5])
+    probs = np.eye(config.num_classes)[guess]
+    monkeypatch.setattr(training, "predict", lambda predictor, dataset, mc_passes=0: {
+        "ids": np.arange(len(truth)), "labels": truth, "probs": probs})
+    result = training.evaluate(None, run, np.arange(len(truth)))
+    assert result["accuracy"] == pytest.approx(6 / 8)
+    assert result["macro_f1"] == pytest.approx(f1_score(truth, guess, average="macro"))
+    assert np.isnan(result["per_class_f1"][0]), "background is absent: no F1, not 0"
+    np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
+    assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]

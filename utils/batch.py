@@ -88,7 +88,8 @@ def _call(task: SlideTask, slide: Path, updates: Any) -> SlideOutcome:
 
 def run_per_slide(task: SlideTask, slides: Sequence[Path], workers: int, unit: str = "tiles") -> list[SlideOutcome]:
     """Run ``task(slide, progress)`` on every slide; ``workers`` > 1 uses spawned
-    processes. Shows one bar for slides and one for ``unit`` done."""
+    processes. Shows one bar for slides and one for ``unit`` done (per slide
+    when slides run one after the other, in total across worker processes)."""
     outcomes: list[SlideOutcome] = []
     slide_bar = tqdm(total=len(slides), desc="slides", unit="slide", position=0)
     unit_bar = tqdm(desc=unit, unit=unit.rstrip("s") or unit, position=1)
@@ -101,6 +102,8 @@ def run_per_slide(task: SlideTask, slides: Sequence[Path], workers: int, unit: s
 
     if workers <= 1:
         for slide in slides:
+            unit_bar.reset()  # one count and one rate per slide
+            unit_bar.set_description(f"{slide.stem} {unit}")
             finish(_call(task, slide, _Immediate(unit_bar)))
     else:
         context = multiprocessing.get_context("spawn")

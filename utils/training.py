@@ -230,10 +230,13 @@ def evaluate(predictor: Predictor, run: Run, ids: np.ndarray) -> dict[str, Any]:
     truth, predicted = result["labels"], result["probs"].argmax(axis=1)
     labels = list(range(num))
     present = sorted(set(truth.tolist()))
+    per_class = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    per_class[~np.isin(labels, present)] = np.nan  # a class absent from the set has no F1
     return {
         "accuracy": float(accuracy_score(truth, predicted)),
+        # Macro over the classes the set contains, so an absent class does not count as 0.
         "macro_f1": float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
-        "per_class_f1": f1_score(truth, predicted, labels=labels, average=None, zero_division=0).tolist(),
+        "per_class_f1": per_class.tolist(),
         "confusion": confusion_matrix(truth, predicted, labels=labels),
         "misclassified": np.bincount(truth[truth != predicted], minlength=num),
     }
