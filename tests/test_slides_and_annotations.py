@@ -169,3 +169,16 @@ def test_direct_tile_decoding_equals_tiffslide_including_non_integer_downsamples
         lx, ly = int(rng.integers(-40, width - w + 40)), int(rng.integers(-40, height - h + 40))
         x, y = int(np.ceil(lx * ds - 1e-6)), int(np.ceil(ly * ds - 1e-6))
         np.testing.assert_array_equal(direct.read(level, x, y, w, h), general.read(level, x, y, w, h))
+
+
+def test_polygon_fill_takes_cells_by_centre_not_every_cell_an_edge_touches():
+    """Regression: cv2.fillPoly also painted the cells an edge merely touched, so a
+    rectangle on cell borders grew by one cell on two sides."""
+    from utils.annotations import Polygon, Region
+
+    config = load_config(rules=[[".*", "stroma"]])
+    square = np.array([[16, 16], [48, 16], [48, 40], [16, 40], [16, 16]], float)
+    cells = rasterize_regions([Region("x", [Polygon(square)])], config, (10, 10), 8.0).classes >= 0
+    expected = np.zeros((10, 10), bool)
+    expected[2:5, 2:6] = True
+    np.testing.assert_array_equal(cells, expected)
