@@ -19,7 +19,7 @@ from tests.conftest import shared_file
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
-from utils.records import make_example
+from utils.records import make_example, read_index, record_files
 from utils.synthetic import make_slide, random_layout
 from utils.training import TrainOptions, run_training
 
@@ -50,7 +50,16 @@ def test_rounds_grow_the_labelled_set_and_resume_after_a_kill(tiles, tmp_path, c
     run = tmp_path / "run"
     assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--rounds", "1", *FAST]) == 0
     first = rows_of(run / "labelled.csv")
-    # The run is "killed" after round 1; a rerun with --resume must go on at round 2.
+    # The run is "killed" after round 1, even in the middle of writing round 2: its
+    # labelled.csv already lists tiles of round 2, state.json does not know them yet.
+    split = json.loads((run / "split.json").read_text())
+    index = read_index(record_files(tiles))
+    taken = {(r["slide"], r["x"], r["y"]) for r in first}
+    extra = [(s, x, y, c) for s, x, y, c in zip(index.slide, index.x, index.y, index.label)
+             if s in split["train"] and c >= 0 and (s, str(x), str(y)) not in taken][:5]
+    with (run / "labelled.csv").open("a") as handle:
+        handle.writelines(f"{s},{x},{y},{c},2\n" for s, x, y, c in extra)
+    # A rerun with --resume must go on at round 2, from the round-1 labelled set.
     capsys.readouterr()
     assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--rounds", "2", "--resume",
                                        *FAST]) == 0
@@ -67,7 +76,7 @@ def test_rounds_grow_the_labelled_set_and_resume_after_a_kill(tiles, tmp_path, c
     final = rows_of(run / "labelled.csv")
     keys = {(r["slide"], r["x"], r["y"]) for r in final}
     assert {(r["slide"], r["x"], r["y"]) for r in first} <= keys, "the labelled set only grows"
-    split = json.loads((run / "split.json").read_text())
+    assert len(final) == labelled[2], "a half-written round is not counted twice"
     assert {r["slide"] for r in final} <= set(split["train"]), "no val/test slide is ever labelled"
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
 

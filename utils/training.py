@@ -138,13 +138,15 @@ class Run:
                          f"{added_round.get(int(i), 0)}")
         atomic_write_text(self.out / "labelled.csv", "\n".join(lines) + "\n")
 
-    def load_labelled(self) -> tuple[np.ndarray, dict[int, int]]:
+    def load_labelled(self, last_round: int) -> tuple[np.ndarray, dict[int, int]]:
+        """The labelled set as of ``last_round``: a run killed after writing
+        labelled.csv but before state.json must not count a round twice."""
         lookup = {k: i for i, k in enumerate(self.keys)}
         labelled, added = [], {}
         with (self.out / "labelled.csv").open() as handle:
             for row in csv.DictReader(handle):
                 i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
-                if i is not None:
+                if i is not None and int(row["round"]) <= last_round:
                     labelled.append(i)
                     added[i] = int(row["round"])
         return np.array(sorted(labelled), np.int64), added
@@ -334,7 +336,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         model = build_model(config, options.spec, options.backbone_weights, options.freeze_backbone)
     if state:
         model.set_weights(load_model(out / state["best_model"]).get_weights())
-        labelled, added = run.load_labelled() if not options.query_only else (run.initial_labelled(), {})
+        labelled, added = (run.load_labelled(state["round"]) if not options.query_only
+                           else (run.initial_labelled(), {}))
         start, rows, history = state["round"] + 1, state["rows"], state["history"]
         best = state["best"]
         misclassified = np.asarray(state["misclassified"])
