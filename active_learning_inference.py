@@ -24,7 +24,7 @@ from utils.batch import expand_slides, parse_shard, report, run_per_slide
 from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
 from utils.config import save_config
 from utils.inference import InferenceOptions, infer_slide
-from utils.model import Predictor, check_compatible, load_model, read_metadata
+from utils.model import Predictor, check_compatible, load_model, make_deterministic, read_metadata
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     metadata = read_metadata(args.model)
     config = resolve_config(args, base=metadata["config"])
     slides = expand_slides(args.slides, parse_shard(args.shard))
+    make_deterministic()
     model = load_model(args.model)
     check_compatible(model, config)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ reuses what is done (extraction shards, finished rounds, finished maps).
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -114,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
          "--batch-size", "128"])
 
     rounds = read_rounds(target_run / "rounds.csv")
-    before, after = rounds[0], rounds[-1]
+    best = json.loads((target_run / "state.json").read_text())["best"]["round"]
+    kept = next(r for r in rounds if int(r["round"]) == best)
     accuracy = map_accuracy(maps / held_out_stem, held_out_regions, size["side"], size["tile"])
     print("\n== results")
-    print(f"source model on the target test slides: macro F1 {float(before['test_macro_f1']):.3f}")
-    print(f"after {len(rounds) - 2} active-learning round(s), {after['labelled']} target labels: "
-          f"macro F1 {float(after['test_macro_f1']):.3f}")
+    print(f"source model on the target test slides: macro F1 {float(rounds[0]['test_macro_f1']):.3f}")
+    print("after active learning, test macro F1 by round: "
+          + ", ".join(f"{r['labelled']} labels {float(r['test_macro_f1']):.3f}" for r in rounds[1:]))
+    print(f"model kept (best validation F1): round {best}, {kept['labelled']} target labels, "
+          f"test macro F1 {float(kept['test_macro_f1']):.3f}")
     print(f"held-out target slide, tissue cells of the map matching the known regions: {100 * accuracy:.1f}%")
     print(f"tissue map:     {maps / held_out_stem / 'tissue_map_legend.png'}")
     print(f"overlay:        {maps / held_out_stem / 'overlay.png'}")

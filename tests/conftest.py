@@ -3,10 +3,7 @@ data folder beside the checkout (tests that need it skip when it is absent)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 

@@ -117,7 +117,7 @@ def test_summary_areas(mapped):
 
 def test_thresholds_give_undefined_and_the_damaged_rule():
     config = load_config()
-    b, bl, d, m, s, u = range(6)
+    b, _, d, m, s, u = range(6)
     probs = np.zeros((1, 6, 6))
     probs[0, 0, [m, s]] = [0.59, 0.41]  # top below 0.6: undefined
     probs[0, 1, [m, s]] = [0.6, 0.4]  # exactly 0.6: kept

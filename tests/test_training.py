@@ -7,11 +7,9 @@ import csv
 import json
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import active_learning_train
 import tfrecord_generator
@@ -19,8 +17,9 @@ from tests.conftest import shared_file
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
-from utils.records import make_example, read_index, record_files
+from utils.records import read_index, record_files
 from utils.synthetic import make_slide, random_layout
+from utils.tile_folders import write_tile_folder_records
 from utils.training import TrainOptions, run_training
 
 TILE = 32
@@ -154,23 +153,10 @@ def test_small_model_learns_real_kather_textures(tmp_path):
 
     The "empty" class is left out: nearly all its tiles come from one slide, so
     no split by slide can both train and test it."""
-    root = shared_file("kather")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "08_EMPTY")
-    classes = [{"name": f.name.split("_", 1)[1].lower(), "color": "#808080"} for f in folders]
-    config = load_config(classes=classes, rules=[], priority=[], magnifications=[10], tile_size=48)
     data = tmp_path / "kather"
-    data.mkdir()
-    writers: dict[str, tf.io.TFRecordWriter] = {}
-    for label, folder in enumerate(folders):
-        for path in sorted(folder.glob("*.png")):
-            slide = path.name.split("_")[1].split(".")[0]  # CRC-Prim-HE-NN
-            tile = cv2.resize(cv2.imread(str(path)), (48, 48), interpolation=cv2.INTER_AREA)
-            png = cv2.imencode(".png", tile)[1].tobytes()
-            if slide not in writers:
-                writers[slide] = tf.io.TFRecordWriter(str(data / f"{slide}.tfrecord"))
-            writers[slide].write(make_example(slide, label, folder.name, 0, 0, [png], [1.5]))
-    for writer in writers.values():
-        writer.close()
+    names = write_tile_folder_records(shared_file("kather"), data, 48, 1.5, r"(CRC-Prim-HE-\d+)", skip=("08_EMPTY",))
+    classes = [{"name": n, "color": "#808080"} for n in names]
+    config = load_config(classes=classes, rules=[], priority=[], magnifications=[10], tile_size=48)
     split = tmp_path / "split.json"
     name = "CRC-Prim-HE-{:02d}".format
     split.write_text(json.dumps({"train": [name(i) for i in (1, 2, 3, 4, 5, 7)], "val": [name(9), name(10)],
@@ -180,6 +166,7 @@ def test_small_model_learns_real_kather_textures(tmp_path):
                            slide_class_cap=None, split_file=split, seed=1)
     last = run_training(options, config)
     chance = 1 / len(classes)
+    assert names[0] == "tumor" and len(names) == 7
     assert last["test_accuracy"] > 2.5 * chance, last
 
 

@@ -189,8 +189,7 @@ def colours_hex(rgb: np.ndarray) -> str:
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes())
 
 
 def _legend_png(path: Path, image: np.ndarray, names: list[str], colours: np.ndarray, classes: np.ndarray) -> None:

@@ -40,9 +40,17 @@ from utils.config import Config
 from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_json, atomic_write_text
-from utils.model import ModelSpec, Predictor, build_model, load_model, load_weights_by_name, save_model
+from utils.model import (
+    ModelSpec,
+    Predictor,
+    build_model,
+    load_model,
+    load_weights_by_name,
+    make_deterministic,
+    save_model,
+)
 from utils.qupath import feature, square, write_feature_collection
-from utils.records import RecordIndex, read_index, record_files, triplet_dataset
+from utils.records import read_index, record_files, triplet_dataset
 
 CONTACT_SHEET_TILES = 48
 
@@ -322,7 +330,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     """The whole run; returns the last row of ``rounds.csv``."""
     out = options.output
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(options.seed)
+    make_deterministic(options.seed)
     run = Run(options, config)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if options.resume and state_path.exists() else None
