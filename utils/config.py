@@ -101,6 +101,11 @@ class Config:
         """Target µm/px of each scale."""
         return [MICRONS_PER_PIXEL_AT_1X / m for m in self.magnifications]
 
+    @property
+    def background_index(self) -> int | None:
+        """Index of the class named "background", if the configuration has one."""
+        return self.class_names.index("background") if "background" in self.class_names else None
+
     def class_index(self, name: str) -> int:
         try:
             return self.class_names.index(name)

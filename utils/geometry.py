@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from utils.config import Config
+from utils.config import MICRONS_PER_PIXEL_AT_1X, Config
 from utils.errors import MagnificationError
 from utils.slide import Slide, best_level
 
@@ -68,10 +68,6 @@ class Geometry:
         y = np.round((np.asarray(rows) + 0.5) * self.stride).astype(np.int64)
         return x, y
 
-    def cells(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Grid (rows, cols) of level-0 centres (inverse of :meth:`centres`)."""
-        return (np.asarray(y) // self.stride).astype(np.int64), (np.asarray(x) // self.stride).astype(np.int64)
-
 
 def slide_geometry(slide: Slide, config: Config) -> Geometry:
     """Scales of the configuration resolved against one slide's µm/px and levels."""
@@ -79,7 +75,7 @@ def slide_geometry(slide: Slide, config: Config) -> Geometry:
     for magnification, mpp in zip(config.magnifications, config.scale_mpps):
         factor = mpp / slide.mpp
         if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
-            scanned = 10.0 / slide.mpp
+            scanned = MICRONS_PER_PIXEL_AT_1X / slide.mpp
             raise MagnificationError(
                 f"{slide.path}: {magnification:g}x needs {mpp:.3g} µm/px but the slide was scanned at "
                 f"{slide.mpp:.3g} µm/px (about {scanned:.3g}x); pass lower magnifications "

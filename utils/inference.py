@@ -52,7 +52,7 @@ def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarra
     ``damaged_threshold`` or more and otherwise yields to the next most likely
     class (the original code meant this but compared a tuple with an int).
     """
-    background = config.class_names.index("background") if "background" in config.class_names else None
+    background = config.background_index
     undefined = config.num_classes
     ranked = np.argsort(-probs, axis=-1, kind="stable")
     top, second = ranked[..., 0], ranked[..., 1] if probs.shape[-1] > 1 else ranked[..., 0]
@@ -173,18 +173,14 @@ def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale
                 magnifications=np.array(config.magnifications),
             )
     features = []
-    for index, name in enumerate(names):
-        if name == "background":
+    for index, entry in enumerate([*config.classes, config.undefined]):
+        if index == config.background_index:
             continue
         polygons = mask_polygons(classes == index, geometry.stride)
         if polygons:
-            features.append(feature(polygons, "MultiPolygon", name, colours_hex(colours[index]),
-                                    name=name, isLocked=True))
+            features.append(feature(polygons, "MultiPolygon", entry["name"], entry["color"],
+                                    name=entry["name"], isLocked=True))
     write_feature_collection(folder / "tissue_map.geojson", features)
-
-
-def colours_hex(rgb: np.ndarray) -> str:
-    return "#" + "".join(f"{int(v):02X}" for v in rgb)
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:

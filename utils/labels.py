@@ -101,8 +101,9 @@ def fill_rings(rings: list[np.ndarray], box: tuple[int, int, int, int]) -> np.nd
 def label_tiles(cells: CellLabels, tissue: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile class (-1: none) and annotation-name index (-1: none), shape (rows, cols)."""
     k = config.mask_cells_per_tile
-    background = config.class_names.index("background") if "background" in config.class_names else -1
-    counted = np.where(tissue | (cells.classes == background), cells.classes, -1)
+    background = config.background_index
+    drawn_background = cells.classes == background if background is not None else np.zeros_like(tissue)
+    counted = np.where(tissue | drawn_background, cells.classes, -1)
     best_fraction = np.zeros(tile_fractions(tissue, k).shape)
     labels = np.full(best_fraction.shape, -1, np.int64)
     for index in range(config.num_classes):

@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.errors import MppError, SlideError
+from utils.config import MICRONS_PER_PIXEL_AT_1X, hex_to_rgb
+from utils.errors import ConfigError, MppError, SlideError
 from utils.tiff_tiles import TiffTiles
 
 TIFFSLIDE_SUFFIXES = {".tif", ".tiff", ".svs"}
@@ -174,12 +175,10 @@ def best_level(downsamples: list[float], factor: float) -> int:
 
 def _background_colour(properties: dict[str, str]) -> tuple[int, int, int]:
     value = properties.get("openslide.background-color") or properties.get("tiffslide.background-color")
-    if value and len(value) == 6:
-        try:
-            return tuple(int(value[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
-        except ValueError:
-            pass
-    return (255, 255, 255)
+    try:
+        return hex_to_rgb(value) if value else (255, 255, 255)
+    except (ConfigError, ValueError):  # malformed metadata: assume white glass
+        return (255, 255, 255)
 
 
 def resolve_mpp(slide: Slide, override: float | None = None) -> MppSource:
@@ -216,8 +215,6 @@ def _mpp_candidates(slide: Slide) -> list[MppSource]:
     for key in ("openslide.objective-power", "tiffslide.objective-power", "aperio.AppMag"):
         power = _float(props.get(key))
         if power:
-            from utils.config import MICRONS_PER_PIXEL_AT_1X
-
             found.append(MppSource(MICRONS_PER_PIXEL_AT_1X / power, f"{key} = {power:g}"))
             break
     return found

@@ -372,7 +372,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         print(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
               f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
     metadata = {"config": config.to_dict(), "backbone": options.spec.backbone, "spec": asdict(options.spec)}
-    atomic_write_json(out / "config.json", {**metadata, "options": _jsonable(asdict(options))})
+    atomic_write_json(out / "config.json", {**metadata, "options": asdict(options)})
 
     last_round = start if options.query_only else options.rounds
     for round_number in range(start, last_round + 1):
@@ -457,14 +457,6 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
     print(f"{'':18s}" + "".join(f"{n:>12s}" for n in names))
     for split, row in counts.items():
         print(f"{split:18s}" + "".join(f"{row[n]:12d}" for n in names))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def read_rounds(path: str | Path) -> list[dict[str, str]]:
