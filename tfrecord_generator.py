@@ -9,6 +9,15 @@ OUTPUT/<slide>.tfrecord with OUTPUT/<slide>.summary.json beside it. Finished
 slides are skipped on a rerun; a failing slide is reported and the rest go on.
 
     python tfrecord_generator.py --slides slides/ --annotations annotations/ --output tiles/
+
+A folder of already-cut tiles, one sub-folder per class (e.g. Kather et al.),
+is read with --tiles instead: folder names are mapped to classes by the
+configuration's rules, --mpp gives the tiles' µm/px, --slide-pattern finds the
+slide in each file name, and every scale is cut centred in the tile (a grid
+of records where the coarsest window fits several times).
+
+    python tfrecord_generator.py --tiles kather/ --mpp 0.495 --slide-pattern "(CRC-Prim-HE-\d+)" \
+        --config kather.yaml --output tiles/
 """
 
 from __future__ import annotations
@@ -20,17 +29,24 @@ from pathlib import Path
 
 from utils.batch import expand_slides, parse_shard, report, run_per_slide
 from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
-from utils.config import save_config
+from utils.config import Config, save_config
 from utils.extract import ExtractOptions, extract_slide
+from utils.tile_folders import TileFolderOptions, extract_tile_folders
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slides", nargs="+", required=True, help="slide files and/or folders of slides")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--slides", nargs="+", help="slide files and/or folders of slides")
+    source.add_argument("--tiles", type=Path, help="folder of labelled tiles, one sub-folder per class")
     parser.add_argument("--annotations", type=Path, help="folder of annotation files named like the slides")
     parser.add_argument("--output", type=Path, required=True, help="folder for the TFRecord shards")
     add_config_arguments(parser)
-    parser.add_argument("--mpp", type=float, help="base µm/px of level 0, overriding the slide's metadata")
+    parser.add_argument("--mpp", type=float,
+                        help="base µm/px of level 0, overriding the slide's metadata; required with --tiles")
+    parser.add_argument("--slide-pattern", default=TileFolderOptions.slide_pattern,
+                        help="with --tiles: regular expression whose first group, searched in a file name, "
+                             "is the tile's slide (default: the name up to the first '.' or '_')")
     parser.add_argument("--workers", type=int, default=1, help="slides processed in parallel (default 1)")
     parser.add_argument("--encoding", choices=["png", "jpeg"], default="png", help="tile encoding (default png)")
     parser.add_argument("--unlabeled", action="store_true",
@@ -42,7 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="redo slides that already have a shard")
     parser.add_argument("--shard", help="process only share I of N of the sorted slides (I/N, 0 <= I < N)")
     args = parser.parse_args(argv)
-    if args.annotations is None and not args.unlabeled:
+    if args.tiles is not None:
+        if args.mpp is None:
+            parser.error("--tiles needs --mpp, the µm/px of the tiles")
+    elif args.annotations is None and not args.unlabeled:
         parser.error("--annotations is required unless --unlabeled is given")
     return args
 
@@ -51,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = resolve_config(args, allow_upsampling=args.allow_upsampling or None)
+    if args.tiles is not None:
+        return extract_tiles(args, config)
     slides = expand_slides(args.slides, parse_shard(args.shard))
     if not slides:
         print("no slides to process")
@@ -71,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             if result.get("warning"):
                 print(f"warning: {result['warning']}")
     return report(outcomes)
+
+
+def extract_tiles(args: argparse.Namespace, config: Config) -> int:
+    args.output.mkdir(parents=True, exist_ok=True)
+    save_config(config, args.output / "extraction_config.json")
+    options = TileFolderOptions(output=args.output, mpp=args.mpp, slide_pattern=args.slide_pattern,
+                                encoding=args.encoding, overwrite=args.overwrite)
+    for summary in extract_tile_folders(args.tiles, config, options):
+        detail = f"{summary['tiles']} tiles {summary['tiles_per_class']}" if summary["status"] == "done" else ""
+        print(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
+    return 0
 
 
 if __name__ == "__main__":

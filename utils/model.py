@@ -218,6 +218,26 @@ def make_deterministic(seed: int = 0) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+HEAD_LAYERS = ("fc1", "dropout1", "fc2", "dropout2", "predictions")
+
+
+def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(backbones up to the pooled features, head from features to probabilities).
+
+    Both share the model's layers, so training the head trains the model's
+    head. ``head(h, training=True)`` keeps dropout on (Monte-Carlo passes).
+    """
+    if len(model.inputs) > 1:
+        feature_layer = model.get_layer("concat")
+    else:
+        feature_layer = model.get_layer(f"pool_{model.inputs[0].name.split(':')[0]}")
+    features = keras.Model(model.inputs, feature_layer.output, name="features")
+    h = inputs = keras.Input(feature_layer.output.shape[1:], name="features")
+    for name in HEAD_LAYERS:
+        h = model.get_layer(name)(h)
+    return features, keras.Model(inputs, h, name="head")
+
+
 class Predictor:
     """Class probabilities, and Monte-Carlo dropout passes for BALD.
 
@@ -234,21 +254,9 @@ class Predictor:
         self._mc = None
 
     def _build_mc(self):
-        model = self.model
-        if len(model.inputs) > 1:
-            feature_layer = model.get_layer("concat")
-        else:
-            feature_layer = model.get_layer(f"pool_{model.inputs[0].name.split(':')[0]}")
-        features = keras.Model(model.inputs, feature_layer.output)
-        head = [model.get_layer(n) for n in ("fc1", "dropout1", "fc2", "dropout2", "predictions")]
-
-        def head_pass(h):
-            for layer in head:
-                h = layer(h, training=True) if isinstance(layer, keras.layers.Dropout) else layer(h)
-            return h
-
+        features, head = split_model(self.model)
         return (tf.function(lambda x: features(x, training=False), reduce_retracing=True),
-                tf.function(head_pass, reduce_retracing=True))
+                tf.function(lambda h: head(h, training=True), reduce_retracing=True))
 
     def probabilities(self, inputs: dict[str, tf.Tensor]) -> np.ndarray:
         return self._predict(inputs).numpy()

@@ -1,57 +1,179 @@
 """Records from a folder of already-cut, labelled tiles (one sub-folder per class).
 
 Public tile datasets such as Kather et al. 2016 come as image files sorted
-into class folders rather than as slides with annotations. This writes them in
-the project's record schema (one scale, one shard per source slide) so they can
-train and test a MONO-CNN with ``active_learning_train.py``.
+into class folders rather than as slides with annotations. Each folder name is
+mapped to a class by the configuration's rules, exactly like an annotation
+name, and each image is cut with the slide geometry: every configured scale is
+a ``tile_size`` window centred on the same point, resampled from the image's
+own µm/px, so a record from a tile folder is interchangeable with one from a
+slide. The coarsest scale's window must fit in the image; when a smaller one
+fits several times, the image yields a grid of records.
+
+The slide of a tile is the first group of ``slide_pattern`` found in its file
+name, so training can split by slide; one shard per slide, with its summary.
+Records get positions on a virtual canvas on which the images of a slide lie
+side by side in name order, one image per ``stride * per_side`` pixels, so the
+records of one image are neighbours (the diversity guard then spreads queries
+across images); ``<slide>.index.csv`` maps every position back to its file.
 """
 
 from __future__ import annotations
 
 import re
+import time
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
+import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
-from utils.errors import InputError
-from utils.records import RECORD_SUFFIX, make_example
+from utils.config import MICRONS_PER_PIXEL_AT_1X, Config
+from utils.errors import InputError, MagnificationError
+from utils.extract import shard_paths
+from utils.geometry import SNAP_TOLERANCE, UPSAMPLE_TOLERANCE
+from utils.io import atomic_path, atomic_write_json, atomic_write_text
+from utils.records import encode_tile, make_example
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
-def write_tile_folder_records(root: str | Path, output: str | Path, tile_size: int, mpp: float,
-                              slide_pattern: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Write ``output/<slide>.tfrecord`` for every image under ``root/<class>/``.
+@dataclass(frozen=True)
+class TileFolderOptions:
+    output: Path
+    mpp: float  # µm/px of the images
+    slide_pattern: str = r"^(.+?)[._]"
+    encoding: str = "png"
+    overwrite: bool = False
 
-    Tiles are resized to ``tile_size`` (``mpp`` is the µm/px after resizing);
-    the slide of a tile is the first group of ``slide_pattern`` searched in its
-    file name, so a split by slide stays possible. Class folders are sorted by
-    name, and their names without a leading ``NN_`` and in lower case are the
-    class names returned (label i is the i-th).
-    """
-    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name not in skip)
-    if not folders:
-        raise InputError(f"{root}: no class folders")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    writers: dict[str, tf.io.TFRecordWriter] = {}
-    try:
-        for label, folder in enumerate(folders):
-            for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-                match = re.search(slide_pattern, path.name)
-                if not match:
-                    raise InputError(f"{path}: no slide name matches {slide_pattern!r}")
-                slide = match.group(1)
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise InputError(f"{path}: cannot read image")
-                tile = cv2.resize(image, (tile_size, tile_size), interpolation=cv2.INTER_AREA)
-                png = cv2.imencode(".png", tile)[1].tobytes()  # BGR in, RGB PNG out
-                if slide not in writers:
-                    writers[slide] = tf.io.TFRecordWriter(str(output / f"{slide}{RECORD_SUFFIX}"))
-                writers[slide].write(make_example(slide, label, folder.name, 0, 0, [png], [mpp]))
-    finally:
-        for writer in writers.values():
-            writer.close()
-    return [re.sub(r"^\d+_", "", f.name).lower() for f in folders]
+
+def window_sides(config: Config, mpp: float) -> list[float]:
+    """Side in image pixels of each scale's window (snapped to 1:1 within 2%)."""
+    sides = []
+    for magnification, target in zip(config.magnifications, config.scale_mpps):
+        factor = target / mpp
+        if abs(factor - 1.0) <= SNAP_TOLERANCE:
+            factor = 1.0
+        if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
+            raise MagnificationError(
+                f"{magnification:g}x needs {target:.3g} µm/px but the tiles are {mpp:.3g} µm/px "
+                f"(about {MICRONS_PER_PIXEL_AT_1X / mpp:.3g}x); choose lower --magnifications")
+        sides.append(config.tile_size * factor)
+    return sides
+
+
+def centres(width: int, height: int, pitch: float) -> list[tuple[float, float]]:
+    """Centres of the grid of ``pitch``-px windows that fits the image, centred in it."""
+    nx, ny = int(width // pitch), int(height // pitch)
+    x0, y0 = (width - nx * pitch) / 2, (height - ny * pitch) / 2
+    return [(x0 + (i + 0.5) * pitch, y0 + (j + 0.5) * pitch) for j in range(ny) for i in range(nx)]
+
+
+def crop(image: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
+    """The ``side``-px window centred on (cx, cy), resampled to ``size`` px."""
+    half = side / 2
+    if side == size:
+        x, y = int(round(cx - half)), int(round(cy - half))
+        return image[y : y + size, x : x + size]
+    scale = size / side
+    if scale < 1:  # shrinking: area averaging over the window's pixels
+        x0, y0 = int(np.floor(cx - half)), int(np.floor(cy - half))
+        x1, y1 = int(np.ceil(cx + half)), int(np.ceil(cy + half))
+        return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+    # Enlarging (within the upsampling tolerance): an affine map keeps the sub-pixel centre.
+    matrix = np.array([[scale, 0, -(cx - half) * scale], [0, scale, -(cy - half) * scale]], np.float64)
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def class_folders(root: Path, config: Config) -> list[tuple[Path, int]]:
+    """(folder, class index) of every class folder; folders matching no rule are
+    skipped with a warning, as unmatched annotation names are."""
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder of class folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    matched = [(f, config.class_for_annotation(f.name)) for f in folders]
+    skipped = [f.name for f, c in matched if c is None]
+    if skipped:
+        warnings.warn(f"{root}: folders {skipped} match no class rule and are skipped", stacklevel=2)
+    matched = [(f, c) for f, c in matched if c is not None]
+    if not matched:
+        raise InputError(f"{root}: no folder matches a class of the configuration "
+                         f"({config.class_names}); add rules that map the folder names to classes")
+    return matched
+
+
+def extract_tile_folders(root: str | Path, config: Config, options: TileFolderOptions) -> list[dict[str, Any]]:
+    """Write ``<slide>.tfrecord``, ``<slide>.index.csv`` and ``<slide>.summary.json``
+    for every slide the file names name; return the summaries."""
+    root = Path(root)
+    sides = window_sides(config, options.mpp)
+    pitch = max(sides)
+    by_slide: dict[str, list[tuple[Path, int, str]]] = defaultdict(list)
+    pattern = re.compile(options.slide_pattern)
+    for folder, label in class_folders(root, config):
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            match = pattern.search(path.name)
+            if not match or not match.groups():
+                raise InputError(f"{path}: the slide pattern {options.slide_pattern!r} finds no slide name "
+                                 f"(its first group) in the file name")
+            by_slide[match.group(1)].append((path, label, folder.name))
+    if not by_slide:
+        raise InputError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders")
+    options.output.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    with tqdm(total=sum(len(v) for v in by_slide.values()), unit="images", desc="tiles") as bar:
+        for slide in sorted(by_slide):
+            summaries.append(_write_slide(slide, sorted(by_slide[slide]), config, options, sides, pitch, bar))
+    return summaries
+
+
+def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config, options: TileFolderOptions,
+                 sides: list[float], pitch: float, bar: tqdm) -> dict[str, Any]:
+    started = time.perf_counter()
+    record_path, summary_path = shard_paths(options.output, slide)
+    if summary_path.exists() and record_path.exists() and not options.overwrite:
+        bar.update(len(images))
+        return {"slide": slide, "status": "skipped: already extracted"}
+    mpps = [options.mpp * side / config.tile_size for side in sides]
+    counts: Counter = Counter()
+    index_lines = ["x,y,file,label"]
+    # Images of a slide may differ in size: each gets a square cell of the widest grid.
+    per_side = 0
+    cuts = []
+    for path, label, name in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"{path}: cannot read this image")
+        grid = centres(image.shape[1], image.shape[0], pitch)
+        if not grid:
+            raise InputError(f"{path}: {image.shape[1]}x{image.shape[0]} px is smaller than the "
+                             f"{pitch:.0f}-px window of {config.magnifications[-1]:g}x; choose higher "
+                             f"--magnifications or a smaller --tile-size")
+        per_side = max(per_side, int(round(np.sqrt(len(grid)))))
+        cuts.append((path, label, name, image[..., ::-1], grid))
+    cell = pitch * per_side
+    with atomic_path(record_path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for k, (path, label, name, rgb, grid) in enumerate(cuts):
+            origin_x, origin_y = grid[0][0] - pitch / 2, grid[0][1] - pitch / 2
+            for cx, cy in grid:
+                x = int(round(k * cell + cx - origin_x))
+                y = int(round(cy - origin_y))
+                tiles = [encode_tile(np.ascontiguousarray(crop(rgb, cx, cy, side, config.tile_size)),
+                                     options.encoding) for side in sides]
+                writer.write(make_example(slide, label, name, x, y, tiles, mpps))
+                index_lines.append(f"{x},{y},{path.relative_to(path.parents[1])},{label}")
+                counts[config.class_names[label]] += 1
+            bar.update(1)
+    atomic_write_text(options.output / f"{slide}.index.csv", "\n".join(index_lines) + "\n")
+    summary = {
+        "slide": slide, "status": "done", "source": "tile folder", "images": len(images),
+        "tiles": sum(counts.values()), "tiles_per_class": dict(sorted(counts.items())),
+        "magnifications": config.magnifications, "tile_size": config.tile_size, "base_mpp": options.mpp,
+        "scale_mpps": mpps, "stride_level0": pitch, "seconds": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_json(summary_path, summary)
+    return summary

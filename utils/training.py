@@ -38,6 +38,7 @@ from utils import plots
 from utils.active_learning import UNCERTAINTY, Pool, select
 from utils.config import Config
 from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
+from utils.embeddings import EmbeddingCache
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_json, atomic_write_text
 from utils.model import (
@@ -128,6 +129,7 @@ class Run:
                 np.flatnonzero(in_split["train"] & labelled), self.index, options.slide_class_cap, uncapped, rng)
             self.pool_ids = self.candidates
         self.keys = np.array([f"{s}\t{x}\t{y}" for s, x, y in zip(self.index.slide, self.index.x, self.index.y)])
+        self.cache: EmbeddingCache | None = None
 
     # -- labelled set --------------------------------------------------------------
     def initial_labelled(self) -> np.ndarray:
@@ -164,6 +166,16 @@ class Run:
         return {name: int(n) for name, n in zip(self.config.class_names, bins)}
 
     # -- data ----------------------------------------------------------------------
+    def cache_features(self, model: keras.Model) -> None:
+        """Frozen backbones: compute the features of every record the run uses once."""
+        ids = np.unique(np.concatenate([self.candidates, self.pool_ids, self.val_ids, self.test_ids]))
+        self.cache = EmbeddingCache(model, self.dataset(ids, with_ids=True), ids, self.index.label)
+
+    def predict(self, predictor: Predictor, ids: np.ndarray, mc_passes: int = 0) -> dict[str, np.ndarray]:
+        if self.cache is not None:
+            return self.cache.predict(ids, self.options.batch_size, mc_passes)
+        return predict(predictor, self.dataset(ids, with_ids=True), mc_passes)
+
     def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False) -> tf.data.Dataset:
         o = self.options
         return triplet_dataset(
@@ -236,7 +248,7 @@ def evaluate(predictor: Predictor, run: Run, ids: np.ndarray) -> dict[str, Any]:
     if len(ids) == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan"), "per_class_f1": [float("nan")] * num,
                 "confusion": np.zeros((num, num), np.int64), "misclassified": np.zeros(num)}
-    result = predict(predictor, run.dataset(ids, with_ids=True))
+    result = run.predict(predictor, ids)
     truth, predicted = result["labels"], result["probs"].argmax(axis=1)
     labels = list(range(num))
     present = sorted(set(truth.tolist()))
@@ -262,8 +274,7 @@ def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: n
     if len(pool_ids) == 0:
         return pool_ids, {}
     needs_model = o.strategy in UNCERTAINTY or o.query_only
-    scored = (predict(predictor, run.dataset(pool_ids, with_ids=True), o.mc_passes if o.strategy == "bald" else 0)
-              if needs_model else None)
+    scored = run.predict(predictor, pool_ids, o.mc_passes if o.strategy == "bald" else 0) if needs_model else None
     if scored is not None:
         order = np.argsort(scored["ids"])
         pool_ids = scored["ids"][order]
@@ -317,10 +328,17 @@ def write_queries(run: Run, ids: np.ndarray, scores: np.ndarray | None, predicte
 
 def train_round(model: keras.Model, run: Run, labelled: np.ndarray, round_number: int) -> list[dict]:
     o = run.options
-    compile_fresh(model, o)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
-    history = model.fit(run.dataset(labelled, train=True), validation_data=run.dataset(run.val_ids),
-                        epochs=o.epochs, callbacks=[stop], verbose=2)
+    if run.cache is not None:
+        cache = run.cache
+        compile_fresh(cache.head, o)
+        history = cache.head.fit(cache.of(labelled), cache.labels[labelled], batch_size=o.batch_size,
+                                 epochs=o.epochs, callbacks=[stop], shuffle=True, verbose=2,
+                                 validation_data=(cache.of(run.val_ids), cache.labels[run.val_ids]))
+    else:
+        compile_fresh(model, o)
+        history = model.fit(run.dataset(labelled, train=True), validation_data=run.dataset(run.val_ids),
+                            epochs=o.epochs, callbacks=[stop], verbose=2)
     epochs = history.history
     return [{"round": round_number, **{k: float(v[e]) for k, v in epochs.items()}}
             for e in range(len(epochs["loss"]))]
@@ -365,10 +383,12 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         atomic_write_json(out / "split.json", run.split)
         _print_counts(class_counts)
     predictor = Predictor(model)
+    if options.freeze_backbone:
+        run.cache_features(model)
     if state is None and options.weights:
         # Round -1: the source-domain model on the target data, before any target label.
         val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
-        rows.append(_metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0.0, 0.0, 0.0))
+        rows.append(_metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0))
         print(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
               f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
     metadata = {"config": config.to_dict(), "backbone": options.spec.backbone, "spec": asdict(options.spec)}
@@ -394,7 +414,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
         misclassified = val["misclassified"]
         epochs = sum(1 for h in history if h["round"] == round_number)
-        row = _metrics_row(run, round_number, labelled, val, test, epochs, query_seconds, fit_seconds,
+        steps = epochs * -(-len(labelled) // options.batch_size)
+        row = _metrics_row(run, round_number, labelled, val, test, epochs, steps, query_seconds, fit_seconds,
                            time.perf_counter() - started)
         rows.append(row)
         print(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
@@ -422,14 +443,14 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     return rows[-1]
 
 
-def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int,
+def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
                  query_seconds: float, fit_seconds: float, seconds: float) -> dict[str, Any]:
     return {"round": round_number, "labelled": len(labelled),
             **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
             "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
             "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             **{f"test_f1_{n}": f for n, f in zip(run.config.class_names, test["per_class_f1"])},
-            "epochs": epochs, "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
+            "epochs": epochs, "steps": steps, "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
             "seconds": round(seconds, 2)}
 
 
