@@ -9,7 +9,8 @@ import pytest
 
 from utils.synthetic import SyntheticRegion, make_slide, rectangle
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 TILE = 64
 
 

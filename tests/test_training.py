@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import yaml
 
 import active_learning_train
 import tfrecord_generator
-from tests.conftest import shared_file
+from tests.conftest import ROOT, shared_file
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
 from utils.records import read_index, record_files
 from utils.synthetic import make_slide, random_layout
-from utils.tile_folders import write_tile_folder_records
 from utils.training import TrainOptions, run_training
 
 TILE = 32
@@ -149,14 +150,23 @@ def test_one_and_two_scale_models_and_compatibility_errors():
 
 
 def test_small_model_learns_real_kather_textures(tmp_path):
-    """Kather et al. 2016 colorectal tiles (CC BY 4.0), split by source slide.
+    """Kather et al. 2016 colorectal tiles (CC BY 4.0) through tfrecord_generator.py
+    --tiles, split by source slide.
 
-    The "empty" class is left out: nearly all its tiles come from one slide, so
-    no split by slide can both train and test it."""
+    The "empty" class is left out by a configuration without its rule: nearly
+    all its tiles come from one slide, so no split by slide can both train and
+    test it."""
+    config_file = tmp_path / "kather.yaml"
+    settings = yaml.safe_load((ROOT / "experiments" / "kather.yaml").read_text())
+    settings["classes"] = settings["classes"][:7]
+    settings["rules"] = settings["rules"][:7]
+    config_file.write_text(yaml.safe_dump(settings))
     data = tmp_path / "kather"
-    names = write_tile_folder_records(shared_file("kather"), data, 48, 1.5, r"(CRC-Prim-HE-\d+)", skip=("08_EMPTY",))
-    classes = [{"name": n, "color": "#808080"} for n in names]
-    config = load_config(classes=classes, rules=[], priority=[], magnifications=[10], tile_size=48)
+    with pytest.warns(UserWarning, match="08_EMPTY"):
+        assert tfrecord_generator.main(["--tiles", str(shared_file("kather")), "--mpp", "0.495", "--config",
+                                        str(config_file), "--magnifications", "10", "--tile-size", "48",
+                                        "--slide-pattern", r"(CRC-Prim-HE-\d+)", "--output", str(data)]) == 0
+    config = load_config(config_file, magnifications=[10], tile_size=48)
     split = tmp_path / "split.json"
     name = "CRC-Prim-HE-{:02d}".format
     split.write_text(json.dumps({"train": [name(i) for i in (1, 2, 3, 4, 5, 7)], "val": [name(9), name(10)],
@@ -165,8 +175,10 @@ def test_small_model_learns_real_kather_textures(tmp_path):
                            rounds=0, initial=1000, epochs=10, batch_size=32, optimizer="adam", learning_rate=2e-3,
                            slide_class_cap=None, split_file=split, seed=1)
     last = run_training(options, config)
-    chance = 1 / len(classes)
-    assert names[0] == "tumor" and len(names) == 7
+    chance = 1 / 7
+    train_tiles = [p for p in shared_file("kather").glob("0[1-7]_*/*.png")
+                   if re.search(r"CRC-Prim-HE-(\d+)", p.name).group(1) in {"01", "02", "03", "04", "05", "07"}]
+    assert last["labelled"] == len(train_tiles), "one 48-px window at 10x fits a 150-px tile at 20x"
     assert last["test_accuracy"] > 2.5 * chance, last
 
 
@@ -188,3 +200,33 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
     assert np.isnan(result["per_class_f1"][0]), "background is absent: no F1, not 0"
     np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
     assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]
+
+
+def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_backbone(tiles, tmp_path):
+    from utils import training
+
+    config = load_config(tile_size=TILE)
+    options = TrainOptions(data=tiles, output=tmp_path, spec=ModelSpec("small", 32), backbone_weights=None,
+                           freeze_backbone=True, epochs=2, batch_size=32, optimizer="adam", learning_rate=1e-2,
+                           slide_class_cap=60, eval_cap=40)
+    model = build_model(config, options.spec, None, freeze_backbone=True)
+    run = training.Run(options, config)
+    run.cache_features(model)
+    ids = run.val_ids
+    direct = training.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
+    order = np.argsort(direct["ids"])
+    cached = run.cache.predict(ids, 32)
+    np.testing.assert_array_equal(cached["ids"], direct["ids"][order])
+    np.testing.assert_allclose(cached["probs"], direct["probs"][order], atol=1e-5)
+    assert cached["labels"].tolist() == direct["labels"][order].tolist()
+
+    backbone = [w.copy() for w in model.get_layer("backbone_mag_40x").get_weights()]
+    head = [w.copy() for w in model.get_layer("fc1").get_weights()]
+    rows = training.train_round(model, run, run.initial_labelled(), 0)
+    assert len(rows) == 2
+    for before, after in zip(backbone, model.get_layer("backbone_mag_40x").get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert any(not np.array_equal(b, a) for b, a in zip(head, model.get_layer("fc1").get_weights()))
+    refreshed = training.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
+    np.testing.assert_allclose(run.cache.predict(ids, 32)["probs"],
+                               refreshed["probs"][np.argsort(refreshed["ids"])], atol=1e-5)
