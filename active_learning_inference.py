@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from utils.batch import expand_slides, parse_shard, report, run_per_slide
-from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
+from utils.cli import add_config_arguments, exit_on_input_error, prepare_output, resolve_config
 from utils.config import save_config
 from utils.inference import InferenceOptions, infer_slide
 from utils.model import Predictor, check_compatible, load_model, make_deterministic, read_metadata
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     make_deterministic()
     model = load_model(args.model)
     check_compatible(model, config)
-    args.output.mkdir(parents=True, exist_ok=True)
+    prepare_output(args.output)
     save_config(config, args.output / "inference_config.json")
     options = InferenceOptions(output=args.output, model_path=args.model, mpp=args.mpp, batch_size=args.batch_size,
                                threads=args.workers, overwrite=args.overwrite, smooth=args.smooth)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from utils.batch import expand_slides, parse_shard, report, run_per_slide
-from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
+from utils.cli import add_config_arguments, exit_on_input_error, prepare_output, resolve_config
 from utils.config import Config, save_config
 from utils.extract import ExtractOptions, extract_slide
 from utils.tile_folders import TileFolderOptions, extract_tile_folders
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not slides:
         print("no slides to process")
         return 0
-    args.output.mkdir(parents=True, exist_ok=True)
+    prepare_output(args.output)
     save_config(config, args.output / "extraction_config.json")
     options = ExtractOptions(
         annotations=args.annotations, output=args.output, mpp=args.mpp, encoding=args.encoding,
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def extract_tiles(args: argparse.Namespace, config: Config) -> int:
-    args.output.mkdir(parents=True, exist_ok=True)
+    prepare_output(args.output)
     save_config(config, args.output / "extraction_config.json")
     options = TileFolderOptions(output=args.output, mpp=args.mpp, slide_pattern=args.slide_pattern,
                                 encoding=args.encoding, overwrite=args.overwrite)

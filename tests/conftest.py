@@ -3,6 +3,7 @@ data folder beside the checkout (tests that need it skip when it is absent)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,12 @@ def synthetic_slide(tmp_path_factory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("synthetic")
     return make_slide(directory / "slides", "known", 24 * TILE, 16 * TILE, known_regions(),
                       annotations_dir=directory / "annotations")
+
+
+def wait_for(condition, timeout: float = 300.0) -> None:
+    """Poll ``condition`` every 20 ms until it holds (for tests that kill a process part-way)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the condition never held")
+        time.sleep(0.02)

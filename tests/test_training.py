@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -15,7 +17,7 @@ import yaml
 
 import active_learning_train
 import tfrecord_generator
-from tests.conftest import ROOT, shared_file
+from tests.conftest import ROOT, shared_file, wait_for
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
@@ -230,3 +232,23 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     refreshed = training.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
     np.testing.assert_allclose(run.cache.predict(ids, 32)["probs"],
                                refreshed["probs"][np.argsort(refreshed["ids"])], atol=1e-5)
+
+
+def test_training_killed_mid_round_resumes_exactly_where_it_stopped(tiles, tmp_path):
+    flags = ["--data", str(tiles), "--rounds", "3", "--strategy", "entropy", *FAST]
+    assert active_learning_train.main(["--output", str(tmp_path / "whole"), *flags]) == 0
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(ROOT / "active_learning_train.py"), "--output", str(killed),
+                                *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (killed / "state.json").exists() and json.loads((killed / "state.json").read_text())["round"] >= 1)
+    finally:
+        process.kill()  # SIGKILL: no clean-up runs
+        process.wait()
+    assert json.loads((killed / "state.json").read_text())["round"] < 3, "killed before the end"
+    assert active_learning_train.main(["--output", str(killed), "--resume", *flags]) == 0
+    assert (killed / "labelled.csv").read_text() == (tmp_path / "whole" / "labelled.csv").read_text()
+    metrics = ["round", "labelled", "val_macro_f1", "test_macro_f1", "epochs", "steps"]
+    assert [[r[m] for m in metrics] for r in rows_of(killed / "rounds.csv")] == \
+        [[r[m] for m in metrics] for r in rows_of(tmp_path / "whole" / "rounds.csv")]
+    assert not [p for p in killed.rglob("*") if ".tmp" in p.name], "no temporary file is left behind"

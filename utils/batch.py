@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from utils.cli import debugging, describe_os_error
 from utils.errors import InputError
 
 SLIDE_SUFFIXES = {
@@ -82,8 +83,13 @@ def _call(task: SlideTask, slide: Path, updates: Any) -> SlideOutcome:
         return SlideOutcome(slide, task(slide, progress), None)
     except InputError as exc:
         return SlideOutcome(slide, None, str(exc))
-    except Exception:
-        return SlideOutcome(slide, None, f"{slide}: unexpected error\n{traceback.format_exc()}")
+    except OSError as exc:
+        return SlideOutcome(slide, None, f"{slide}: {describe_os_error(exc)}")
+    except Exception as exc:
+        if debugging():
+            return SlideOutcome(slide, None, f"{slide}: unexpected error\n{traceback.format_exc()}")
+        return SlideOutcome(slide, None, f"{slide}: unexpected error ({type(exc).__name__}: {exc}); "
+                                         f"rerun with --debug for the traceback")
 
 
 def run_per_slide(task: SlideTask, slides: Sequence[Path], workers: int, unit: str = "tiles") -> list[SlideOutcome]:

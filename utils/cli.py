@@ -1,19 +1,38 @@
 """Command-line pieces the three scripts share: configuration flags and the
-one-line error exit for bad input."""
+one-line error exit for bad input.
+
+Every failure a user can cause or fix (bad input, an unwritable or full disk,
+Ctrl-C) ends in one ``error:`` line and a non-zero exit; ``--debug`` shows the
+traceback instead. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from utils.config import Config, load_config, read_config_file
 from utils.errors import InputError
+from utils.io import remove_stale_temporaries
+
+
+DEBUG_VARIABLE = "TISSUE_AL_DEBUG"
+
+
+def debugging() -> bool:
+    """Whether ``--debug`` was given (also seen by worker processes)."""
+    return os.environ.get(DEBUG_VARIABLE) == "1"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--config", help="JSON/YAML file overriding the default configuration")
     parser.add_argument("--magnifications", type=float, nargs="+", metavar="M",
                         help="objective magnification of each scale, highest first (default 40 10 2.5)")
@@ -30,15 +49,50 @@ def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None,
     return load_config(None, **values)
 
 
+def prepare_output(folder: Path) -> None:
+    """Create the output folder and clear what killed runs left half-written there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(folder):
+        print(f"removed {path}, left half-written by an interrupted run")
+
+
 def exit_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
-    """Turn :class:`InputError` into ``error: <message>`` and exit status 2."""
+    """Turn bad input, disk trouble and Ctrl-C into one ``error:`` line: exit
+    status 2 for input, 3 for the disk, 130 for an interruption."""
 
     @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> int:
+    def wrapper(argv: list[str] | None = None) -> int:
+        warnings.formatwarning = _one_line_warning
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            os.environ[DEBUG_VARIABLE] = "1"
+            return main(argv)
         try:
-            return main(*args, **kwargs)
+            return main(argv)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 3
+        except KeyboardInterrupt:
+            print("error: interrupted; finished work is kept, rerun the same command to go on", file=sys.stderr)
+            return 130
 
     return wrapper
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file and what to do about the failure."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    hints = {
+        errno.ENOSPC: "the disk is full; free space or choose another --output, then rerun (finished work is kept)",
+        errno.EDQUOT: "the disk quota is exhausted; free space, then rerun (finished work is kept)",
+        errno.EACCES: "permission denied; choose a folder you can write to",
+        errno.EROFS: "the file system is read-only; choose another --output",
+        errno.ENOTDIR: "a path component is a file, not a folder",
+    }
+    return f"{where}{exc.strerror or exc}" + (f" ({hints[exc.errno]})" if exc.errno in hints else "")

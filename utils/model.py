@@ -160,6 +160,9 @@ def load_weights_by_name(model: keras.Model, path: str | Path) -> list[str]:
             missing.append(layer.name)
             continue
         layer.set_weights(other.get_weights())
+    if all(layer.name in missing for layer in model.layers if layer.weights):
+        raise ModelError(f"{path}: no layer of this model matches a layer of the weights file by name and shape; "
+                         f"pass a model trained with the same --backbone and --head-units")
     return missing
 
 
@@ -175,10 +178,19 @@ def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -
 
 
 def load_model(path: str | Path) -> keras.Model:
+    """Load in Keras's safe mode: a model file that would run arbitrary code
+    (a Lambda layer) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a .keras model archive (truncated or another format); "
+                         f"pass the model.keras of a training run")
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first})") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.config import scale_name
+from utils.errors import InputError
 
 RECORD_SUFFIX = ".tfrecord"
 UNLABELED = -1
@@ -116,10 +117,17 @@ def read_index(files: Sequence[str | Path]) -> RecordIndex:
     for path in files:
         count = 0
         dataset = tf.data.TFRecordDataset(str(path)).batch(4096)
-        for batch in dataset.map(lambda s: tf.io.parse_example(s, _META)):
-            for key in _META:
-                columns[key].append(batch[key].numpy())
-            count += len(batch["label"])
+        try:
+            for batch in dataset.map(lambda s: tf.io.parse_example(s, _META)):
+                for key in _META:
+                    columns[key].append(batch[key].numpy())
+                count += len(batch["label"])
+        except tf.errors.DataLossError:
+            raise InputError(f"{path}: truncated or corrupt TFRecord shard; delete it and its .summary.json "
+                             f"and rerun tfrecord_generator.py") from None
+        except tf.errors.InvalidArgumentError as exc:
+            raise InputError(f"{path}: not a shard of this project's record schema ({exc.message.splitlines()[0]}); "
+                             f"write the shards with tfrecord_generator.py") from None
         counts.append(count)
 
     def joined(key: str) -> np.ndarray:

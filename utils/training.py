@@ -36,6 +36,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from utils import plots
 from utils.active_learning import UNCERTAINTY, Pool, select
+from utils.cli import prepare_output
 from utils.config import Config
 from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
 from utils.embeddings import EmbeddingCache
@@ -203,6 +204,15 @@ def _slide_strides(data: Path, config: Config) -> dict[str, float]:
     return strides
 
 
+def reseed(model: keras.Model, seed: int) -> None:
+    """Seed the global generators and the model's dropout generators, whose
+    state otherwise carries over from everything the process did before."""
+    keras.utils.set_random_seed(seed)
+    for variable in model.variables:
+        if variable.path.endswith("seed_generator_state"):
+            variable.assign(np.array([seed, 0], dtype=variable.dtype))
+
+
 def gpu_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over several GPUs, mixed precision on any GPU."""
     gpus = tf.config.list_physical_devices("GPU")
@@ -347,7 +357,7 @@ def train_round(model: keras.Model, run: Run, labelled: np.ndarray, round_number
 def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     """The whole run; returns the last row of ``rounds.csv``."""
     out = options.output
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out)
     make_deterministic(options.seed)
     run = Run(options, config)
     state_path = out / "state.json"
@@ -367,6 +377,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         start, rows, history = state["round"] + 1, state["rows"], state["history"]
         best = state["best"]
         misclassified = np.asarray(state["misclassified"])
+        run.rng.bit_generator.state = state["rng"]
         print(f"resuming {out} at round {start} with {len(labelled)} labelled tiles")
     else:
         if options.weights:
@@ -397,6 +408,10 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     last_round = start if options.query_only else options.rounds
     for round_number in range(start, last_round + 1):
         started = time.perf_counter()
+        # Each round's shuffles and dropout depend only on (seed, round), and the
+        # query generator's state is saved with the round: a resumed run repeats
+        # exactly what the uninterrupted run would have done.
+        reseed(model, int(np.random.SeedSequence([options.seed, round_number]).generate_state(1)[0]))
         query_seconds = 0.0
         if round_number > 0 and not options.query_only:
             new, info = query(run, predictor, labelled, misclassified, round_number)
@@ -435,7 +450,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         plots.learning_curve({options.strategy: rows, **_other_runs(options.compare)}, out / "learning_curve.png")
         plots.training_curves(history, out / "training_curves.png")
         atomic_write_json(state_path, {"round": round_number, "best_model": "model.keras", "best": best,
-                                       "rows": rows, "history": history,
+                                       "rows": rows, "history": history, "rng": run.rng.bit_generator.state,
                                        "misclassified": np.asarray(misclassified).tolist()})
     if options.query_only:
         query(run, predictor, labelled, misclassified, last_round + 1)
