@@ -15,6 +15,7 @@ import numpy as np
 from utils.annotations import find_annotation_file, read_annotations
 from utils.batch import Progress
 from utils.config import Config
+from utils.errors import SlideError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.labels import CellLabels, label_tiles, rasterize_regions, report_unmatched
@@ -58,11 +59,16 @@ def extract_slide(slide_path: Path, progress: Progress, *, config: Config, optio
 
     with Slide(slide_path, mpp=options.mpp) as slide:
         geometry = slide_geometry(slide, config)
+        if 0 in geometry.grid_shape:
+            raise SlideError(f"{slide_path}: {slide.dimensions[0]}x{slide.dimensions[1]} px is smaller than one "
+                             f"{config.tile_size}-px tile at {config.magnifications[0]:g}x; nothing to extract")
         k = config.mask_cells_per_tile
         tissue = tissue_grid(slide, geometry, config.tissue_method, k)
         regions = read_annotations(annotation_path) if annotation_path else []
         cells = rasterize_regions(regions, config, tissue.shape, geometry.stride / k)
         warning = report_unmatched(cells, stem, options.strict)
+        if not tissue.any():
+            warning = f"{stem}: no tissue found; check the slide, or try tissue_method 'green' in --config"
         labels, name_index = label_tiles(cells, tissue, config)
         selected = labels >= 0
         if options.unlabeled:

@@ -261,8 +261,11 @@ class Predictor:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
-        # reduce_retracing: the last batch of a slide is smaller than the others.
-        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        # One graph for every batch size: a graph traced for one fixed size
+        # (the first batch) can round differently from the general one, and a
+        # tile's probabilities must not depend on which slide came first.
+        signature = {t.name.split(":")[0]: tf.TensorSpec([None, *t.shape[1:]], tf.float32) for t in model.inputs}
+        self._predict = tf.function(lambda x: model(x, training=False), input_signature=[signature])
         self._mc = None
 
     def _build_mc(self):

@@ -72,7 +72,8 @@ def make_example(
     for scale, (data, mpp) in enumerate(zip(tiles, mpps)):
         feature[f"image/{scale}"] = b(data)
         feature[f"mpp/{scale}"] = f(mpp)
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries sorted by key, so the same tiles give the same bytes in any process
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 _META = {

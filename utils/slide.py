@@ -11,6 +11,7 @@ that cross the slide edge with that colour instead of shifting them.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ import numpy as np
 from utils.config import MICRONS_PER_PIXEL_AT_1X, hex_to_rgb
 from utils.errors import ConfigError, MppError, SlideError
 from utils.tiff_tiles import TiffTiles
+
+# tifffile logs damaged-file details itself; the SlideError raised here says it in one line.
+logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 TIFFSLIDE_SUFFIXES = {".tif", ".tiff", ".svs"}
 #: Base µm/px outside this range is treated as wrong metadata (a 96 dpi tag
@@ -48,6 +52,10 @@ class Slide:
         self.stem = slide_stem(self.path)
         if not self.path.exists():
             raise SlideError(f"{self.path}: no such slide file")
+        if self.path.is_dir():
+            raise SlideError(f"{self.path}: a folder, not a slide file; pass the slide file itself")
+        if self.path.stat().st_size == 0:
+            raise SlideError(f"{self.path}: the file is empty (0 bytes); copy the slide again")
         if backend == "auto":
             backend = "tiffslide" if self.path.suffix.lower() in TIFFSLIDE_SUFFIXES else "openslide"
         self.backend = backend
@@ -61,7 +69,8 @@ class Slide:
 
                 self._handle = openslide.OpenSlide(str(self.path))
         except Exception as exc:  # both libraries raise several unrelated types
-            raise SlideError(f"{self.path}: cannot open slide ({type(exc).__name__}: {exc})") from None
+            raise SlideError(f"{self.path}: cannot open slide ({type(exc).__name__}: {exc}); it is damaged or not a "
+                             f"whole-slide format this tool reads (OpenSlide's formats, tiled TIFF)") from None
         self.properties = dict(self._handle.properties)
         self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)  # type: ignore[assignment]
         self.level_dimensions = [tuple(d) for d in self._handle.level_dimensions]

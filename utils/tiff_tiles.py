@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import SlideError
+
 #: Decoded tiles kept (a 256x256 RGB tile is 192 KiB, so about 48 MiB).
 CACHE_TILES = 256
 
@@ -35,6 +37,7 @@ class TiffTiles:
             self._pages.append(page if page is not None and _usable(page, dimensions) else None)
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._file_lock = threading.Lock()
 
     def close(self) -> None:
         self._tif.close()
@@ -68,11 +71,17 @@ class TiffTiles:
         if not count:
             return None
         handle = self._tif.filehandle
-        with handle.lock:
+        # tifffile's own file lock is a no-op unless configured: seek and read
+        # must not interleave between threads, or a thread reads another tile.
+        with self._file_lock:
             handle.seek(offset)
             data = handle.read(count)
-        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        tile = np.ascontiguousarray(decoded.reshape(page.tilelength, page.tilewidth, -1)[..., :3])
+        try:
+            decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            tile = np.ascontiguousarray(decoded.reshape(page.tilelength, page.tilewidth, -1)[..., :3])
+        except Exception as exc:  # codecs raise their own types
+            raise SlideError(f"{self._tif.filehandle.path}: tile {index} of level {level} cannot be decoded "
+                             f"({type(exc).__name__}: {exc}); the file is truncated or corrupt") from None
         with self._lock:
             self._cache[key] = tile
             while len(self._cache) > CACHE_TILES:
