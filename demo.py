@@ -141,7 +141,7 @@ def held_out_layout(side: int):
 def map_accuracy(folder: Path, regions, side: int, tile: int) -> float:
     """Share of the map's tissue cells whose class is the tissue drawn there;
     cells straddling two regions are not scored."""
-    saved = np.load(folder / "probabilities.npz")
+    saved = np.load(folder / "probabilities.npz", allow_pickle=False)
     names = [*[str(n) for n in saved["class_names"]], load_config().undefined["name"]]
     truth = truth_grid(side, side, regions, tile)
     predicted = np.array(names, dtype=object)[saved["classes"]]

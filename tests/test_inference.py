@@ -81,7 +81,7 @@ def test_map_matches_the_known_regions(mapped):
 
 def test_probabilities_rethresholded_give_the_png_classes(mapped):
     config = load_config(tile_size=TILE)
-    saved = np.load(mapped / "probabilities.npz")
+    saved = np.load(mapped / "probabilities.npz", allow_pickle=False)
     assert saved["probabilities"].dtype == np.float16
     assert list(saved["class_names"]) == config.class_names
     assert float(saved["cell_size_level0"]) == TILE and float(saved["mpp"]) == 0.25
@@ -136,7 +136,7 @@ def test_slide_without_tissue_gives_an_all_background_map(model_path, tmp_path):
                                            "--output", str(tmp_path / "maps")]) == 0
     config = load_config(tile_size=TILE)
     folder = tmp_path / "maps" / "blank"
-    saved = np.load(folder / "probabilities.npz")
+    saved = np.load(folder / "probabilities.npz", allow_pickle=False)
     assert not saved["tissue"].any() and (saved["classes"] == config.class_index("background")).all()
     assert json.loads((folder / "tissue_map.geojson").read_text())["features"] == []
     assert json.loads((folder / "summary.json").read_text())["tissue_mm2"] == 0
