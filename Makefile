@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo benchmark clean
+.PHONY: test demo benchmark experiment clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,12 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/python demo.py
 
+experiment: $(VENV)/.installed
+	$(BIN)/python experiments/kather_domain_adaptation.py
+
 benchmark: $(VENV)/.installed
 	$(BIN)/python benchmarks/reader_throughput.py
 	$(BIN)/python benchmarks/extraction_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo_output
+	rm -rf $(VENV) .pytest_cache demo_output experiment_output

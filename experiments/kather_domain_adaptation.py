@@ -86,6 +86,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backbone-weights", default="none", help="for the source model (default none)")
     parser.add_argument("--head-units", default="256", help="units of the dense layers (default 256)")
     parser.add_argument("--tile-size", default="64", help="tile side in px (default 64: 4 tiles per image)")
+    parser.add_argument("--source-learning-rate", default="1e-3",
+                        help="Adam step for the source model (default 1e-3; 1e-4 from ImageNet weights)")
     return parser.parse_args()
 
 
@@ -189,7 +191,7 @@ def train_source_model(args: argparse.Namespace, out: Path) -> Path:
             "--data", str(out / "records" / "source"), "--output", str(run), "--resume",
             "--split", str(out / "staged" / "source_split.json"), "--rounds", "0", "--initial", "1000000",
             "--backbone", args.backbone, "--backbone-weights", args.backbone_weights,
-            "--head-units", args.head_units, "--optimizer", "adam", "--learning-rate", "1e-3",
+            "--head-units", args.head_units, "--optimizer", "adam", "--learning-rate", args.source_learning_rate,
             "--epochs", "40", "--patience", "6", "--batch-size", "32", "--slide-class-cap", "0", "--seed", "0",
         ], out / "logs" / "source_model.txt")
     return run / "model.keras"
