@@ -329,3 +329,22 @@ def test_nothing_is_pickled_or_unpickled():
         assert "pickle" not in text.replace("allow_pickle=False", ""), path
         for call in re.finditer(r"np\.load\((?:[^()]|\([^()]*\))*\)", text):
             assert "allow_pickle=False" in call.group(0), f"{path}: {call.group(0)}"
+
+
+def test_interrupt_and_disk_errors_are_one_line_with_their_own_exit_status(capsys):
+    from utils.cli import exit_on_input_error
+
+    @exit_on_input_error
+    def interrupted(argv=None) -> int:
+        raise KeyboardInterrupt
+
+    @exit_on_input_error
+    def full(argv=None) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/slide.tfrecord")
+
+    assert interrupted([]) == 130
+    assert "interrupted; finished work is kept, rerun the same command" in capsys.readouterr().err
+    assert full([]) == 3
+    err = capsys.readouterr().err
+    assert err == ("error: /data/out/slide.tfrecord: No space left on device (the disk is full; free space or "
+                   "choose another --output, then rerun (finished work is kept))\n")
