@@ -99,6 +99,7 @@ def main() -> None:
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     source, target = stage(args.kather, out / "staged")
+    stain_examples(args.kather, out / "stain_examples.png")
     common = ["--config", str(ROOT / "experiments" / "kather.yaml"), "--tile-size", args.tile_size]
     for domain in (source, target):
         run_script("tfrecord_generator.py", ["--tiles", str(domain), "--mpp", str(KATHER_MPP),
@@ -147,6 +148,18 @@ def stage(kather: Path, staged: Path) -> tuple[Path, Path]:
         (staged / f"{domain}_split.json").write_text(json.dumps({"test": [], **names}, indent=1))
     done.write_text("{}")
     return staged / "source", staged / "target"
+
+
+def stain_examples(kather: Path, path: Path) -> None:
+    """One tile per class (top) and the same tile in the target lab's stain (bottom)."""
+    tops, bottoms = [], []
+    for folder in sorted(p for p in kather.iterdir() if p.is_dir()):
+        first = min(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+        rgb = cv2.imread(str(first), cv2.IMREAD_COLOR)[..., ::-1]
+        tops.append(rgb)
+        bottoms.append(shift_stains(rgb, STAIN_SCALE, STAIN_SHIFT))
+    rows = [np.hstack([np.pad(t, ((0, 4), (0, 4), (0, 0)), constant_values=255) for t in r]) for r in (tops, bottoms)]
+    cv2.imwrite(str(path), np.ascontiguousarray(np.vstack(rows)[..., ::-1]))
 
 
 def dest_slide(path: Path, split: str) -> str:
