@@ -35,6 +35,10 @@ class TiffTiles:
         for i, dimensions in enumerate(level_dimensions):
             page = levels[i].keyframe if i < len(levels) else None
             self._pages.append(page if page is not None and _usable(page, dimensions) else None)
+        # Offsets, byte counts, JPEG tables and the decoder are loaded lazily by
+        # tifffile, with seeks of their own: load them now, before any thread runs.
+        self._layout = [(np.asarray(p.dataoffsets), np.asarray(p.databytecounts), p.jpegtables, p.decode)
+                        if p is not None else None for p in self._pages]
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._file_lock = threading.Lock()
@@ -67,7 +71,8 @@ class TiffTiles:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        offsets, counts, jpegtables, decode = self._layout[level]
+        offset, count = int(offsets[index]), int(counts[index])
         if not count:
             return None
         handle = self._tif.filehandle
@@ -77,7 +82,7 @@ class TiffTiles:
             handle.seek(offset)
             data = handle.read(count)
         try:
-            decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            decoded, _, _ = decode(data, index, jpegtables=jpegtables)
             tile = np.ascontiguousarray(decoded.reshape(page.tilelength, page.tilewidth, -1)[..., :3])
         except Exception as exc:  # codecs raise their own types
             raise SlideError(f"{self._tif.filehandle.path}: tile {index} of level {level} cannot be decoded "
