@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = run_per_slide(task, slides, args.workers, unit="tiles")
     for outcome in outcomes:
         if outcome.result:
-            result = outcome.result
-            detail = f"{result['tiles']} tiles {result['tiles_per_class']}" if result["status"] == "done" else ""
-            print(f"{result['slide']}: {result['status']} {detail}".rstrip())
-            if result.get("warning"):
-                print(f"warning: {result['warning']}")
+            print_summary(outcome.result)
     return report(outcomes)
 
 
@@ -100,9 +96,15 @@ def extract_tiles(args: argparse.Namespace, config: Config) -> int:
     options = TileFolderOptions(output=args.output, mpp=args.mpp, slide_pattern=args.slide_pattern,
                                 encoding=args.encoding, overwrite=args.overwrite)
     for summary in extract_tile_folders(args.tiles, config, options):
-        detail = f"{summary['tiles']} tiles {summary['tiles_per_class']}" if summary["status"] == "done" else ""
-        print(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
+        print_summary(summary)
     return 0
+
+
+def print_summary(summary: dict) -> None:
+    detail = f"{summary['tiles']} tiles {summary['tiles_per_class']}" if summary["status"] == "done" else ""
+    print(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
+    if summary.get("warning"):
+        print(f"warning: {summary['warning']}")
 
 
 if __name__ == "__main__":

@@ -105,3 +105,16 @@ def test_rerun_skips_finished_slides_and_bad_input_is_one_clear_error(tmp_path, 
     assert generate(tmp_path, "--magnifications", "40", "--tile-size", "32", "--overwrite")[0] == 2
     assert "40x needs 0.25 µm/px but the tiles are 0.5 µm/px" in capsys.readouterr().err
     assert not list((tmp_path / "records").glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_images_of_another_shape_get_canvas_cells_as_wide_as_their_grid(tmp_path):
+    """A 140x70 image gives a 2x1 grid of 64-px windows; its neighbour on the
+    canvas must start after both, not overlap them."""
+    write_dataset(tmp_path / "tiles", size=70)
+    for k, path in enumerate(sorted((tmp_path / "tiles" / "01_TUMOR").glob("*.png"))):
+        cv2.imwrite(str(path), np.full((70, 140, 3), 40 * k, np.uint8))
+    with pytest.warns(UserWarning):
+        code, out = generate(tmp_path, "--magnifications", "20", "10", "--tile-size", "32")
+    assert code == 0
+    positions = [(slide, x, y) for _, _, slide, x, y in records(out, [20, 10], 32)]
+    assert len(positions) == len(set(positions)), "every record has its own canvas position"

@@ -69,19 +69,26 @@ class Geometry:
         return x, y
 
 
+def scale_factor(config: Config, magnification: float, mpp: float, base_mpp: float, source: str) -> float:
+    """Source pixels per output pixel of one scale (``mpp`` wanted, ``base_mpp``
+    available); more than the tolerated upsampling is an error naming ``source``
+    (e.g. "the slide was scanned at") unless ``allow_upsampling`` is set."""
+    factor = mpp / base_mpp
+    if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
+        raise MagnificationError(
+            f"{magnification:g}x needs {mpp:.3g} µm/px but {source} {base_mpp:.3g} µm/px "
+            f"(about {MICRONS_PER_PIXEL_AT_1X / base_mpp:.3g}x); pass lower magnifications "
+            f"(e.g. --magnifications {' '.join(f'{m / 2:g}' for m in config.magnifications)}) "
+            f"or set allow_upsampling"
+        )
+    return factor
+
+
 def slide_geometry(slide: Slide, config: Config) -> Geometry:
     """Scales of the configuration resolved against one slide's µm/px and levels."""
     scales = []
     for magnification, mpp in zip(config.magnifications, config.scale_mpps):
-        factor = mpp / slide.mpp
-        if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
-            scanned = MICRONS_PER_PIXEL_AT_1X / slide.mpp
-            raise MagnificationError(
-                f"{slide.path}: {magnification:g}x needs {mpp:.3g} µm/px but the slide was scanned at "
-                f"{slide.mpp:.3g} µm/px (about {scanned:.3g}x); pass lower magnifications "
-                f"(e.g. --magnifications {' '.join(f'{m / 2:g}' for m in config.magnifications)}) "
-                f"or set allow_upsampling"
-            )
+        factor = scale_factor(config, magnification, mpp, slide.mpp, f"{slide.path}: the slide was scanned at")
         level = best_level(slide.level_downsamples, factor)
         downsample = slide.level_downsamples[level]
         if abs(factor / downsample - 1.0) <= SNAP_TOLERANCE:

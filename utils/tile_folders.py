@@ -12,7 +12,7 @@ fits several times, the image yields a grid of records.
 The slide of a tile is the first group of ``slide_pattern`` found in its file
 name, so training can split by slide; one shard per slide, with its summary.
 Records get positions on a virtual canvas on which the images of a slide lie
-side by side in name order, one image per ``stride * per_side`` pixels, so the
+side by side in name order, each as wide as the widest grid, so the
 records of one image are neighbours (the diversity guard then spreads queries
 across images); ``<slide>.index.csv`` maps every position back to its file.
 """
@@ -32,10 +32,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from utils.config import MICRONS_PER_PIXEL_AT_1X, Config
-from utils.errors import InputError, MagnificationError
+from utils.config import Config
+from utils.errors import InputError
 from utils.extract import shard_paths
-from utils.geometry import SNAP_TOLERANCE, UPSAMPLE_TOLERANCE
+from utils.geometry import SNAP_TOLERANCE, scale_factor
 from utils.io import atomic_path, atomic_write_json, atomic_write_text
 from utils.records import encode_tile, make_example
 
@@ -55,14 +55,8 @@ def window_sides(config: Config, mpp: float) -> list[float]:
     """Side in image pixels of each scale's window (snapped to 1:1 within 2%)."""
     sides = []
     for magnification, target in zip(config.magnifications, config.scale_mpps):
-        factor = target / mpp
-        if abs(factor - 1.0) <= SNAP_TOLERANCE:
-            factor = 1.0
-        if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
-            raise MagnificationError(
-                f"{magnification:g}x needs {target:.3g} µm/px but the tiles are {mpp:.3g} µm/px "
-                f"(about {MICRONS_PER_PIXEL_AT_1X / mpp:.3g}x); choose lower --magnifications")
-        sides.append(config.tile_size * factor)
+        factor = scale_factor(config, magnification, target, mpp, "the tiles are")
+        sides.append(config.tile_size * (1.0 if abs(factor - 1.0) <= SNAP_TOLERANCE else factor))
     return sides
 
 
@@ -141,8 +135,8 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
     mpps = [options.mpp * side / config.tile_size for side in sides]
     counts: Counter = Counter()
     index_lines = ["x,y,file,label"]
-    # Images of a slide may differ in size: each gets a square cell of the widest grid.
-    per_side = 0
+    # Images of a slide may differ in size: each gets a canvas cell as wide as the widest grid.
+    across = 0
     cuts = []
     for path, label, name in images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -153,9 +147,9 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
             raise InputError(f"{path}: {image.shape[1]}x{image.shape[0]} px is smaller than the "
                              f"{pitch:.0f}-px window of {config.magnifications[-1]:g}x; choose higher "
                              f"--magnifications or a smaller --tile-size")
-        per_side = max(per_side, int(round(np.sqrt(len(grid)))))
+        across = max(across, len({cx for cx, _ in grid}))
         cuts.append((path, label, name, image[..., ::-1], grid))
-    cell = pitch * per_side
+    cell = pitch * across
     with atomic_path(record_path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
         for k, (path, label, name, rgb, grid) in enumerate(cuts):
             origin_x, origin_y = grid[0][0] - pitch / 2, grid[0][1] - pitch / 2

@@ -377,7 +377,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         start, rows, history = state["round"] + 1, state["rows"], state["history"]
         best = state["best"]
         misclassified = np.asarray(state["misclassified"])
-        run.rng.bit_generator.state = state["rng"]
+        if "rng" in state:  # runs saved before the generator state was kept resume with a fresh one
+            run.rng.bit_generator.state = state["rng"]
         print(f"resuming {out} at round {start} with {len(labelled)} labelled tiles")
     else:
         if options.weights:
