@@ -103,8 +103,8 @@ def extract_tiles(args: argparse.Namespace, config: Config) -> int:
 def print_summary(summary: dict) -> None:
     detail = f"{summary['tiles']} tiles {summary['tiles_per_class']}" if summary["status"] == "done" else ""
     print(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
-    if summary.get("warning"):
-        print(f"warning: {summary['warning']}")
+    for line in summary.get("warnings", []):
+        print(f"warning: {line}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Every reader returns the same thing: a list of :class:`Region` (the
 annotation's own class name and its polygons in level-0 pixels, holes kept).
 Mapping names to the configured classes and rasterising happen elsewhere, so a
 new annotation tool only needs a new reader here.
+
+GeoJSON repeats a ring's first vertex at its end; ASAP and Aperio XML list each
+vertex once. :class:`Polygon` closes every ring it is given, so whatever reads
+a polygon (the fill, areas, GeoJSON written back) sees closed rings whatever
+file it came from.
 """
 
 from __future__ import annotations
@@ -30,8 +35,39 @@ MAX_ANNOTATION_BYTES = 64 * 2**20
 
 @dataclass
 class Polygon:
-    exterior: np.ndarray  # (n, 2) float level-0 (x, y)
+    """An exterior ring and its holes, each an (n, 2) float array of level-0
+    (x, y), closed (last vertex equal to the first) whatever was passed in."""
+
+    exterior: np.ndarray
     holes: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.exterior = close_ring(self.exterior)
+        self.holes = [close_ring(hole) for hole in self.holes]
+
+
+def close_ring(ring: np.ndarray) -> np.ndarray:
+    """The ring as float (n, 2), with its first vertex repeated at the end if it is not already."""
+    ring = np.asarray(ring, np.float64)
+    if len(ring) and not np.array_equal(ring[0], ring[-1]):
+        ring = np.vstack([ring, ring[:1]])
+    return ring
+
+
+def points_in_ring(points: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Which (m, 2) points lie inside a closed ring, by the even-odd rule."""
+    starts, ends = ring[:-1], ring[1:]
+    x, y = points[:, :1], points[:, 1:]
+    crosses = (starts[:, 1] <= y) != (ends[:, 1] <= y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = starts[:, 0] + (y - starts[:, 1]) * (ends[:, 0] - starts[:, 0]) / (ends[:, 1] - starts[:, 1])
+    return (np.count_nonzero(crosses & (x < at), axis=1) % 2).astype(bool)
+
+
+def ring_area(ring: np.ndarray) -> float:
+    """Area of a closed ring (shoelace formula)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
 
 
 @dataclass
@@ -52,10 +88,11 @@ def find_annotation_file(directory: str | Path, stem: str) -> Path | None:
 def read_annotations(path: str | Path) -> list[Region]:
     """Parse an annotation file of any supported format.
 
-    Geometries without area (points, lines), rings of fewer than 3 points and
-    rings with non-finite coordinates are skipped with one warning per file.
-    XML that declares a DOCTYPE or entities is refused, so no entity is ever
-    expanded or fetched.
+    Geometries without area (points, lines), rings of fewer than 3 points,
+    rings with non-finite coordinates and QuPath objects that are not
+    annotations (detections, cells, tiles) are skipped with one warning per
+    file that counts each. XML that declares a DOCTYPE or entities is refused,
+    so no entity is ever expanded or fetched.
     """
     path = Path(path)
     try:
@@ -76,7 +113,7 @@ def read_annotations(path: str | Path) -> list[Region]:
             regions = _read_xml(ET.fromstring(text), path, skipped)
         else:
             regions = _read_geojson(json.loads(text), path, skipped)
-    except (ET.ParseError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+    except (ET.ParseError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise AnnotationError(f"{path}: not a valid annotation file ({type(exc).__name__}: {exc})") from None
     if skipped:
         details = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()))
@@ -100,28 +137,58 @@ def _ring(points: Any, skipped: Counter) -> np.ndarray | None:
     return ring
 
 
+#: GeoJSON geometry types; a bare geometry is a region without a name.
+_GEOMETRY_TYPES = {"Polygon", "MultiPolygon", "GeometryCollection", "Point", "MultiPoint",
+                   "LineString", "MultiLineString"}
+#: QuPath objects that are not region annotations: QuPath 0.4+ names them in
+#: ``objectType``, QuPath 0.2-0.3 in the feature's ``id``.
+_NOT_ANNOTATIONS = {"detection", "cell", "tile", "pathdetectionobject", "pathcellobject", "pathtileobject"}
+
+
 def _read_geojson(data: Any, path: Path, skipped: Counter) -> list[Region]:
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data["features"]
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    elif isinstance(data, list):
-        features = data
-    else:
-        raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection, Feature or list of Features")
-    regions = []
-    for feature in features:
-        polygons = _geojson_polygons(feature.get("geometry") or {}, skipped)
-        if polygons:
-            regions.append(Region(_geojson_name(feature.get("properties") or {}), polygons))
+    """Everything QuPath imports: a FeatureCollection, a Feature, a bare geometry,
+    or (nested) lists of these."""
+    if not isinstance(data, (dict, list)) or (isinstance(data, dict) and data.get("type") not in
+                                               {"FeatureCollection", "Feature", *_GEOMETRY_TYPES}):
+        raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection, Feature, geometry or list of them")
+    regions: list[Region] = []
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        kind = item.get("type") if isinstance(item, dict) else None
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+        elif kind == "FeatureCollection":
+            pending.extend(reversed(item.get("features") or []))
+        elif kind == "Feature":
+            properties = item.get("properties") or {}
+            object_type = str(properties.get("objectType") or item.get("id") or "").lower()
+            if object_type in _NOT_ANNOTATIONS:
+                skipped[f"QuPath {object_type.removeprefix('path').removesuffix('object')} objects "
+                        f"(not annotations)"] += 1
+                continue
+            polygons = _geojson_polygons(item.get("geometry") or {}, skipped)
+            if polygons:
+                regions.append(Region(_geojson_name(properties), polygons))
+        elif kind in _GEOMETRY_TYPES:
+            polygons = _geojson_polygons(item, skipped)
+            if polygons:
+                regions.append(Region("", polygons))
+        else:
+            skipped["entries that are not GeoJSON features or geometries"] += 1
     return regions
 
 
 def _geojson_name(properties: dict[str, Any]) -> str:
+    """The class name as QuPath shows it: a string, ``{name}``, or ``{names}`` of a
+    derived class joined with ": "; else the object's name."""
     classification = properties.get("classification")
-    if isinstance(classification, dict) and classification.get("name"):
-        return str(classification["name"])
-    if isinstance(classification, str):
+    if isinstance(classification, dict):
+        if classification.get("name"):
+            return str(classification["name"])
+        if isinstance(classification.get("names"), list) and classification["names"]:
+            return ": ".join(str(n) for n in classification["names"])
+    if isinstance(classification, str) and classification:
         return classification
     return str(properties.get("name") or "")
 
@@ -137,7 +204,7 @@ def _geojson_polygons(geometry: dict[str, Any], skipped: Counter) -> list[Polygo
         return [p for coords in geometry["coordinates"]
                 for p in _geojson_polygons({"type": "Polygon", "coordinates": coords}, skipped)]
     if kind == "GeometryCollection":
-        return [p for g in geometry.get("geometries", []) for p in _geojson_polygons(g, skipped)]
+        return [p for g in geometry.get("geometries") or [] for p in _geojson_polygons(g, skipped)]
     skipped[f"{kind or 'empty'} geometries (no area)"] += 1
     return []
 
@@ -150,11 +217,20 @@ def _read_xml(root: ET.Element, path: Path, skipped: Counter) -> list[Region]:
     raise AnnotationError(f"{path}: unknown XML root <{root.tag}>; expected ASAP_Annotations or Annotations")
 
 
+def _xml_number(value: str | None) -> float:
+    """An XML coordinate; ASAP on a decimal-comma locale writes "1234,5"."""
+    return float((value or "").replace(",", "."))
+
+
 def _read_asap(root: ET.Element, skipped: Counter) -> list[Region]:
+    """One region per annotation, named by its group (ASAP's class), else its name."""
     regions = []
     for annotation in root.iter("Annotation"):
+        if annotation.get("Type") in ("Dot", "PointSet"):
+            skipped[f"{annotation.get('Type')} geometries (no area)"] += 1
+            continue
         coords = sorted(annotation.iter("Coordinate"), key=lambda c: int(c.get("Order", 0)))
-        points = _ring([[float(c.get("X")), float(c.get("Y"))] for c in coords], skipped)
+        points = _ring([[_xml_number(c.get("X")), _xml_number(c.get("Y"))] for c in coords], skipped)
         if points is None:
             continue
         group = annotation.get("PartOfGroup") or ""
@@ -166,7 +242,8 @@ def _read_asap(root: ET.Element, skipped: Counter) -> list[Region]:
 def _read_aperio(root: ET.Element, skipped: Counter) -> list[Region]:
     """One region per annotation layer, named by the layer's Name, else its first
     attribute's value, else that attribute's name (ImageScope keeps class names
-    in either); negative regions (NegativeROA=1) are holes."""
+    in either). A negative region (NegativeROA=1) is a hole of the smallest
+    positive region of its layer that contains it."""
     regions = []
     for annotation in root.iter("Annotation"):
         name = annotation.get("Name") or ""
@@ -174,14 +251,31 @@ def _read_aperio(root: ET.Element, skipped: Counter) -> list[Region]:
             attribute = annotation.find("Attributes/Attribute")
             if attribute is not None:
                 name = attribute.get("Value") or attribute.get("Name", "")
-        positive, negative = [], []
+        positive: list[Polygon] = []
+        negative: list[np.ndarray] = []
         for region in annotation.iter("Region"):
-            points = _ring([[float(v.get("X")), float(v.get("Y"))] for v in region.iter("Vertex")], skipped)
+            points = _ring([[_xml_number(v.get("X")), _xml_number(v.get("Y"))] for v in region.iter("Vertex")],
+                           skipped)
             if points is None:
                 continue
-            (negative if region.get("NegativeROA") == "1" else positive).append(points)
+            if region.get("NegativeROA") == "1":
+                negative.append(close_ring(points))
+            else:
+                positive.append(Polygon(points))
             if not name and region.get("Text"):
                 name = region.get("Text", "")
+        for hole in negative:
+            owner = _smallest_container(positive, hole)
+            if owner is None:
+                skipped["negative regions outside every positive region of their layer"] += 1
+            else:
+                owner.holes.append(hole)
         if positive:
-            regions.append(Region(name, [Polygon(p, list(negative)) for p in positive]))
+            regions.append(Region(name, positive))
     return regions
+
+
+def _smallest_container(polygons: list[Polygon], ring: np.ndarray) -> Polygon | None:
+    """The smallest polygon whose exterior holds most of the ring's vertices."""
+    holders = [p for p in polygons if points_in_ring(ring[:-1], p.exterior).mean() > 0.5]
+    return min(holders, key=lambda p: ring_area(p.exterior), default=None)

@@ -47,8 +47,18 @@ def _default_rules() -> list[list[str]]:
         [r"(cauteri[sz]ed|blurr?y|blurred|folding|folded|others?)\b.*", "damaged"],
         [r"muscle.*", "muscle"],
         [r"lamina( propria)?.*|stroma.*", "stroma"],
-        [r"(grade|cis\b|dysplasia|uro|variant|flat).*", "urothelium"],
+        [r"(grade|cis\b|dysplasia|uro|variant|flat).*|.*urothelium.*", "urothelium"],
     ]
+
+
+def _default_ignore() -> list[str]:
+    # The original code skipped QuPath/ASAP placeholder names and duplicates.
+    return [r".*\b(untitled|copy)\b.*"]
+
+
+def _default_exclude() -> list[str]:
+    # The original code removed "Cancerous invasive area" from every other class.
+    return [r"cancerous invasive area"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,12 @@ class Config:
         default_factory=lambda: {"name": "undefined", "color": "#808080"}
     )
     rules: list[list[str]] = field(default_factory=_default_rules)
+    #: Annotation names (regular expressions, whole name, any case) that carry
+    #: no label and are not reported as unmatched. Checked before ``rules``.
+    ignore: list[str] = field(default_factory=_default_ignore)
+    #: Annotation names whose regions take the label away from every class
+    #: beneath them: their cells stay unlabelled. Checked before ``rules``.
+    exclude: list[str] = field(default_factory=_default_exclude)
     #: Where regions of different classes overlap, classes listed first win;
     #: unlisted classes follow in class order. The paper lets blood and muscle win.
     priority: list[str] = field(default_factory=lambda: ["blood", "muscle"])
@@ -115,9 +131,17 @@ class Config:
     def class_for_annotation(self, annotation_name: str) -> int | None:
         """Class index for an annotation name by the first matching rule, or None."""
         for pattern, class_name in self.rules:
-            if re.fullmatch(pattern, annotation_name.strip(), flags=re.IGNORECASE):
+            if _matches(pattern, annotation_name):
                 return self.class_index(class_name)
         return None
+
+    def annotation_role(self, annotation_name: str) -> str:
+        """"ignore", "exclude", "class" (a rule maps it) or "unmatched", in that order of precedence."""
+        if any(_matches(p, annotation_name) for p in self.ignore):
+            return "ignore"
+        if any(_matches(p, annotation_name) for p in self.exclude):
+            return "exclude"
+        return "class" if self.class_for_annotation(annotation_name) is not None else "unmatched"
 
     def paint_order(self) -> list[int]:
         """Class indices in the order they are painted: lowest priority first."""
@@ -127,6 +151,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _matches(pattern: str, annotation_name: str) -> bool:
+    return re.fullmatch(pattern, annotation_name.strip(), flags=re.IGNORECASE) is not None
 
 
 def hex_to_rgb(color: str) -> tuple[int, int, int]:
@@ -156,6 +184,13 @@ def validate(config: Config) -> None:
             re.compile(rule[0])
         except re.error as exc:
             raise ConfigError(f"rule pattern {rule[0]!r} is not a regular expression: {exc}") from None
+    for pattern in [*config.ignore, *config.exclude]:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"ignore and exclude hold regular expressions (strings), not {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"pattern {pattern!r} is not a regular expression: {exc}") from None
     for name in config.priority:
         if name not in names:
             raise ConfigError(f"priority names unknown class {name!r}; classes are {names}")

@@ -43,10 +43,10 @@ def read_split_file(path: str | Path, slides: Sequence[str]) -> dict[str, list[s
     path = Path(path)
     try:
         if path.suffix.lower() == ".json":
-            split = {k: list(v) for k, v in json.loads(path.read_text()).items()}
+            split = {k: list(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
         else:
             split = {name: [] for name in SPLITS}
-            with path.open() as handle:
+            with path.open(encoding="utf-8", newline="") as handle:
                 for row in csv.reader(handle):
                     if row and row[0] != "slide":
                         split.setdefault(row[1].strip(), []).append(row[0].strip())

@@ -18,7 +18,8 @@ from utils.config import Config
 from utils.errors import SlideError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
-from utils.labels import CellLabels, label_tiles, rasterize_regions, report_unmatched
+from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
+                          report_unmatched)
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
 from utils.slide import Slide, slide_stem
 from utils.tissue import tile_fractions, tissue_grid
@@ -66,10 +67,14 @@ def extract_slide(slide_path: Path, progress: Progress, *, config: Config, optio
         tissue = tissue_grid(slide, geometry, config.tissue_method, k)
         regions = read_annotations(annotation_path) if annotation_path else []
         cells = rasterize_regions(regions, config, tissue.shape, geometry.stride / k)
-        warning = report_unmatched(cells, stem, options.strict)
+        unmatched = report_unmatched(cells, stem, options.strict)
+        warnings = [unmatched] if unmatched else []
         if not tissue.any():
-            warning = f"{stem}: no tissue found; check the slide, or try tissue_method 'green' in --config"
+            warnings.append(f"{stem}: no tissue found; check the slide, or try tissue_method 'green' in --config")
         labels, name_index = label_tiles(cells, tissue, config)
+        cell_mm = geometry.stride / k * slide.mpp / 1000
+        class_coverage = coverage(cells, tissue, labels, config, cell_mm)
+        warnings += coverage_warnings(class_coverage, config, stem, config.tile_size * geometry.scales[0].mpp)
         selected = labels >= 0
         if options.unlabeled:
             selected |= tile_fractions(tissue, k) >= config.tissue_fraction
@@ -95,7 +100,9 @@ def extract_slide(slide_path: Path, progress: Progress, *, config: Config, optio
         "grid_shape": list(geometry.grid_shape),
         "encoding": options.encoding,
         "unmatched_annotations": dict(cells.unmatched),
-        "warning": warning,
+        "ignored_annotations": dict(cells.ignored),
+        "coverage": class_coverage,
+        "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 2),
         "config": config.to_dict(),
     }

@@ -2,7 +2,8 @@
 
 Regions are rasterised on the tile grid's mask cells (``mask_cells_per_tile``
 per tile side) in priority order, lowest first, so where regions of different
-classes overlap the prioritised class wins; holes stay unlabelled. A tile takes
+classes overlap the prioritised class wins; holes stay unlabelled, and so do the
+cells under regions the configuration's ``exclude`` names. A tile takes
 the class that covers at least ``region_fraction`` of its scale-0 window,
 counting only tissue cells (a region drawn loosely over glass does not make
 glass "muscle"); regions mapped to a class named ``background`` count as drawn.
@@ -32,6 +33,7 @@ class CellLabels:
     names: np.ndarray  # int16 (H, W), index into ``name_list``
     name_list: list[str]
     unmatched: Counter  # annotation names that no rule maps, with region counts
+    ignored: Counter  # annotation names the configuration's ``ignore`` names, with region counts
 
 
 def rasterize_regions(
@@ -42,20 +44,26 @@ def rasterize_regions(
     names = np.full(grid_cells, -1, np.int16)
     name_list: list[str] = []
     unmatched: Counter = Counter()
+    ignored: Counter = Counter()
     rank = {c: i for i, c in enumerate(config.paint_order())}
     mapped = []
     for region in regions:
-        index = config.class_for_annotation(region.name)
-        if index is None:
+        role = config.annotation_role(region.name)
+        if role == "ignore":
+            ignored[region.name] += 1
+        elif role == "unmatched":
             unmatched[region.name] += 1
-            continue
-        if region.name not in name_list:
-            name_list.append(region.name)
-        mapped.append((rank[index], index, name_list.index(region.name), region))
+        elif role == "exclude":  # painted last, over every class
+            mapped.append((len(rank), -1, -1, region))
+        else:
+            index = config.class_for_annotation(region.name)
+            if region.name not in name_list:
+                name_list.append(region.name)
+            mapped.append((rank[index], index, name_list.index(region.name), region))
     for _, index, name_index, region in sorted(mapped, key=lambda m: m[0]):
         for polygon in region.polygons:
             _paint(classes, names, polygon.exterior, polygon.holes, cell_size, index, name_index)
-    return CellLabels(classes, names, name_list, unmatched)
+    return CellLabels(classes, names, name_list, unmatched, ignored)
 
 
 def _paint(classes, names, exterior, holes, cell_size, index, name_index) -> None:
@@ -98,12 +106,17 @@ def fill_rings(rings: list[np.ndarray], box: tuple[int, int, int, int]) -> np.nd
     return out
 
 
+def counted_classes(cells: CellLabels, tissue: np.ndarray, config: Config) -> np.ndarray:
+    """Cell classes that count towards labels: annotated tissue, and drawn background."""
+    background = config.background_index
+    drawn_background = cells.classes == background if background is not None else np.zeros_like(tissue)
+    return np.where(tissue | drawn_background, cells.classes, -1)
+
+
 def label_tiles(cells: CellLabels, tissue: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile class (-1: none) and annotation-name index (-1: none), shape (rows, cols)."""
     k = config.mask_cells_per_tile
-    background = config.background_index
-    drawn_background = cells.classes == background if background is not None else np.zeros_like(tissue)
-    counted = np.where(tissue | drawn_background, cells.classes, -1)
+    counted = counted_classes(cells, tissue, config)
     best_fraction = np.zeros(tile_fractions(tissue, k).shape)
     labels = np.full(best_fraction.shape, -1, np.int64)
     for index in range(config.num_classes):
@@ -136,3 +149,52 @@ def report_unmatched(cells: CellLabels, slide_name: str, strict: bool) -> str | 
     if strict:
         raise AnnotationError(message + " (--strict); add rules to the configuration")
     return message
+
+
+def coverage(cells: CellLabels, tissue: np.ndarray, labels: np.ndarray, config: Config,
+             cell_mm: float) -> dict[str, dict[str, float]]:
+    """Per annotated class: its annotated area on tissue, the area of the tiles
+    labelled with it, and how much of the annotated area lies in those tiles (mm²).
+
+    ``cell_mm`` is the side of a mask cell in millimetres. A class whose
+    annotated area mostly falls outside its labelled tiles lost its annotation
+    somewhere between the file and the records; :func:`coverage_warnings` says so.
+    """
+    k = config.mask_cells_per_tile
+    rows, cols = labels.shape
+    counted = counted_classes(cells, tissue, config)[: rows * k, : cols * k]
+    tile_labels = np.repeat(np.repeat(labels, k, axis=0), k, axis=1)
+    cell_area = cell_mm**2
+    report = {}
+    for index, name in enumerate(config.class_names):
+        annotated = counted == index
+        if not annotated.any():
+            continue
+        report[name] = {
+            "annotated_mm2": round(float(annotated.sum() * cell_area), 6),
+            "labelled_tiles_mm2": round(float((labels == index).sum() * k * k * cell_area), 6),
+            "annotated_in_labelled_tiles_mm2": round(float((annotated & (tile_labels == index)).sum() * cell_area), 6),
+            "largest_tile_fraction": round(float(tile_fractions(annotated, k).max()), 4),
+        }
+    return report
+
+
+def coverage_warnings(report: dict[str, dict[str, float]], config: Config, slide_name: str,
+                      tile_um: float) -> list[str]:
+    """One line per class of which less than half the annotated area ended up in
+    tiles labelled with it, with the likely reason."""
+    lines = []
+    for name, entry in report.items():
+        kept = entry["annotated_in_labelled_tiles_mm2"] / entry["annotated_mm2"]
+        if kept >= 0.5:
+            continue
+        if entry["largest_tile_fraction"] < config.region_fraction:
+            reason = (f"no tile is covered to region_fraction {config.region_fraction:g}: its regions are narrower "
+                      f"than a {config.tile_size}-px tile at {config.magnifications[0]:g}x ({tile_um:.0f} µm); "
+                      f"draw them wider or lower region_fraction")
+        else:
+            reason = (f"most of its tiles are covered less than region_fraction {config.region_fraction:g} (narrow "
+                      f"regions or overlaps with other classes); lower region_fraction or draw wider regions")
+        lines.append(f"{slide_name}: only {kept:.0%} of the {entry['annotated_mm2']:.3f} mm² annotated as "
+                     f"{name!r} on tissue is in tiles labelled {name!r}; {reason}")
+    return lines

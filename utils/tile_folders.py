@@ -36,7 +36,7 @@ from utils.config import Config
 from utils.errors import InputError
 from utils.extract import shard_paths
 from utils.geometry import SNAP_TOLERANCE, scale_factor
-from utils.io import atomic_path, atomic_write_json, atomic_write_text
+from utils.io import atomic_path, atomic_write_csv, atomic_write_json
 from utils.records import encode_tile, make_example
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -134,7 +134,7 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
         return {"slide": slide, "status": "skipped: already extracted"}
     mpps = [options.mpp * side / config.tile_size for side in sides]
     counts: Counter = Counter()
-    index_lines = ["x,y,file,label"]
+    index_rows: list[list] = []
     # Images of a slide may differ in size: each gets a canvas cell as wide as the widest grid.
     across = 0
     cuts = []
@@ -159,10 +159,10 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
                 tiles = [encode_tile(np.ascontiguousarray(crop(rgb, cx, cy, side, config.tile_size)),
                                      options.encoding) for side in sides]
                 writer.write(make_example(slide, label, name, x, y, tiles, mpps))
-                index_lines.append(f"{x},{y},{path.relative_to(path.parents[1])},{label}")
+                index_rows.append([x, y, path.relative_to(path.parents[1]), label])
                 counts[config.class_names[label]] += 1
             bar.update(1)
-    atomic_write_text(options.output / f"{slide}.index.csv", "\n".join(index_lines) + "\n")
+    atomic_write_csv(options.output / f"{slide}.index.csv", ["x", "y", "file", "label"], index_rows)
     summary = {
         "slide": slide, "status": "done", "source": "tile folder", "images": len(images),
         "tiles": sum(counts.values()), "tiles_per_class": dict(sorted(counts.items())),

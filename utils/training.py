@@ -20,7 +20,6 @@ Two modes:
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import time
@@ -41,7 +40,7 @@ from utils.config import Config
 from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError, ModelError
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import atomic_write_csv, atomic_write_json, read_csv
 from utils.model import (
     ModelSpec,
     Predictor,
@@ -143,23 +142,20 @@ class Run:
         return np.sort(np.concatenate(chosen))
 
     def save_labelled(self, labelled: np.ndarray, added_round: dict[int, int]) -> None:
-        lines = ["slide,x,y,label,round"]
-        for i in labelled:
-            lines.append(f"{self.index.slide[i]},{self.index.x[i]},{self.index.y[i]},{self.index.label[i]},"
-                         f"{added_round.get(int(i), 0)}")
-        atomic_write_text(self.out / "labelled.csv", "\n".join(lines) + "\n")
+        rows = ([self.index.slide[i], self.index.x[i], self.index.y[i], self.index.label[i],
+                 added_round.get(int(i), 0)] for i in labelled)
+        atomic_write_csv(self.out / "labelled.csv", ["slide", "x", "y", "label", "round"], rows)
 
     def load_labelled(self, last_round: int) -> tuple[np.ndarray, dict[int, int]]:
         """The labelled set as of ``last_round``: a run killed after writing
         labelled.csv but before state.json must not count a round twice."""
         lookup = {k: i for i, k in enumerate(self.keys)}
         labelled, added = [], {}
-        with (self.out / "labelled.csv").open() as handle:
-            for row in csv.DictReader(handle):
-                i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
-                if i is not None and int(row["round"]) <= last_round:
-                    labelled.append(i)
-                    added[i] = int(row["round"])
+        for row in read_csv(self.out / "labelled.csv"):
+            i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
+            if i is not None and int(row["round"]) <= last_round:
+                labelled.append(i)
+                added[i] = int(row["round"])
         return np.array(sorted(labelled), np.int64), added
 
     def counts(self, ids: np.ndarray) -> dict[str, int]:
@@ -309,13 +305,13 @@ def write_queries(run: Run, ids: np.ndarray, scores: np.ndarray | None, predicte
     folder = run.out / "queries" / f"round_{round_number}"
     names = run.config.class_names
     index = run.index
-    lines = ["slide,x,y,score,predicted,label"]
+    rows = []
     for k, i in enumerate(ids):
         score = f"{scores[k]:.5f}" if scores is not None else ""
         pred = names[predicted[k]] if predicted is not None else ""
         label = names[index.label[i]] if index.label[i] >= 0 else ""
-        lines.append(f"{index.slide[i]},{index.x[i]},{index.y[i]},{score},{pred},{label}")
-    atomic_write_text(folder / "queries.csv", "\n".join(lines) + "\n")
+        rows.append([index.slide[i], index.x[i], index.y[i], score, pred, label])
+    atomic_write_csv(folder / "queries.csv", ["slide", "x", "y", "score", "predicted", "label"], rows)
     for slide in sorted(set(index.slide[ids])):
         members = [k for k, i in enumerate(ids) if index.slide[i] == slide]
         side = run.strides.get(slide, float(run.config.tile_size))
@@ -483,10 +479,8 @@ def _other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
 
 def _write_rounds(out: Path, rows: list[dict]) -> None:
     columns = list(rows[0])
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    atomic_write_text(out / "rounds.csv", "\n".join(lines) + "\n")
+    atomic_write_csv(out / "rounds.csv", columns,
+                     ([f"{row[c]:.4f}" if isinstance(row[c], float) else row[c] for c in columns] for row in rows))
 
 
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:
@@ -497,5 +491,4 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
 
 
 def read_rounds(path: str | Path) -> list[dict[str, str]]:
-    with Path(path).open() as handle:
-        return list(csv.DictReader(handle))
+    return read_csv(path)
