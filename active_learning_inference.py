@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slides", nargs="+", required=True, help="slide files and/or folders of slides")
     parser.add_argument("--model", type=Path, required=True, help="model.keras saved by active_learning_train.py")
     parser.add_argument("--output", type=Path, required=True, help="folder for one sub-folder per slide")
-    add_config_arguments(parser)
+    add_config_arguments(parser, defaults_from="the model's")
     parser.add_argument("--mpp", type=float, help="base µm/px of level 0, overriding the slide's metadata")
     parser.add_argument("--batch-size", type=int, default=512, help="tiles per model call (default 512)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),

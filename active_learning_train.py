@@ -11,6 +11,11 @@ of every round (queries/round_<k>/ with a contact sheet, a CSV and per-slide
 QuPath GeoJSON).
 
     python active_learning_train.py --data tiles/ --output runs/exp1 --weights source_model.keras
+
+A source model saved by this project brings its architecture (backbone, head,
+classes, magnifications, tile size): flags that contradict it stop the run,
+and so does any layer that would receive no weights, unless
+--allow-partial-weights asks for loading by name into another architecture.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from utils.active_learning import STRATEGIES
 from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
-from utils.model import BACKBONES, ModelSpec
+from utils.model import BACKBONES, check_fits_source, source_metadata, source_spec
 from utils.training import TrainOptions, run_training
 
 
@@ -30,14 +35,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of TFRecord shards")
     parser.add_argument("--output", type=Path, required=True, help="run folder")
-    add_config_arguments(parser)
+    add_config_arguments(parser, defaults_from="the data's extraction_config.json, else the --weights model's")
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", choices=BACKBONES, default="vgg16", help="per-scale backbone (default vgg16)")
+    model.add_argument("--backbone", choices=BACKBONES,
+                       help="per-scale backbone (default: the --weights model's, else vgg16)")
     model.add_argument("--backbone-weights", default="imagenet",
-                       help="imagenet (download), none, or a local backbone weights file (default imagenet)")
-    model.add_argument("--head-units", type=int, default=4096, help="units of each dense layer (default 4096)")
+                       help="imagenet (download), none, or a local backbone weights file (default imagenet); "
+                            "not used with --weights, whose model replaces them")
+    model.add_argument("--head-units", type=int,
+                       help="units of each dense layer (default: the --weights model's, else 4096)")
     model.add_argument("--weights", type=Path,
-                       help="source-domain model (.keras) loaded layer by layer by name, or a matching .weights.h5")
+                       help="source-domain model (.keras) to fine-tune, or a matching .weights.h5")
+    model.add_argument("--allow-partial-weights", action="store_true",
+                       help="load --weights by layer name into a different architecture; layers that get no "
+                            "weights are listed and start from scratch")
     model.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     al = parser.add_argument_group("active learning")
     al.add_argument("--strategy", choices=STRATEGIES, default="class_ratio", help="query strategy (default: the paper's)")
@@ -69,19 +80,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="at most this many tiles per slide and class (default 1000; 0 = no cap)")
     data.add_argument("--uncapped", nargs="*", default=["blood"], help="classes exempt from that cap (default blood)")
     data.add_argument("--eval-cap", type=int, help="at most this many validation/test tiles per class")
+    data.add_argument("--strict", action="store_true",
+                      help="stop when a configured class has no training or validation tiles")
     return parser.parse_args(argv)
 
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    source = source_metadata(args.weights)
     extraction = args.data / "extraction_config.json"
-    base = json.loads(extraction.read_text()) if extraction.exists() else None
+    base = dict(source["config"]) if source and "config" in source else {}
+    base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
     config = resolve_config(args, base=base)
+    spec = source_spec(source, args.backbone, args.head_units)
+    if source and not args.allow_partial_weights:
+        check_fits_source(args.weights, source, spec, config)
     weights = None if args.backbone_weights.lower() == "none" else args.backbone_weights
     options = TrainOptions(
-        data=args.data, output=args.output,
-        spec=ModelSpec(args.backbone, args.head_units), backbone_weights=weights, weights=args.weights,
+        data=args.data, output=args.output, spec=spec, backbone_weights=weights, weights=args.weights,
+        allow_partial_weights=args.allow_partial_weights, strict=args.strict,
         freeze_backbone=args.freeze_backbone, strategy=args.strategy, rounds=args.rounds, budget=args.budget,
         initial=args.initial, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, split_file=args.split,

@@ -30,7 +30,7 @@ from pathlib import Path
 from utils.batch import expand_slides, parse_shard, report, run_per_slide
 from utils.cli import add_config_arguments, exit_on_input_error, prepare_output, resolve_config
 from utils.config import Config, save_config
-from utils.extract import ExtractOptions, extract_slide
+from utils.extract import ExtractOptions, check_output_configuration, extract_slide
 from utils.tile_folders import TileFolderOptions, extract_tile_folders
 
 
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no slides to process")
         return 0
     prepare_output(args.output)
+    check_output_configuration(args.output, config, args.overwrite)
     save_config(config, args.output / "extraction_config.json")
     options = ExtractOptions(
         annotations=args.annotations, output=args.output, mpp=args.mpp, encoding=args.encoding,
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def extract_tiles(args: argparse.Namespace, config: Config) -> int:
     prepare_output(args.output)
+    check_output_configuration(args.output, config, args.overwrite)
     save_config(config, args.output / "extraction_config.json")
     options = TileFolderOptions(output=args.output, mpp=args.mpp, slide_pattern=args.slide_pattern,
                                 encoding=args.encoding, overwrite=args.overwrite)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import Config, load_config, read_config_file
-from utils.errors import InputError
+from utils.errors import ConfigError, InputError
 from utils.io import remove_stale_temporaries
 
 
@@ -31,12 +31,19 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE) == "1"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "") -> None:
+    """``defaults_from`` says where unset values come from before the built-in
+    defaults (e.g. "the model's"), so that --help does not promise a default
+    that a saved configuration replaces."""
+    default = Config()
+    where = f"default: {defaults_from}, else " if defaults_from else "default "
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--config", help="JSON/YAML file overriding the default configuration")
     parser.add_argument("--magnifications", type=float, nargs="+", metavar="M",
-                        help="objective magnification of each scale, highest first (default 40 10 2.5)")
-    parser.add_argument("--tile-size", type=int, help="tile side in pixels at every scale (default 128)")
+                        help=f"objective magnification of each scale, highest first "
+                             f"({where}{' '.join(f'{m:g}' for m in default.magnifications)})")
+    parser.add_argument("--tile-size", type=int,
+                        help=f"tile side in pixels at every scale ({where}{default.tile_size})")
 
 
 def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None, **extra: Any) -> Config:
@@ -46,7 +53,12 @@ def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None,
         values.update(read_config_file(args.config))
     flags = dict(magnifications=args.magnifications, tile_size=args.tile_size, **extra)
     values.update({k: v for k, v in flags.items() if v is not None})
-    return load_config(None, **values)
+    try:
+        return load_config(None, **values)
+    except ConfigError as exc:
+        if args.config and not str(exc).startswith(str(args.config)):
+            raise ConfigError(f"{args.config} (with the flags given): {exc}") from None
+        raise
 
 
 def prepare_output(folder: Path) -> None:

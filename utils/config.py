@@ -152,6 +152,27 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.to_dict())
+
+
+def fingerprint(values: dict[str, Any]) -> dict[str, Any]:
+    """What records cut with a configuration (a :class:`Config` as a dict) mean:
+    class list, scales and tile size. Shards with different fingerprints cannot
+    be trained together, and a model fits only data of its own fingerprint."""
+    default = Config()
+    return {"classes": [c["name"] for c in values.get("classes", default.classes)],
+            "magnifications": [float(m) for m in values.get("magnifications", default.magnifications)],
+            "tile_size": int(values.get("tile_size", default.tile_size))}
+
+
+def fingerprint_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    """The first field in which two fingerprints differ, as "key: ours vs theirs"."""
+    for key in ("classes", "magnifications", "tile_size"):
+        if ours.get(key) != theirs.get(key):
+            return f"{key} {ours.get(key)} vs {theirs.get(key)}"
+    return None
+
 
 def _matches(pattern: str, annotation_name: str) -> bool:
     return re.fullmatch(pattern, annotation_name.strip(), flags=re.IGNORECASE) is not None
@@ -212,10 +233,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     """Defaults, then the keys of a JSON/YAML file, then non-None ``overrides``."""
     values = read_config_file(path) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{path or 'flags'}: unknown configuration keys {unknown}; known: {sorted(known)}")
+    _check_keys(values, path or "flags")
     if "magnifications" in values:
         values["magnifications"] = [float(m) for m in values["magnifications"]]
     try:
@@ -232,7 +250,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: configuration must be a mapping of keys to values")
+    _check_keys(loaded, path)
     return loaded
+
+
+def _check_keys(values: dict[str, Any], source: str | Path) -> None:
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown configuration keys {unknown}; known: {sorted(known)}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -3,6 +3,7 @@ one TFRecord shard with a JSON summary beside it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,8 @@ import numpy as np
 
 from utils.annotations import find_annotation_file, read_annotations
 from utils.batch import Progress
-from utils.config import Config
-from utils.errors import SlideError
+from utils.config import Config, fingerprint, fingerprint_difference
+from utils.errors import ConfigError, SlideError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
@@ -37,6 +38,23 @@ class ExtractOptions:
     unlabeled: bool = False
     strict: bool = False
     overwrite: bool = False
+
+
+def check_output_configuration(output: Path, config: Config, overwrite: bool) -> None:
+    """One data folder, one configuration: extracting into a folder whose shards
+    were cut with other classes, scales or tile size would mix label meanings."""
+    saved = output / "extraction_config.json"
+    if overwrite or not saved.exists() or not any(output.glob(f"*{SUMMARY_SUFFIX}")):
+        return
+    try:
+        previous = fingerprint(json.loads(saved.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{saved}: cannot read ({exc}); delete it to extract into this folder") from None
+    difference = fingerprint_difference(previous, config.fingerprint())
+    if difference:
+        raise ConfigError(f"{output}: its shards were extracted with {difference.replace(' vs ', ', this run has ')}; "
+                          f"pass the same --config, --magnifications and --tile-size, choose another --output, or "
+                          f"pass --overwrite to redo the shards with the new configuration")
 
 
 def shard_paths(output: Path, stem: str) -> tuple[Path, Path]:
@@ -92,6 +110,7 @@ def extract_slide(slide_path: Path, progress: Progress, *, config: Config, optio
         },
         "base_mpp": slide.mpp,
         "mpp_source": slide.mpp_source.origin,
+        "fingerprint": config.fingerprint(),
         "magnifications": config.magnifications,
         "scale_mpp": [s.mpp for s in geometry.scales],
         "scale_levels": [s.level for s in geometry.scales],

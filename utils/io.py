@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,11 +40,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """UTF-8 CSV through the csv module, so names with commas, quotes or any
-    letters survive a round trip (read it back with :func:`read_csv`)."""
+    letters survive a round trip (read it back with :func:`read_csv`). A value
+    that is not a number (NaN, infinity, None) is an empty cell."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([_finite_or_none(value) for value in row] for row in rows)
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -54,7 +56,27 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Strict JSON: NaN and infinities (an F1 of a class absent from a set) are
+    written as null, since other JSON readers refuse them."""
+    text = json.dumps(json_safe(data), indent=2, default=_json_default, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (also inside arrays) replaced by None."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return _finite_or_none(value)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.config import Config, scale_name
+from utils.config import Config, fingerprint, fingerprint_difference, scale_name
 from utils.errors import ModelError
 from utils.io import atomic_path
 
@@ -200,6 +200,40 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             return json.loads(archive.read(METADATA_MEMBER))
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: not a model saved by this project ({exc})") from None
+
+
+def source_metadata(path: str | Path | None) -> dict[str, Any] | None:
+    """What a ``--weights`` model saved by this project says about itself
+    (configuration and architecture); None for weight files and other models."""
+    if path is None or Path(path).suffix != ".keras" or not Path(path).is_file():
+        return None
+    try:
+        return read_metadata(path)
+    except ModelError:
+        return None
+
+
+def source_spec(source: dict[str, Any] | None, backbone: str | None, head_units: int | None) -> ModelSpec:
+    """The architecture to fine-tune: flags where given, else the source model's, else the defaults."""
+    saved = ModelSpec(**source["spec"]) if source and source.get("spec") else ModelSpec()
+    return ModelSpec(backbone or saved.backbone, head_units or saved.head_units, saved.dropout)
+
+
+def check_fits_source(path: str | Path, source: dict[str, Any], spec: ModelSpec, config: Config) -> None:
+    """A model fine-tuned from ``path`` must be the same network on data of the
+    same meaning; anything else would silently lose the source's weights."""
+    saved = source.get("spec") or {}
+    for key, flag in (("backbone", "--backbone"), ("head_units", "--head-units")):
+        if key in saved and saved[key] != getattr(spec, key):
+            raise ModelError(f"{path} has {key} {saved[key]!r} but {flag} asks for {getattr(spec, key)!r}; leave "
+                             f"{flag} out to fine-tune the source model, or pass --allow-partial-weights to load "
+                             f"its layers by name into another architecture")
+    if "config" in source:
+        difference = fingerprint_difference(fingerprint(source["config"]), config.fingerprint())
+        if difference:
+            raise ModelError(f"{path} was trained with {difference.replace(' vs ', ', this run has ')} (from the "
+                             f"data's extraction_config.json, --config or the flags); fine-tune on data extracted "
+                             f"with the model's classes and scales, or pass --allow-partial-weights")
 
 
 def check_compatible(model: keras.Model, config: Config) -> None:

@@ -26,7 +26,7 @@ def learning_curve(runs: dict[str, list[dict]], path: str | Path, metric: str = 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in runs.items():
         x = [int(r["labelled"]) for r in rows]
-        y = [float(r[metric]) for r in rows]
+        y = [float(r[metric]) if r[metric] not in ("", None) else np.nan for r in rows]
         ax.plot(x, y, marker="o", label=name)
     ax.set_xlabel("labelled tiles")
     ax.set_ylabel(metric.replace("_", " "))

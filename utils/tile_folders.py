@@ -166,7 +166,8 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
     summary = {
         "slide": slide, "status": "done", "source": "tile folder", "images": len(images),
         "tiles": sum(counts.values()), "tiles_per_class": dict(sorted(counts.items())),
-        "magnifications": config.magnifications, "tile_size": config.tile_size, "base_mpp": options.mpp,
+        "fingerprint": config.fingerprint(), "magnifications": config.magnifications,
+        "tile_size": config.tile_size, "base_mpp": options.mpp,
         "scale_mpps": mpps, "stride_level0": pitch, "seconds": round(time.perf_counter() - started, 2),
     }
     atomic_write_json(summary_path, summary)

@@ -36,7 +36,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from utils import plots
 from utils.active_learning import UNCERTAINTY, Pool, select
 from utils.cli import prepare_output
-from utils.config import Config
+from utils.config import Config, fingerprint, fingerprint_difference
 from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError, ModelError
@@ -67,6 +67,7 @@ class TrainOptions:
     spec: ModelSpec = field(default_factory=ModelSpec)
     backbone_weights: str | None = "imagenet"
     weights: Path | None = None
+    allow_partial_weights: bool = False
     freeze_backbone: bool = False
     strategy: str = "class_ratio"
     rounds: int = 4
@@ -91,6 +92,7 @@ class TrainOptions:
     query_only: bool = False
     resume: bool = False
     compare: tuple[Path, ...] = ()
+    strict: bool = False
 
 
 class Run:
@@ -184,18 +186,23 @@ class Run:
 
 def _slide_strides(data: Path, config: Config) -> dict[str, float]:
     """Level-0 tile stride per slide, from the extraction summaries; also checks
-    that the shards were cut with this configuration's scales and tile size."""
+    that every shard was cut with this configuration's classes, scales and tile
+    size, so records of another configuration never train under wrong names."""
     strides = {}
+    ours = config.fingerprint()
     for path in sorted(data.glob("*.summary.json")):
-        summary = json.loads(path.read_text())
+        summary = json.loads(path.read_text(encoding="utf-8"))
         if summary.get("status") != "done":
             continue
-        if [float(m) for m in summary["magnifications"]] != list(config.magnifications) or \
-                summary["tile_size"] != config.tile_size:
+        theirs = summary.get("fingerprint") or (fingerprint(summary["config"]) if "config" in summary else
+                                                {**ours, "magnifications": summary["magnifications"],
+                                                 "tile_size": summary["tile_size"]})
+        difference = fingerprint_difference(theirs, ours)
+        if difference:
             raise ModelError(
-                f"{path}: extracted at {summary['magnifications']} with {summary['tile_size']} px tiles, but the "
-                f"configuration asks for {config.magnifications} with {config.tile_size} px; pass the same "
-                f"--magnifications/--tile-size (or --config) as for extraction")
+                f"{path}: this shard was extracted with {difference.replace(' vs ', ', but the run uses ')}; "
+                f"one data folder holds one configuration: re-extract it with the same --config, "
+                f"--magnifications and --tile-size, or move it to another folder")
         strides[summary["slide"]] = float(summary["stride_level0"])
     return strides
 
@@ -364,12 +371,16 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
 
     strategy = gpu_strategy()
+    # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
+    backbone_weights = None if state or options.weights else options.backbone_weights
     with strategy.scope():
-        model = build_model(config, options.spec, options.backbone_weights, options.freeze_backbone)
+        model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
     if state:
         model.set_weights(load_model(out / state["best_model"]).get_weights())
-        labelled, added = (run.load_labelled(state["round"]) if not options.query_only
-                           else (run.initial_labelled(), {}))
+        labelled, added = run.load_labelled(state["round"])
+        if options.query_only:  # labels came back through extraction: those not listed yet belong to this round
+            labelled = run.initial_labelled()
+            added = {int(i): added.get(int(i), state["round"] + 1) for i in labelled}
         start, rows, history = state["round"] + 1, state["rows"], state["history"]
         best = state["best"]
         misclassified = np.asarray(state["misclassified"])
@@ -379,9 +390,13 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     else:
         if options.weights:
             missing = load_weights_by_name(model, options.weights)
+            if missing and not options.allow_partial_weights:
+                raise ModelError(f"{options.weights}: layers {', '.join(missing)} of the model to fine-tune would "
+                                 f"receive no weights (another backbone, head or class list); fine-tune with the "
+                                 f"source model's architecture, or pass --allow-partial-weights")
             print(f"loaded source weights from {options.weights}")
             if missing:
-                print(f"layers that received no weights: {', '.join(missing)}")
+                print(f"layers that received no weights (--allow-partial-weights): {', '.join(missing)}")
         labelled, added = run.initial_labelled(), {}
         start, rows, history, best = 0, [], [], {"round": None, "val_macro_f1": -1.0}
         misclassified = np.zeros(config.num_classes)
@@ -390,6 +405,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         atomic_write_json(out / "class_counts.json", class_counts)
         atomic_write_json(out / "split.json", run.split)
         _print_counts(class_counts)
+        report_missing_classes(class_counts, options.strict)
     predictor = Predictor(model)
     if options.freeze_backbone:
         run.cache_features(model)
@@ -430,8 +446,10 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         row = _metrics_row(run, round_number, labelled, val, test, epochs, steps, query_seconds, fit_seconds,
                            time.perf_counter() - started)
         rows.append(row)
+        absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
         print(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
-              f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)")
+              f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)"
+              + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
         checkpoint = Path("rounds") / f"round_{round_number}.keras"
         save_model(model, out / checkpoint, metadata)
         if val["macro_f1"] > best["val_macro_f1"] or best["round"] is None:
@@ -453,6 +471,22 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         query(run, predictor, labelled, misclassified, last_round + 1)
         print(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return rows[-1]
+
+
+def report_missing_classes(counts: dict[str, dict[str, int]], strict: bool) -> None:
+    """One warning (an error with --strict) naming the configured classes that
+    have no training or no validation tiles: the model cannot learn or be
+    judged on them, and the macro F1 silently leaves them out."""
+    gaps = [f"no {what} tiles: {', '.join(names)}"
+            for what, key in (("training", "train_candidates"), ("validation", "val"))
+            if (names := [name for name, n in counts[key].items() if n == 0])]
+    if not gaps:
+        return
+    message = (f"configured classes with {'; '.join(gaps)}; check the annotation names and rules, or drop "
+               f"these classes from the configuration")
+    if strict:
+        raise InputError(message + " (--strict)")
+    warnings.warn(message, stacklevel=2)
 
 
 def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
@@ -480,7 +514,7 @@ def _other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
 def _write_rounds(out: Path, rows: list[dict]) -> None:
     columns = list(rows[0])
     atomic_write_csv(out / "rounds.csv", columns,
-                     ([f"{row[c]:.4f}" if isinstance(row[c], float) else row[c] for c in columns] for row in rows))
+                     ([round(row[c], 4) if isinstance(row[c], float) else row[c] for c in columns] for row in rows))
 
 
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:

@@ -1,0 +1,194 @@
+"""Regressions of the README walk-through: fine-tuning keeps the source model,
+one data folder holds one configuration, missing classes are said, outputs are
+strict JSON, and every labelled tile carries the round that added it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import active_learning_inference
+import active_learning_train
+import tfrecord_generator
+from utils.io import read_csv
+from utils.model import load_model
+from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
+
+TILE = 32
+SMALL = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32"]
+FIT = ["--optimizer", "adam", "--learning-rate", "1e-3", "--epochs", "1", "--batch-size", "32", "--initial", "10",
+       "--budget", "20", "--slide-class-cap", "40", "--eval-cap", "30"]
+THREE_CLASSES = """classes:
+  - {name: background, color: "#000000"}
+  - {name: tumour, color: "#FF0000"}
+  - {name: stroma, color: "#FF00FF"}
+rules:
+  - ["grade.*|cis|urothelium", tumour]
+  - ["lamina.*", stroma]
+priority: [tumour]
+"""
+
+
+def layout(i: int) -> list[SyntheticRegion]:
+    return random_layout(768, 768, i, margin=128)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Four small synthetic slides, their annotations, and their shards (labelled
+    tiles and the unlabelled pool), cut with the default configuration."""
+    root = tmp_path_factory.mktemp("cohort")
+    for i in range(4):
+        make_slide(root / "slides", f"s{i}", 768, 768, layout(i), seed=i, annotations_dir=root / "annotations")
+    assert extract(root, root / "tiles", "--unlabeled") == 0
+    return root
+
+
+def extract(root: Path, output: Path, *flags: str) -> int:
+    return tfrecord_generator.main(["--slides", str(root / "slides"), "--annotations", str(root / "annotations"),
+                                    "--output", str(output), "--tile-size", str(TILE), *flags])
+
+
+@pytest.fixture(scope="module")
+def source_model(cohort, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("source") / "run"
+    assert active_learning_train.main(["--data", str(cohort / "tiles"), "--output", str(run), "--rounds", "0",
+                                       *SMALL, *FIT]) == 0
+    return run / "model.keras"
+
+
+def test_fine_tuning_a_small_source_model_keeps_it_without_architecture_flags(cohort, source_model, tmp_path,
+                                                                               monkeypatch, capsys):
+    def no_download(*args, **kwargs):
+        raise AssertionError("ImageNet weights must not be fetched when --weights gives the model")
+
+    monkeypatch.setattr(keras.applications, "VGG16", no_download)
+    run = tmp_path / "target"
+    # The README's command, without --backbone or --head-units; SGD with a zero
+    # learning rate keeps round 0 at exactly the loaded weights.
+    assert active_learning_train.main(["--data", str(cohort / "tiles"), "--output", str(run), "--weights",
+                                       str(source_model), "--rounds", "0", "--epochs", "1", "--learning-rate", "0",
+                                       "--batch-size", "32", "--initial", "10", "--eval-cap", "30"]) == 0
+    assert "loaded source weights" in capsys.readouterr().out
+    source, tuned = load_model(source_model), load_model(run / "model.keras")
+    for name in ("backbone_mag_40x", "backbone_mag_10x", "backbone_mag_2_5x", "fc1", "fc2", "predictions"):
+        for a, b in zip(source.get_layer(name).get_weights(), tuned.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    rows = read_csv(run / "rounds.csv")
+    assert [r["round"] for r in rows] == ["-1", "0"]
+    assert rows[0]["val_macro_f1"] == rows[1]["val_macro_f1"], "round 0 is the source model itself"
+
+
+def test_a_flag_that_contradicts_the_source_model_stops_with_both_values(cohort, source_model, tmp_path, capsys):
+    code = active_learning_train.main(["--data", str(cohort / "tiles"), "--output", str(tmp_path / "r"),
+                                       "--weights", str(source_model), "--backbone", "vgg16", *FIT])
+    error = capsys.readouterr().err
+    assert code == 2 and "'small'" in error and "'vgg16'" in error and "--allow-partial-weights" in error
+    assert not (tmp_path / "r" / "rounds.csv").exists()
+
+
+def test_partial_loading_is_refused_unless_asked_for(cohort, source_model, tmp_path, capsys):
+    args = ["--data", str(cohort / "tiles"), "--weights", str(source_model), "--rounds", "0",
+            "--backbone", "small", "--head-units", "16", *FIT]
+    assert active_learning_train.main([*args, "--output", str(tmp_path / "refused")]) == 2
+    assert "head_units 32" in capsys.readouterr().err
+    assert active_learning_train.main([*args, "--output", str(tmp_path / "partial"), "--allow-partial-weights"]) == 0
+    out = capsys.readouterr().out
+    assert "layers that received no weights (--allow-partial-weights): fc1, fc2, predictions" in out
+
+
+def test_source_model_of_other_classes_is_refused(cohort, source_model, tmp_path, capsys):
+    config = tmp_path / "three.yaml"
+    config.write_text(THREE_CLASSES)
+    assert extract(cohort, tmp_path / "tiles3", "--config", str(config)) == 0
+    code = active_learning_train.main(["--data", str(tmp_path / "tiles3"), "--output", str(tmp_path / "r"),
+                                       "--weights", str(source_model), *FIT])
+    error = capsys.readouterr().err
+    assert code == 2 and "classes" in error and "'blood'" in error and "'tumour'" in error
+
+
+def test_one_data_folder_holds_one_configuration(cohort, tmp_path, capsys):
+    data = tmp_path / "tiles"
+    assert extract(cohort, data) == 0
+    config = tmp_path / "three.yaml"
+    config.write_text(THREE_CLASSES)
+    capsys.readouterr()
+    assert extract(cohort, data, "--config", str(config)) == 2, "a folder of another configuration is refused"
+    error = capsys.readouterr().err
+    assert "--overwrite" in error and "'tumour'" in error
+    # --overwrite redoes the slides given; a shard of another slide left from the
+    # earlier configuration makes training stop, naming it.
+    one_slide = ["--slides", str(cohort / "slides" / "s0.tiff"), "--annotations", str(cohort / "annotations"),
+                 "--output", str(data), "--tile-size", str(TILE), "--config", str(config), "--overwrite"]
+    assert tfrecord_generator.main(one_slide) == 0
+    code = active_learning_train.main(["--data", str(data), "--output", str(tmp_path / "r"), *SMALL, *FIT])
+    error = capsys.readouterr().err
+    assert code == 2 and "s1.summary.json" in error and "classes" in error
+
+
+def test_missing_classes_are_said_and_strict_stops(cohort, tmp_path, capsys):
+    args = ["--data", str(cohort / "tiles"), "--rounds", "0", *SMALL, *FIT]
+    with pytest.warns(UserWarning, match="configured classes with no training tiles: background"):
+        assert active_learning_train.main([*args, "--output", str(tmp_path / "warned")]) == 0
+    assert "absent from the test set, so not in its macro F1: background" in capsys.readouterr().out
+    assert active_learning_train.main([*args, "--output", str(tmp_path / "strict"), "--strict"]) == 2
+    assert "no training tiles: background" in capsys.readouterr().err
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    run = tmp_path / "warned"
+    for name in ("state.json", "class_counts.json", "config.json", "split.json"):
+        json.loads((run / name).read_text(), parse_constant=refuse)
+    rounds = read_csv(run / "rounds.csv")
+    assert rounds[0]["test_f1_background"] == "" and "nan" not in (run / "rounds.csv").read_text().lower()
+
+
+def test_annotation_mode_records_the_round_of_every_label(cohort, tmp_path):
+    """Query, label more regions, re-extract, resume: the new labels, and only
+    they, carry round 1 in labelled.csv."""
+    root = tmp_path / "lab"
+    (root / "annotations").mkdir(parents=True)
+    (root / "slides").mkdir()
+    for i in range(4):
+        (root / "slides" / f"s{i}.tiff").symlink_to(cohort / "slides" / f"s{i}.tiff")
+        write_geojson(root / "annotations" / f"s{i}.geojson", layout(i)[:6])
+    assert extract(root, root / "tiles", "--unlabeled") == 0
+    run = root / "run"
+    train = ["--data", str(root / "tiles"), "--output", str(run), "--query-only", *SMALL, *FIT]
+    assert active_learning_train.main(train) == 0
+    first = read_csv(run / "labelled.csv")
+    assert first and {r["round"] for r in first} == {"0"}
+    split = json.loads((run / "split.json").read_text())
+    for slide in split["train"]:
+        write_geojson(root / "annotations" / f"{slide}.geojson", layout(int(slide[1:])))
+    assert extract(root, root / "tiles", "--unlabeled", "--overwrite") == 0
+    assert active_learning_train.main([*train, "--resume"]) == 0
+    second = read_csv(run / "labelled.csv")
+    before = {(r["slide"], r["x"], r["y"]) for r in first}
+    added = {(r["slide"], r["x"], r["y"]) for r in second if r["round"] == "1"}
+    assert added and added == {(r["slide"], r["x"], r["y"]) for r in second} - before
+    assert all(r["round"] == "0" for r in second if (r["slide"], r["x"], r["y"]) in before)
+
+
+def test_configuration_errors_name_the_file_and_the_key(cohort, tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("tile_sise: 64\n")
+    assert extract(cohort, tmp_path / "out", "--config", str(config)) == 2
+    error = capsys.readouterr().err
+    assert str(config) in error and "tile_sise" in error and "flags:" not in error
+
+
+def test_help_says_where_defaults_come_from(capsys):
+    with pytest.raises(SystemExit):
+        active_learning_inference.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: the model's, else 40 10 2.5" in text and "default: the model's, else 128" in text
+    with pytest.raises(SystemExit):
+        active_learning_train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: the --weights model's, else vgg16" in text
