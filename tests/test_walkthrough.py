@@ -1,0 +1,152 @@
+"""The README's "Use on your own slides", run as written.
+
+The `python` commands are read from the README itself, in order, so the text and
+the test cannot drift apart; only sizes are shrunk by appending flags (small
+tiles, the small backbone for the source model, one short round). A simulated
+pathologist labels the query squares that lie inside a known region and
+deletes the others; the labelled set must grow by exactly those squares.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+import active_learning_inference
+import active_learning_train
+import tfrecord_generator
+from tests.conftest import ROOT
+from utils.io import read_csv
+from utils.synthetic import TARGET_STAIN, SyntheticRegion, make_slide, rectangle, write_geojson
+
+TILE = 32
+SIDE = 512
+SCRIPTS = {"tfrecord_generator.py": tfrecord_generator.main, "active_learning_train.py": active_learning_train.main,
+           "active_learning_inference.py": active_learning_inference.main}
+SHRINK = {
+    "tfrecord_generator.py": ["--tile-size", str(TILE)],
+    "active_learning_train.py": ["--optimizer", "adam", "--learning-rate", "1e-3", "--epochs", "1",
+                                 "--batch-size", "32", "--initial", "10", "--budget", "12", "--rounds", "1",
+                                 "--eval-cap", "30"],
+}
+SOURCE_MODEL = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32"]
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return text[text.index("## Use on your own slides"):text.index("## The scripts")]
+
+
+def readme_commands() -> list[list[str]]:
+    """The `python` commands of the section's bash blocks, continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme_section(), flags=re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if line.strip().startswith("python "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def readme_config() -> dict:
+    block = re.search(r"```yaml\n(.*?)```", readme_section(), flags=re.DOTALL).group(1)
+    return yaml.safe_load(textwrap.dedent(block))
+
+
+def regions(i: int) -> list[SyntheticRegion]:
+    """Four tissue squares, tumour and stroma alternating, glass between them."""
+    q = SIDE // 2
+    out = []
+    for k, (cx, cy) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        tumour = (k + i) % 2 == 0
+        out.append(SyntheticRegion("urothelium" if tumour else "stroma", "Tumour" if tumour else "Lamina propria",
+                                   rectangle(cx * q + 24, cy * q + 24, cx * q + q - 24, cy * q + q - 24)))
+    return out
+
+
+def relabel(square: dict, known: list[SyntheticRegion]) -> dict | None:
+    """The simulated pathologist: the square's class when a known region holds
+    it whole, else None (the square is deleted)."""
+    (ring,) = square["geometry"]["coordinates"]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    for region in known:
+        (x0, y0), (x1, y1) = region.exterior[0], region.exterior[2]
+        if x0 <= min(xs) and max(xs) <= x1 and y0 <= min(ys) and max(ys) <= y1:
+            return {**square, "properties": {"objectType": "annotation", "classification": {"name": region.name}}}
+    return None
+
+
+def keys(rows: list[dict]) -> set[tuple[str, str, str]]:
+    return {(r["slide"], r["x"], r["y"]) for r in rows}
+
+
+def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
+    commands = readme_commands()
+    assert [c[0] for c in commands] == ["tfrecord_generator.py", "active_learning_train.py", "tfrecord_generator.py",
+                                        "active_learning_train.py", "active_learning_train.py",
+                                        "tfrecord_generator.py", "active_learning_train.py",
+                                        "active_learning_inference.py"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_config.yaml").write_text(yaml.safe_dump(readme_config()))
+    for i in range(3):  # step 1: the annotated slides of both labs
+        make_slide("lab1/slides", f"a{i}", SIDE, SIDE, regions(i), seed=i, annotations_dir="lab1/annotations")
+        make_slide("lab2/slides", f"b{i}", SIDE, SIDE, regions(i), seed=10 + i, stain=TARGET_STAIN,
+                   annotations_dir="lab2/annotations")
+        write_geojson(f"lab2/annotations/b{i}.geojson", regions(i)[:2])  # two squares left for the pool
+    make_slide("new_slides", "new", SIDE, SIDE, regions(5), seed=20, stain=TARGET_STAIN)
+    Path("new_slides/new.geojson").unlink()
+
+    def run(step: int, *extra: str) -> None:
+        script, *args = commands[step]
+        assert SCRIPTS[script]([*args, *SHRINK.get(script, []), *extra]) == 0, commands[step]
+
+    run(0)
+    assert {p.name for p in Path("lab1/tiles").iterdir()} >= {"a0.tfrecord", "a0.summary.json",
+                                                               "extraction_config.json"}
+    run(1, *SOURCE_MODEL)
+    assert {"model.keras", "rounds.csv", "labelled.csv", "learning_curve.png"} <= set(
+        p.name for p in Path("runs/lab1").iterdir())
+    run(2)
+    summary = json.loads(Path("lab2/tiles/b0.summary.json").read_text())
+    assert summary["tiles_per_class"]["unlabeled"] > 0 and set(summary["coverage"]) == {"tumour", "stroma"}
+    run(3)
+    assert [r["round"] for r in read_csv("runs/lab2_simulated/rounds.csv")] == ["-1", "0", "1"]
+    run(4)
+    first = read_csv("runs/lab2/labelled.csv")
+    queries = Path("runs/lab2/queries/round_1")
+    assert (queries / "queries.csv").exists() and (queries / "contact_sheet.png").exists()
+
+    relabelled = set()
+    for path in sorted(queries.glob("*.geojson")):  # step 7, in QuPath
+        annotations = Path("lab2/annotations") / path.name
+        earlier = json.loads(annotations.read_text())["features"]
+        squares = [s for s in (relabel(f, regions(int(path.stem[1:]))) for f in json.loads(path.read_text())
+                               ["features"]) if s is not None]
+        for square in squares:
+            (ring,) = square["geometry"]["coordinates"]
+            x = (min(p[0] for p in ring) + max(p[0] for p in ring)) / 2
+            y = (min(p[1] for p in ring) + max(p[1] for p in ring)) / 2
+            relabelled.add((path.stem, str(int(x)), str(int(y))))
+        annotations.write_text(json.dumps({"type": "FeatureCollection", "features": earlier + squares}))
+    assert relabelled, "some queries lie inside the unannotated tissue"
+
+    run(5)
+    run(6)
+    second = read_csv("runs/lab2/labelled.csv")
+    assert keys(second) - keys(first) == relabelled, "the labelled set grows by exactly the relabelled squares"
+    assert {r["round"] for r in second if (r["slide"], r["x"], r["y"]) in relabelled} == {"1"}
+    assert Path("runs/lab2/queries/round_2/queries.csv").exists()
+    run(7)
+    assert {"tissue_map.geojson", "overlay.png", "summary.json"} <= set(p.name for p in Path("maps/new").iterdir())
+
+
+@pytest.mark.parametrize("step", [3, 4, 6])
+def test_the_readme_fine_tuning_commands_give_no_architecture_flags(step):
+    """The walk-through must show that the source model brings its architecture."""
+    command = readme_commands()[step]
+    assert "--weights" in command and not {"--backbone", "--head-units", "--backbone-weights"} & set(command)
