@@ -27,6 +27,7 @@ from pathlib import Path
 
 from utils.active_learning import STRATEGIES
 from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
+from utils.data_split import SPLIT_BY
 from utils.model import BACKBONES, check_fits_source, source_metadata, source_spec
 from utils.training import TrainOptions, run_training
 
@@ -75,7 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--colour-jitter", action="store_true", help="also jitter brightness, saturation and hue")
     data = parser.add_argument_group("data")
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--split", type=Path, help="split file (JSON {train,val,test: [slides]} or CSV slide,split)")
+    data.add_argument("--split-by", choices=SPLIT_BY,
+                      help="slide: whole slides to train, validation and test (needs 3 slides); block: square "
+                           "blocks of each slide, several lowest-magnification windows wide, with no window "
+                           "shared across splits (default: slide with 3 slides or more, else block)")
+    data.add_argument("--split", type=Path,
+                      help="split file: a split.json of an earlier run, JSON {train,val,test: [slides]} or CSV "
+                           "slide,split")
     data.add_argument("--slide-class-cap", type=int, default=1000,
                       help="at most this many tiles per slide and class (default 1000; 0 = no cap)")
     data.add_argument("--uncapped", nargs="*", default=["blood"], help="classes exempt from that cap (default blood)")
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_partial_weights=args.allow_partial_weights, strict=args.strict,
         freeze_backbone=args.freeze_backbone, strategy=args.strategy, rounds=args.rounds, budget=args.budget,
         initial=args.initial, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, split_file=args.split,
+        learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, split_file=args.split, split_by=args.split_by,
         slide_class_cap=args.slide_class_cap or None, uncapped_classes=tuple(args.uncapped),
         eval_cap=args.eval_cap, pool_sample=args.pool_sample, mc_passes=args.mc_passes, spacing=args.spacing,
         augment=not args.no_augment, colour_jitter=args.colour_jitter, query_only=args.query_only,

@@ -116,6 +116,7 @@ def extract_slide(slide_path: Path, progress: Progress, *, config: Config, optio
         "scale_levels": [s.level for s in geometry.scales],
         "tile_size": config.tile_size,
         "stride_level0": geometry.stride,
+        "window_level0": config.tile_size * geometry.scales[-1].mpp / slide.mpp,
         "grid_shape": list(geometry.grid_shape),
         "encoding": options.encoding,
         "unmatched_annotations": dict(cells.unmatched),

@@ -168,7 +168,8 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
         "tiles": sum(counts.values()), "tiles_per_class": dict(sorted(counts.items())),
         "fingerprint": config.fingerprint(), "magnifications": config.magnifications,
         "tile_size": config.tile_size, "base_mpp": options.mpp,
-        "scale_mpps": mpps, "stride_level0": pitch, "seconds": round(time.perf_counter() - started, 2),
+        "scale_mpps": mpps, "stride_level0": pitch, "window_level0": pitch,
+        "seconds": round(time.perf_counter() - started, 2),
     }
     atomic_write_json(summary_path, summary)
     return summary

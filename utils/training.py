@@ -37,7 +37,8 @@ from utils import plots
 from utils.active_learning import UNCERTAINTY, Pool, select
 from utils.cli import prepare_output
 from utils.config import Config, fingerprint, fingerprint_difference
-from utils.data_split import cap_per_class, cap_per_slide_and_class, read_split_file, split_slides
+from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
+                              choose_split_by, read_split_file, split_blocks, split_slides)
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
@@ -80,6 +81,7 @@ class TrainOptions:
     patience: int = 3
     seed: int = 0
     split_file: Path | None = None
+    split_by: str | None = None
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     slide_class_cap: int | None = 1000
     uncapped_classes: tuple[str, ...] = ("blood",)
@@ -106,22 +108,21 @@ class Run:
         if not files:
             raise InputError(f"{options.data}: no .tfrecord shards; run tfrecord_generator.py first")
         self.index = read_index(files)
-        self.strides = _slide_strides(options.data, config)
-        slides = sorted(set(self.index.slide))
-        split = (read_split_file(options.split_file, slides) if options.split_file
-                 else split_slides(slides, options.split_fractions, options.seed))
-        self.split = split
-        in_split = {name: np.isin(self.index.slide, split[name]) for name in split}
-        labelled = self.index.label >= 0
         if (self.index.label >= config.num_classes).any():
             raise ModelError(f"records have labels up to {self.index.label.max()} but the configuration has "
                              f"{config.num_classes} classes; use the configuration the data was extracted with")
+        self.grids = _slide_grids(options.data, config)
+        self.strides = {slide: grid.stride for slide, grid in self.grids.items()}
+        self.split = self._split()
+        codes, self.guard_dropped = assign_records(self.index, self.split, self.grids)
+        in_split = {name: codes == code for code, name in enumerate(SPLITS)}
+        labelled = self.index.label >= 0
         rng = self.rng
         self.val_ids = cap_per_class(np.flatnonzero(in_split["val"] & labelled), self.index.label, options.eval_cap, rng)
         self.test_ids = cap_per_class(np.flatnonzero(in_split["test"] & labelled), self.index.label,
                                       options.eval_cap, rng)
         if len(self.val_ids) == 0:
-            raise InputError(f"the validation slides {split['val']} have no labelled tiles")
+            raise InputError(f"the validation {self.split['by']}s {self.split['val']} have no labelled tiles")
         uncapped = [config.class_index(n) for n in options.uncapped_classes if n in config.class_names]
         if options.query_only:
             self.candidates = np.flatnonzero(in_split["train"] & labelled)
@@ -132,6 +133,18 @@ class Run:
             self.pool_ids = self.candidates
         self.keys = np.array([f"{s}\t{x}\t{y}" for s, x, y in zip(self.index.slide, self.index.x, self.index.y)])
         self.cache: EmbeddingCache | None = None
+
+    def _split(self) -> dict[str, Any]:
+        options = self.options
+        if options.split_file:
+            return read_split_file(options.split_file, sorted(set(self.index.slide)))
+        if choose_split_by(options.split_by, self.index.slide) == "slide":
+            return split_slides(self.index.slide, options.split_fractions, options.seed)
+        missing = sorted(set(self.index.slide) - set(self.grids))
+        if missing:
+            raise InputError(f"{options.data}: no extraction summary for {missing}, so their tile grid is "
+                             f"unknown; re-extract them to split them into blocks")
+        return split_blocks(self.index, self.grids, self.config.num_classes, options.split_fractions, options.seed)
 
     # -- labelled set --------------------------------------------------------------
     def initial_labelled(self) -> np.ndarray:
@@ -184,11 +197,12 @@ class Run:
         )
 
 
-def _slide_strides(data: Path, config: Config) -> dict[str, float]:
-    """Level-0 tile stride per slide, from the extraction summaries; also checks
-    that every shard was cut with this configuration's classes, scales and tile
-    size, so records of another configuration never train under wrong names."""
-    strides = {}
+def _slide_grids(data: Path, config: Config) -> dict[str, SlideGrid]:
+    """Tile stride and coarsest window per slide, from the extraction summaries;
+    also checks that every shard was cut with this configuration's classes,
+    scales and tile size, so records of another configuration never train under
+    wrong names."""
+    grids = {}
     ours = config.fingerprint()
     for path in sorted(data.glob("*.summary.json")):
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -203,8 +217,11 @@ def _slide_strides(data: Path, config: Config) -> dict[str, float]:
                 f"{path}: this shard was extracted with {difference.replace(' vs ', ', but the run uses ')}; "
                 f"one data folder holds one configuration: re-extract it with the same --config, "
                 f"--magnifications and --tile-size, or move it to another folder")
-        strides[summary["slide"]] = float(summary["stride_level0"])
-    return strides
+        stride = float(summary["stride_level0"])
+        window = summary.get("window_level0") or (
+            config.tile_size * summary["scale_mpp"][-1] / summary["base_mpp"] if "scale_mpp" in summary else stride)
+        grids[summary["slide"]] = SlideGrid(stride, float(window))
+    return grids
 
 
 def reseed(model: keras.Model, seed: int) -> None:
@@ -405,6 +422,11 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         atomic_write_json(out / "class_counts.json", class_counts)
         atomic_write_json(out / "split.json", run.split)
         _print_counts(class_counts)
+        if run.split["by"] == "block":
+            blocks = ", ".join(f"{len(run.split[name])} {name}" for name in SPLITS)
+            dropped = ", ".join(f"{n} {name}" for name, n in run.guard_dropped.items()) or "none"
+            print(f"split by block: {blocks} blocks; tiles left out because their lowest-magnification window "
+                  f"overlaps one of another split: {dropped}")
         report_missing_classes(class_counts, options.strict)
     predictor = Predictor(model)
     if options.freeze_backbone:

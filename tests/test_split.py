@@ -1,0 +1,134 @@
+"""Splits for one or two slides: blocks of each slide's grid, with no
+lowest-magnification window shared between training and evaluation, checked
+against the windows' own geometry as the records describe it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.spatial import cKDTree
+
+import active_learning_train
+import tfrecord_generator
+from tests.test_training import FAST, TILE
+from utils.data_split import BLOCK_WINDOWS, SlideGrid, assign_records, choose_split_by, split_blocks
+from utils.errors import InputError
+from utils.records import RecordIndex, read_index, record_files
+from utils.synthetic import make_slide, random_layout
+
+MAGNIFICATIONS = ["40", "20", "10"]
+
+
+@pytest.fixture(scope="module")
+def one_slide(tmp_path_factory) -> Path:
+    """One 2560-px synthetic slide cut into 32-px triplets at 40x, 20x and 10x."""
+    root = tmp_path_factory.mktemp("one_slide")
+    make_slide(root / "slides", "only", 2560, 2560, random_layout(2560, 2560, 3, margin=64), seed=3,
+               annotations_dir=root / "annotations")
+    assert tfrecord_generator.main(["--slides", str(root / "slides"), "--annotations", str(root / "annotations"),
+                                    "--output", str(root / "tiles"), "--tile-size", str(TILE),
+                                    "--magnifications", *MAGNIFICATIONS, "--unlabeled"]) == 0
+    return root / "tiles"
+
+
+def coarsest_window(tiles: Path) -> float:
+    """Side of the 10x window in level-0 pixels, from a record's own µm/px and
+    the slide's (not from the split code's geometry)."""
+    record = next(iter(tf.data.TFRecordDataset(str(next(tiles.glob("*.tfrecord")))).take(1)))
+    example = tf.train.Example.FromString(record.numpy())
+    mpp_coarsest = example.features.feature[f"mpp/{len(MAGNIFICATIONS) - 1}"].float_list.value[0]
+    base = json.loads(next(tiles.glob("*.summary.json")).read_text())["base_mpp"]
+    return TILE * mpp_coarsest / base
+
+
+def overlapping(a: np.ndarray, b: np.ndarray, window: float) -> int:
+    """Pairs of centres (rows of a and b) whose square windows share pixels:
+    closer than a window side in the maximum norm (scipy's KD-tree)."""
+    if len(a) == 0 or len(b) == 0:
+        return 0
+    return int(cKDTree(a).count_neighbors(cKDTree(b), r=np.nextafter(window, 0), p=np.inf))
+
+
+def test_one_slide_is_split_into_blocks_whose_windows_never_meet(one_slide, tmp_path):
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="1 slide.*--split-by block"):
+        assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "0",
+                                           *FAST]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert split["by"] == "block" and all(split[name] for name in ("train", "val", "test"))
+    window = coarsest_window(one_slide)
+    assert window == pytest.approx(4 * TILE)  # 40x over 10x
+    index = read_index(record_files(one_slide))
+    centres = np.stack([index.x, index.y], axis=1).astype(float)
+    side = split["block_side_level0"]["only"]
+    assert side == pytest.approx(BLOCK_WINDOWS * window)
+    member = {name: np.isin([f"only:{int(x // side)},{int(y // side)}" for x, y in centres], split[name])
+              for name in ("train", "val", "test")}
+    assert not (member["train"] & member["val"]).any() and not (member["val"] & member["test"]).any()
+    # What training actually used: labelled.csv (train) and the class counts of val and test.
+    used = {(row["x"], row["y"]) for row in _rows(run / "labelled.csv")}
+    train = np.array([[float(x), float(y)] for x, y in used])
+    counts = json.loads((run / "class_counts.json").read_text())
+    codes, dropped = assign_records(index, split, {"only": SlideGrid(TILE, window)})
+    evaluation = centres[(codes >= 1) & (index.label >= 0)]
+    for code, name in ((1, "val"), (2, "test")):  # FAST caps evaluation at 40 tiles per class
+        expected = np.bincount(index.label[(codes == code) & (index.label >= 0)], minlength=6)
+        assert list(counts[name].values()) == np.minimum(expected, 40).tolist()
+    assert overlapping(train, evaluation, window) == 0
+    assert overlapping(centres[codes == 1], centres[codes == 2], window) == 0
+    # The guard band costs tiles, but the blocks are wide enough that most survive.
+    assert 0 < dropped["train"] < 0.5 * (codes == 0).sum()
+    # Without the guard, neighbouring blocks of different splits would share windows.
+    naive = centres[member["train"]], centres[member["val"] | member["test"]]
+    assert overlapping(*naive, window) > 0
+    # The file written is accepted back and gives the same sets.
+    again = tmp_path / "again"
+    assert active_learning_train.main(["--data", str(one_slide), "--output", str(again), "--rounds", "0",
+                                       "--split", str(run / "split.json"), *FAST]) == 0
+    assert json.loads((again / "class_counts.json").read_text()) == counts
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def synthetic_index(width: int, height: int, labels: np.ndarray) -> RecordIndex:
+    cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+    n = cols.size
+    return RecordIndex([Path("s.tfrecord")], np.array([0]), np.array(["s"] * n), labels.ravel().astype(np.int64),
+                       np.array([""] * n), ((cols.ravel() + 0.5) * 128).astype(np.int64),
+                       ((rows.ravel() + 0.5) * 128).astype(np.int64))
+
+
+def test_block_side_follows_the_magnifications_and_classes_are_stratified():
+    """40x/10x/2.5x: a 2.5x window spans 16 tiles of 40x, so blocks are 64 tiles
+    wide and the guard is 15 tiles; two classes in horizontal bands each reach
+    validation and test."""
+    grid = SlideGrid(stride=128.0, window=128.0 * 16)
+    assert grid.window_tiles == 16 and grid.block_side == 64 * 128
+    labels = np.zeros((320, 320), np.int64)
+    labels[160:] = 1
+    index = synthetic_index(320, 320, labels)
+    split = split_blocks(index, {"s": grid}, 2, (0.8, 0.1, 0.1), seed=0)
+    codes, _ = assign_records(index, split, {"s": grid})
+    for code in (1, 2):
+        assert set(np.unique(index.label[codes == code])) == {0, 1}
+    points = np.stack([index.x, index.y], axis=1).astype(float)
+    assert overlapping(points[codes == 0], points[codes >= 1], grid.window) == 0
+
+
+def test_too_few_blocks_and_too_few_slides_say_what_to_do():
+    grid = SlideGrid(stride=128.0, window=128.0 * 16)
+    index = synthetic_index(64, 64, np.zeros((64, 64)))
+    with pytest.raises(InputError, match="1 block"):
+        split_blocks(index, {"s": grid}, 1, (0.8, 0.1, 0.1), seed=0)
+    with pytest.raises(InputError, match="--split-by block"):
+        choose_split_by("slide", ["a", "b"])
+    assert choose_split_by(None, ["a", "b", "c"]) == "slide"
