@@ -6,8 +6,10 @@ the model's magnifications (the same geometry code as extraction), predicted in
 batches, and the paper's class rules (background off tissue, "undefined" below
 0.6, "damaged" only at 0.9 or more). Outputs in OUTPUT/<slide>/: tissue_map.png
 (+ _legend), overlay.png, probabilities.npz, tissue_map.geojson (opens in
-QuPath) and summary.json (areas in mm² and % of tissue). Slides whose outputs
-are complete are skipped; a failing slide is reported and the rest go on.
+QuPath) and summary.json (areas in mm² and % of tissue, and the settings that
+made them). On a rerun, slides whose maps were made with the same model and
+settings are skipped; maps made otherwise stop the run unless --overwrite. A
+failing slide is reported and the rest go on.
 
     python active_learning_inference.py --slides new_slides/ --model runs/exp1/model.keras --output maps/
 """
@@ -18,28 +20,32 @@ import argparse
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from utils.batch import expand_slides, parse_shard, report, run_per_slide
-from utils.cli import add_config_arguments, exit_on_input_error, prepare_output, resolve_config
-from utils.config import save_config
-from utils.inference import InferenceOptions, infer_slide
+from utils.batch import expand_slides, parse_shard, report, run_per_slide, take_shard
+from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, exit_on_input_error,
+                       make_parser, prepare_output, resolve_config)
+from utils.inference import InferenceOptions, infer_slide, inference_settings, summary_path
+from utils.log import info
 from utils.model import Predictor, check_compatible, load_model, make_deterministic, read_metadata
+from utils.provenance import check_stale, file_digest
+from utils.slide import parse_mpp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slides", nargs="+", required=True, help="slide files and/or folders of slides")
-    parser.add_argument("--model", type=Path, required=True, help="model.keras saved by active_learning_train.py")
-    parser.add_argument("--output", type=Path, required=True, help="folder for one sub-folder per slide")
+    parser = make_parser(__doc__)
+    paths = parser.add_argument_group("input and output")
+    paths.add_argument("--slides", nargs="+", required=True, help="slide files and/or folders of slides")
+    paths.add_argument("--model", type=Path, required=True, help="model.keras saved by active_learning_train.py")
+    paths.add_argument("--output", type=Path, required=True, help="folder for one sub-folder per slide")
     add_config_arguments(parser, defaults_from="the model's")
-    parser.add_argument("--mpp", type=float, help="base µm/px of level 0, overriding the slide's metadata")
-    parser.add_argument("--batch-size", type=int, default=512, help="tiles per model call (default 512)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="threads reading and decoding slide blocks (default: cores, at most 8)")
-    parser.add_argument("--smooth", action="store_true", help="3x3 majority smoothing of the map (off by default)")
-    parser.add_argument("--overwrite", action="store_true", help="redo slides whose outputs are complete")
-    parser.add_argument("--shard", help="process only share I of N of the sorted slides (I/N, 0 <= I < N)")
+    add_slide_arguments(parser, workers=min(8, os.cpu_count() or 1),
+                        workers_help="threads reading and decoding slide blocks (default: cores, at most 8)")
+    inference = parser.add_argument_group("inference")
+    inference.add_argument("--batch-size", type=int, default=512, help="tiles per model call")
+    inference.add_argument("--smooth", action="store_true", help="3x3 majority smoothing of the map")
+    add_message_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -48,14 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     metadata = read_metadata(args.model)
     config = resolve_config(args, base=metadata["config"])
-    slides = expand_slides(args.slides, parse_shard(args.shard))
+    cohort = expand_slides(args.slides)
+    slides = take_shard(cohort, parse_shard(args.shard))
+    mpp = parse_mpp(args.mpp)
+    for name in mpp.unknown(s.name for s in cohort):
+        warnings.warn(f"{mpp.file}: {name} is not among the slides")
+    options = InferenceOptions(output=args.output, model_path=args.model, model_sha256=file_digest(args.model),
+                               mpp=mpp, batch_size=args.batch_size, threads=args.workers, overwrite=args.overwrite,
+                               smooth=args.smooth)
+    check_stale(slides, functools.partial(summary_path, args.output),
+                functools.partial(inference_settings, config=config, options=options), args.overwrite, args.output)
     make_deterministic()
     model = load_model(args.model)
     check_compatible(model, config)
     prepare_output(args.output)
-    save_config(config, args.output / "inference_config.json")
-    options = InferenceOptions(output=args.output, model_path=args.model, mpp=args.mpp, batch_size=args.batch_size,
-                               threads=args.workers, overwrite=args.overwrite, smooth=args.smooth)
     model_info = {"backbone": metadata.get("backbone"), "spec": metadata.get("spec")}
     task = functools.partial(infer_slide, config=config, predictor=Predictor(model), options=options,
                              model_info=model_info)
@@ -66,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             tissue = result["classes"]
             top = sorted(((v["percent_of_tissue"], k) for k, v in tissue.items() if k != "background"), reverse=True)
             listing = ", ".join(f"{name} {pct:.1f}%" for pct, name in top if pct > 0)
-            print(f"{result['slide']}: {result['tissue_mm2']:.2f} mm² tissue ({listing}); "
-                  f"{result['tiles_per_second']} tiles/s -> {args.output / result['slide']}")
+            info(f"{result['slide']}: {result['tissue_mm2']:.2f} mm² tissue ({listing}); "
+                 f"{result['tiles_per_second']} tiles/s -> {args.output / result['slide']}")
         elif result:
-            print(f"{result['slide']}: {result['status']}")
+            info(f"{result['slide']}: {result['status']}")
     return report(outcomes)
 
 

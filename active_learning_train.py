@@ -26,22 +26,24 @@ import sys
 from pathlib import Path
 
 from utils.active_learning import STRATEGIES
-from utils.cli import add_config_arguments, exit_on_input_error, resolve_config
+from utils.cli import add_config_arguments, add_message_arguments, exit_on_input_error, make_parser, resolve_config
 from utils.data_split import SPLIT_BY
+from utils.log import info
 from utils.model import BACKBONES, check_fits_source, source_metadata, source_spec
 from utils.training import TrainOptions, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder of TFRecord shards")
-    parser.add_argument("--output", type=Path, required=True, help="run folder")
+    parser = make_parser(__doc__)
+    paths = parser.add_argument_group("input and output")
+    paths.add_argument("--data", type=Path, required=True, help="folder of TFRecord shards")
+    paths.add_argument("--output", type=Path, required=True, help="run folder")
     add_config_arguments(parser, defaults_from="the data's extraction_config.json, else the --weights model's")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES,
                        help="per-scale backbone (default: the --weights model's, else vgg16)")
     model.add_argument("--backbone-weights", default="imagenet",
-                       help="imagenet (download), none, or a local backbone weights file (default imagenet); "
+                       help="imagenet (download), none, or a local backbone weights file; "
                             "not used with --weights, whose model replaces them")
     model.add_argument("--head-units", type=int,
                        help="units of each dense layer (default: the --weights model's, else 4096)")
@@ -52,30 +54,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "weights are listed and start from scratch")
     model.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     al = parser.add_argument_group("active learning")
-    al.add_argument("--strategy", choices=STRATEGIES, default="class_ratio", help="query strategy (default: the paper's)")
+    al.add_argument("--strategy", choices=STRATEGIES, default="class_ratio", help="query strategy (class_ratio is the paper's)")
     al.add_argument("--rounds", type=int, default=4, help="rounds after the initial fit; 0 = initial fit only")
-    al.add_argument("--budget", type=int, default=20000, help="tiles labelled per round (default 20000)")
-    al.add_argument("--initial", type=int, default=25000, help="initial labelled tiles per class (default 25000)")
+    al.add_argument("--budget", type=int, default=20000, help="tiles labelled per round")
+    al.add_argument("--initial", type=int, default=25000, help="initial labelled tiles per class")
     al.add_argument("--pool-sample", type=int, help="score only a random sample of this many pool tiles")
-    al.add_argument("--mc-passes", type=int, default=10, help="Monte-Carlo dropout passes for bald (default 10)")
+    al.add_argument("--mc-passes", type=int, default=10, help="Monte-Carlo dropout passes for bald")
     al.add_argument("--spacing", type=int, default=2,
-                    help="diversity guard: at most one uncertainty pick per SxS tiles of a slide (default 2)")
+                    help="diversity guard: at most one uncertainty pick per SxS tiles of a slide")
     al.add_argument("--query-only", action="store_true",
                     help="annotation mode: fit on all labelled tiles, write the next queries for the pool and stop")
     al.add_argument("--resume", action="store_true", help="continue the run in --output after its last round")
     al.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN_DIR",
                     help="also draw these runs' curves in learning_curve.png (e.g. a random baseline)")
     fit = parser.add_argument_group("fitting")
-    fit.add_argument("--epochs", type=int, default=10, help="maximum epochs per round (default 10)")
-    fit.add_argument("--batch-size", type=int, default=128)
+    fit.add_argument("--epochs", type=int, default=10, help="maximum epochs per round")
+    fit.add_argument("--batch-size", type=int, default=128, help="tiles per training step")
     fit.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                      help="sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch")
-    fit.add_argument("--learning-rate", type=float, default=1.5e-5)
+    fit.add_argument("--learning-rate", type=float, default=1.5e-5, help="the paper's for fine-tuning with sgd")
     fit.add_argument("--patience", type=int, default=3, help="early-stopping patience on validation loss")
     fit.add_argument("--no-augment", action="store_true", help="no flips or 90-degree rotations")
     fit.add_argument("--colour-jitter", action="store_true", help="also jitter brightness, saturation and hue")
     data = parser.add_argument_group("data")
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seed", type=int, default=0, help="seed of the split, the samples, shuffles and dropout")
     data.add_argument("--split-by", choices=SPLIT_BY,
                       help="slide: whole slides to train, validation and test (needs 3 slides); block: square "
                            "blocks of each slide, several lowest-magnification windows wide, with no window "
@@ -84,11 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="split file: a split.json of an earlier run, JSON {train,val,test: [slides]} or CSV "
                            "slide,split")
     data.add_argument("--slide-class-cap", type=int, default=1000,
-                      help="at most this many tiles per slide and class (default 1000; 0 = no cap)")
-    data.add_argument("--uncapped", nargs="*", default=["blood"], help="classes exempt from that cap (default blood)")
+                      help="at most this many tiles per slide and class (0 = no cap)")
+    data.add_argument("--uncapped", nargs="*", default=["blood"], help="classes exempt from that cap")
     data.add_argument("--eval-cap", type=int, help="at most this many validation/test tiles per class")
     data.add_argument("--strict", action="store_true",
                       help="stop when a configured class has no training or validation tiles")
+    add_message_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume, compare=tuple(args.compare),
     )
     last = run_training(options, config)
-    print(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {args.output / 'model.keras'}")
+    info(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {args.output / 'model.keras'}")
     return 0
 
 

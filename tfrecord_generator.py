@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Cut multiscale tile triplets out of annotated slides into TFRecords.
+r"""Cut multiscale tile triplets out of annotated slides into TFRecords.
 
 For each slide: resolve its µm/px, compute a tissue mask, rasterise the
 annotation regions (QuPath GeoJSON, ASAP or Aperio XML found by slide stem in
 --annotations), label every tile of the 40x grid whose window is covered by one
 class, and write the triplets (same centre at every magnification) to
-OUTPUT/<slide>.tfrecord with OUTPUT/<slide>.summary.json beside it. Finished
-slides are skipped on a rerun; a failing slide is reported and the rest go on.
+OUTPUT/<slide>.tfrecord with OUTPUT/<slide>.summary.json beside it. On a
+rerun, slides extracted with the same settings and annotations are skipped;
+shards made otherwise stop the run unless --overwrite. A failing slide is
+reported and the rest go on.
 
     python tfrecord_generator.py --slides slides/ --annotations annotations/ --output tiles/
 
@@ -25,42 +27,50 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import warnings
 from pathlib import Path
 
-from utils.batch import expand_slides, parse_shard, report, run_per_slide
-from utils.cli import add_config_arguments, exit_on_input_error, prepare_output, resolve_config
+from utils.batch import expand_slides, parse_shard, report, run_per_slide, take_shard
+from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, exit_on_input_error,
+                       make_parser, prepare_output, resolve_config)
 from utils.config import Config, save_config
-from utils.extract import ExtractOptions, check_output_configuration, extract_slide
+from utils.errors import InputError
+from utils.extract import (ExtractOptions, check_output_configuration, extract_slide, extraction_settings,
+                           summary_path)
+from utils.log import info, warn
+from utils.provenance import check_stale
+from utils.slide import parse_mpp
 from utils.tile_folders import TileFolderOptions, extract_tile_folders
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser = make_parser(__doc__)
+    paths = parser.add_argument_group("input and output")
+    source = paths.add_mutually_exclusive_group(required=True)
     source.add_argument("--slides", nargs="+", help="slide files and/or folders of slides")
-    source.add_argument("--tiles", type=Path, help="folder of labelled tiles, one sub-folder per class")
-    parser.add_argument("--annotations", type=Path, help="folder of annotation files named like the slides")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the TFRecord shards")
+    source.add_argument("--tiles", type=Path, help="folder of labelled tiles, one sub-folder per class (needs --mpp, one value)")
+    paths.add_argument("--annotations", type=Path, help="folder of annotation files named like the slides")
+    paths.add_argument("--output", type=Path, required=True, help="folder for the TFRecord shards")
     add_config_arguments(parser)
-    parser.add_argument("--mpp", type=float,
-                        help="base µm/px of level 0, overriding the slide's metadata; required with --tiles")
-    parser.add_argument("--slide-pattern", default=TileFolderOptions.slide_pattern,
-                        help="with --tiles: regular expression whose first group, searched in a file name, "
-                             "is the tile's slide (default: the name up to the first '.' or '_')")
-    parser.add_argument("--workers", type=int, default=1, help="slides processed in parallel (default 1)")
-    parser.add_argument("--encoding", choices=["png", "jpeg"], default="png", help="tile encoding (default png)")
-    parser.add_argument("--unlabeled", action="store_true",
-                        help="also write every unlabelled tissue tile (label -1), the active-learning pool; "
-                             "slides without annotation file are then pooled whole")
-    parser.add_argument("--strict", action="store_true", help="fail a slide whose annotation names match no rule")
-    parser.add_argument("--allow-upsampling", action="store_true",
-                        help="allow magnifications above the scan's by resampling up")
-    parser.add_argument("--overwrite", action="store_true", help="redo slides that already have a shard")
-    parser.add_argument("--shard", help="process only share I of N of the sorted slides (I/N, 0 <= I < N)")
+    add_slide_arguments(parser, workers=1, workers_help="slides processed in parallel")
+    extraction = parser.add_argument_group("extraction")
+    extraction.add_argument("--encoding", choices=["png", "jpeg"], default="png", help="tile encoding")
+    extraction.add_argument("--unlabeled", action="store_true",
+                            help="also write every unlabelled tissue tile (label -1), the active-learning pool; "
+                                 "slides without annotation file are then pooled whole")
+    extraction.add_argument("--strict", action="store_true", help="fail a slide whose annotation names match no rule")
+    extraction.add_argument("--allow-upsampling", action="store_true",
+                            help="allow magnifications above the scan's by resampling up")
+    extraction.add_argument("--slide-pattern", default=TileFolderOptions.slide_pattern,
+                            help="with --tiles: regular expression whose first group, searched in a file name, "
+                                 "is the tile's slide (default: the name up to the first '.' or '_')")
+    add_message_arguments(parser)
     args = parser.parse_args(argv)
     if args.tiles is not None:
         if args.mpp is None:
             parser.error("--tiles needs --mpp, the µm/px of the tiles")
+        if args.shard or args.workers != 1:
+            parser.error("--shard and --workers apply to --slides only")
     elif args.annotations is None and not args.unlabeled:
         parser.error("--annotations is required unless --unlabeled is given")
     return args
@@ -72,17 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(args, allow_upsampling=args.allow_upsampling or None)
     if args.tiles is not None:
         return extract_tiles(args, config)
-    slides = expand_slides(args.slides, parse_shard(args.shard))
-    if not slides:
-        print("no slides to process")
-        return 0
-    prepare_output(args.output)
-    check_output_configuration(args.output, config, args.overwrite)
-    save_config(config, args.output / "extraction_config.json")
+    cohort = expand_slides(args.slides)
+    slides = take_shard(cohort, parse_shard(args.shard))
+    mpp = parse_mpp(args.mpp)
+    for name in mpp.unknown(s.name for s in cohort):
+        warnings.warn(f"{mpp.file}: {name} is not among the slides")
     options = ExtractOptions(
-        annotations=args.annotations, output=args.output, mpp=args.mpp, encoding=args.encoding,
+        annotations=args.annotations, output=args.output, mpp=mpp, encoding=args.encoding,
         unlabeled=args.unlabeled, strict=args.strict, overwrite=args.overwrite,
     )
+    check_output_configuration(args.output, config, args.overwrite)
+    check_stale(slides, functools.partial(summary_path, args.output),
+                functools.partial(extraction_settings, config=config, options=options), args.overwrite, args.output)
+    prepare_output(args.output)
+    save_config(config, args.output / "extraction_config.json")
     task = functools.partial(extract_slide, config=config, options=options)
     outcomes = run_per_slide(task, slides, args.workers, unit="tiles")
     for outcome in outcomes:
@@ -95,7 +108,10 @@ def extract_tiles(args: argparse.Namespace, config: Config) -> int:
     prepare_output(args.output)
     check_output_configuration(args.output, config, args.overwrite)
     save_config(config, args.output / "extraction_config.json")
-    options = TileFolderOptions(output=args.output, mpp=args.mpp, slide_pattern=args.slide_pattern,
+    mpp = parse_mpp(args.mpp).value
+    if mpp is None:
+        raise InputError("--tiles needs one µm/px for all tiles, not a file")
+    options = TileFolderOptions(output=args.output, mpp=mpp, slide_pattern=args.slide_pattern,
                                 encoding=args.encoding, overwrite=args.overwrite)
     for summary in extract_tile_folders(args.tiles, config, options):
         print_summary(summary)
@@ -104,9 +120,9 @@ def extract_tiles(args: argparse.Namespace, config: Config) -> int:
 
 def print_summary(summary: dict) -> None:
     detail = f"{summary['tiles']} tiles {summary['tiles_per_class']}" if summary["status"] == "done" else ""
-    print(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
+    info(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
     for line in summary.get("warnings", []):
-        print(f"warning: {line}")
+        warn(line)
 
 
 if __name__ == "__main__":

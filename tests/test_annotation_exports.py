@@ -326,7 +326,7 @@ def test_summary_reports_coverage_and_warns_about_regions_narrower_than_a_tile(t
     code = tfrecord_generator.main(["--slides", str(slide), "--annotations", str(tmp_path / "annotations"),
                                     "--output", str(tmp_path / "tiles"), "--tile-size", str(t)])
     assert code == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "only 0% of the" in out and "'muscle'" in out and "narrower than a 64-px tile at 40x (16 µm)" in out
     summary = json.loads((tmp_path / "tiles" / "narrow.summary.json").read_text())
     stroma, muscle = summary["coverage"]["stroma"], summary["coverage"]["muscle"]

@@ -33,7 +33,6 @@ BAD_SLIDES = {
     "zero.svs": "the file is empty (0 bytes)",
     "truncated.tiff": "cannot be decoded",
     "text.svs": "cannot open slide (TiffFileError: not a TIFF file",
-    "folder.svs": "a folder, not a slide file",
     "photo.png": "not a whole-slide format this tool reads",
     "no_mpp.tiff": "no µm/px, resolution tags or objective power); pass the base µm/px of level 0 with --mpp",
     "absurd_mpp.tiff": "gives 264.6 µm/px",
@@ -52,7 +51,7 @@ def batch(tmp_path_factory):
     (slides / "zero.svs").write_bytes(b"")
     (slides / "truncated.tiff").write_bytes(data[: len(data) // 2])
     (slides / "text.svs").write_text("not a slide\n")
-    (slides / "folder.svs").mkdir()
+    (slides / "folder.svs").mkdir()  # a folder is no slide, whatever its name: not counted
     cv2.imwrite(str(root / "photo.png"), np.full((64, 64, 3), 200, np.uint8))
     glass = np.full((512, 512, 3), 245, np.uint8)
     tifffile.imwrite(slides / "no_mpp.tiff", glass, tile=(256, 256), photometric="rgb")
@@ -77,15 +76,17 @@ def batch_result(batch, tmp_path_factory):
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = tfrecord_generator.main(["--slides", *argv])
-    return code, stdout.getvalue(), out
+    return code, stdout.getvalue(), stderr.getvalue(), out
 
 
 def test_good_slides_are_done_and_the_batch_fails(batch_result):
-    code, stdout, out = batch_result
+    code, stdout, stderr, out = batch_result
     assert code == 1
-    assert "good: done" in stdout and f"2 slide(s) done, {len(BAD_SLIDES)} failed" in stdout
+    assert "good: done" in stdout
+    assert f"{len(BAD_SLIDES) + 2} slide(s): 2 done, 0 skipped (unchanged), {len(BAD_SLIDES)} failed" in stdout
+    assert "error:" not in stdout and "FAILED" not in stdout, "failures go to stderr"
     assert json.loads((out / "good.summary.json").read_text())["tiles"] > 0
-    assert "blank: no tissue found" in stdout, "a slide without tissue is done, with a warning"
+    assert "blank: done" in stdout and "warning: blank: no tissue found" in stderr, "done, with a warning"
     made = {p.name for p in out.iterdir()}
     assert made == {"extraction_config.json", "good.tfrecord", "good.summary.json", "blank.tfrecord",
                     "blank.summary.json"}, "no partial output of a failed slide"
@@ -93,11 +94,11 @@ def test_good_slides_are_done_and_the_batch_fails(batch_result):
 
 @pytest.mark.parametrize("name", sorted(BAD_SLIDES))
 def test_each_broken_slide_is_one_line_naming_it(batch_result, name):
-    _, stdout, _ = batch_result
-    lines = [line for line in stdout.splitlines() if line.startswith("error: ") and f"/{Path(name).stem}." in line]
-    assert len(lines) == 1, stdout
+    _, _, stderr, _ = batch_result
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ") and f"/{Path(name).stem}." in line]
+    assert len(lines) == 1, stderr
     assert BAD_SLIDES[name] in lines[0]
-    assert "Traceback" not in stdout
+    assert "Traceback" not in stderr
 
 
 def test_debug_shows_the_traceback_of_an_unexpected_error(batch, monkeypatch, capsys):
@@ -111,10 +112,10 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(batch, monkeypatch, ca
     argv = [root / "slides" / "good.tiff", *argv[2:]]
     argv[argv.index("--output") + 1] = str(root / "debug")
     assert tfrecord_generator.main(["--slides", *map(str, argv)]) == 1
-    assert "unexpected error (RuntimeError: boom); rerun with --debug" in capsys.readouterr().out
+    assert "unexpected error (RuntimeError: boom); rerun with --debug" in capsys.readouterr().err
     monkeypatch.delenv("TISSUE_AL_DEBUG", raising=False)
     assert tfrecord_generator.main(["--slides", *map(str, argv), "--debug"]) == 1
-    assert "Traceback" in capsys.readouterr().out
+    assert "Traceback" in capsys.readouterr().err
 
 
 # -- annotation files ------------------------------------------------------------------
@@ -198,9 +199,10 @@ def test_unknown_class_names_warn_and_strict_fails(synthetic_slide, tmp_path, ca
     slide, geojson = synthetic_slide
     argv = ["--slides", str(slide), "--annotations", str(geojson.parent), "--tile-size", "64"]
     assert tfrecord_generator.main([*argv, "--output", str(tmp_path / "a")]) == 0
-    assert "Unknown thing" in capsys.readouterr().out
+    assert "warning: known: skipped annotations whose names match no class rule: 'Unknown thing'" in \
+        capsys.readouterr().err
     assert tfrecord_generator.main([*argv, "--output", str(tmp_path / "b"), "--strict"]) == 1
-    assert "Unknown thing" in capsys.readouterr().out
+    assert "Unknown thing" in capsys.readouterr().err
     assert not (tmp_path / "b" / "known.tfrecord").exists()
 
 
@@ -310,7 +312,7 @@ def test_full_disk_fails_the_slide_and_leaves_no_partial_shard(synthetic_slide, 
     out = tmp_path / "tiles"
     assert tfrecord_generator.main(["--slides", str(slide), "--annotations", str(geojson.parent),
                                     "--output", str(out), "--tile-size", "64"]) == 1
-    assert "the disk is full; free space or choose another --output" in capsys.readouterr().out
+    assert "the disk is full; free space or choose another --output" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["extraction_config.json"], "no partial shard, no summary"
 
 

@@ -144,7 +144,7 @@ def test_rerun_skips_finished_slides(extracted, synthetic_slide, capsys):
     code = tfrecord_generator.main(["--slides", str(slide), "--annotations", str(geojson.parent),
                                     "--output", str(extracted), "--tile-size", str(TILE), "--unlabeled"])
     assert code == 0
-    assert "skipped: already extracted" in capsys.readouterr().out
+    assert "known: skipped (unchanged)" in capsys.readouterr().out
     assert (extracted / "known.tfrecord").stat().st_mtime_ns == before
 
 
@@ -158,21 +158,22 @@ def test_bad_slide_is_reported_and_others_go_on(synthetic_slide, tmp_path, capsy
     shutil.copy(geojson, geojson.parent / "broken.geojson")
     code = tfrecord_generator.main(["--slides", str(slides), "--annotations", str(geojson.parent),
                                     "--output", str(tmp_path / "out"), "--tile-size", str(TILE), "--workers", "2"])
-    out = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert code == 1
-    assert "broken.tiff" in out and "cannot open slide" in out
+    assert "broken.tiff" in err and "cannot open slide" in err
     assert (tmp_path / "out" / "good.tfrecord").exists()
     assert not (tmp_path / "out" / "broken.tfrecord").exists()
     assert not list((tmp_path / "out").glob(".*tmp")), "no temporary file is left behind"
 
 
 def test_shards_partition_the_slide_list(tmp_path):
-    from utils.batch import expand_slides, parse_shard
+    from utils.batch import expand_slides, parse_shard, take_shard
 
     for name in "abcde":
         (tmp_path / f"{name}.svs").touch()
-    parts = [expand_slides([tmp_path], parse_shard(f"{i}/3")) for i in range(3)]
-    names = sorted(p.stem for part in parts for p in part)
+    slides = expand_slides([tmp_path])
+    parts = [take_shard(slides, parse_shard(f"{i}/3")) for i in range(3)]
+    names = sorted(p.name for part in parts for p in part)
     assert names == list("abcde")
     assert all(parts) and sum(map(len, parts)) == 5
 
@@ -190,5 +191,5 @@ def test_strict_fails_a_slide_with_unmatched_annotation_names(synthetic_slide, t
     code = tfrecord_generator.main(["--slides", str(slide), "--annotations", str(geojson.parent),
                                     "--output", str(tmp_path), "--tile-size", str(TILE), "--strict"])
     assert code == 1
-    assert "Unknown thing" in capsys.readouterr().out
+    assert "Unknown thing" in capsys.readouterr().err
     assert not (tmp_path / "known.tfrecord").exists()

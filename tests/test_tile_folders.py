@@ -98,7 +98,7 @@ def test_rerun_skips_finished_slides_and_bad_input_is_one_clear_error(tmp_path, 
         assert generate(tmp_path, "--magnifications", "20", "--tile-size", "32")[0] == 0
     with pytest.warns(UserWarning):
         assert generate(tmp_path, "--magnifications", "20", "--tile-size", "32")[0] == 0
-    assert "SLIDE-0: skipped: already extracted" in capsys.readouterr().out
+    assert "SLIDE-0: skipped (unchanged)" in capsys.readouterr().out
     with pytest.warns(UserWarning):
         assert generate(tmp_path, "--magnifications", "2.5", "--tile-size", "32", "--overwrite")[0] == 2
     assert "smaller than the 256-px window of 2.5x" in capsys.readouterr().err

@@ -5,6 +5,8 @@ inference cut tiles with exactly the same code."""
 
 import os
 
+__version__ = "0.1.0"
+
 # TensorFlow's C++ start-up chatter (CPU features, oneDNN notes) buries the
 # progress bars users read; keep warnings and errors only, unless set otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

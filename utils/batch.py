@@ -12,23 +12,22 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
 from utils.cli import debugging, describe_os_error
 from utils.errors import InputError
-
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-}
+from utils.log import error, info, note_on_stderr, progress
+from utils.provenance import UNCHANGED
+from utils.slide_files import SlideFile, find_slides
 
 Progress = Callable[[int], None]
-SlideTask = Callable[[Path, Progress], dict[str, Any]]
+SlideTask = Callable[[SlideFile, Progress], dict[str, Any]]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -44,38 +43,37 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def expand_slides(paths: Sequence[str | Path], shard: tuple[int, int] | None = None) -> list[Path]:
-    """Files as given plus slide files inside given folders, sorted and de-duplicated,
-    then the shard's share. Two slides with the same stem are an error, since
-    outputs are named by stem."""
-    found: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.update(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
-        elif path.exists():
-            found.add(path)
-        else:
-            raise InputError(f"{path}: no such slide file or folder")
-    slides = sorted(found, key=lambda p: (p.name, str(p)))
-    stems = [p.stem for p in slides]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+def expand_slides(paths: Sequence[str | Path]) -> list[SlideFile]:
+    """Slides among the files and folders given (:func:`utils.slide_files.find_slides`),
+    sorted by name. None at all, or two with the same name (outputs are named
+    by slide), is an error."""
+    slides = find_slides(paths)
+    if not slides:
+        raise InputError(f"no slides in {', '.join(str(p) for p in paths)}: no file there is one OpenSlide "
+                         f"recognises (.svs, .ndpi, .mrxs, .scn, .czi, .bif, a DICOM series, ...) or a TIFF")
+    names = [s.name for s in slides]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise InputError(f"several slides share the name(s) {duplicates}; outputs are named by slide stem")
-    if shard is not None:
-        index, count = shard
-        slides = slides[index::count]
+        raise InputError(f"several slides share the name(s) {duplicates}; outputs are named by slide")
     return slides
+
+
+def take_shard(slides: Sequence[SlideFile], shard: tuple[int, int] | None) -> list[SlideFile]:
+    """Share I of N of the sorted slides: every N-th, starting at I."""
+    if shard is None:
+        return list(slides)
+    index, count = shard
+    return list(slides[index::count])
 
 
 @dataclass
 class SlideOutcome:
-    slide: Path
+    slide: SlideFile
     result: dict[str, Any] | None
     error: str | None
 
 
-def _call(task: SlideTask, slide: Path, updates: Any) -> SlideOutcome:
+def _call(task: SlideTask, slide: SlideFile, updates: Any) -> SlideOutcome:
     def progress(n: int) -> None:
         updates.put(n)
 
@@ -84,32 +82,32 @@ def _call(task: SlideTask, slide: Path, updates: Any) -> SlideOutcome:
     except InputError as exc:
         return SlideOutcome(slide, None, str(exc))
     except OSError as exc:
-        return SlideOutcome(slide, None, f"{slide}: {describe_os_error(exc)}")
+        return SlideOutcome(slide, None, f"{slide.path}: {describe_os_error(exc)}")
     except Exception as exc:
         if debugging():
-            return SlideOutcome(slide, None, f"{slide}: unexpected error\n{traceback.format_exc()}")
-        return SlideOutcome(slide, None, f"{slide}: unexpected error ({type(exc).__name__}: {exc}); "
+            return SlideOutcome(slide, None, f"{slide.path}: unexpected error\n{traceback.format_exc()}")
+        return SlideOutcome(slide, None, f"{slide.path}: unexpected error ({type(exc).__name__}: {exc}); "
                                          f"rerun with --debug for the traceback")
 
 
-def run_per_slide(task: SlideTask, slides: Sequence[Path], workers: int, unit: str = "tiles") -> list[SlideOutcome]:
+def run_per_slide(task: SlideTask, slides: Sequence[SlideFile], workers: int, unit: str = "tiles") -> list[SlideOutcome]:
     """Run ``task(slide, progress)`` on every slide; ``workers`` > 1 uses spawned
     processes. Shows one bar for slides and one for ``unit`` done (per slide
     when slides run one after the other, in total across worker processes)."""
     outcomes: list[SlideOutcome] = []
-    slide_bar = tqdm(total=len(slides), desc="slides", unit="slide", position=0)
-    unit_bar = tqdm(desc=unit, unit=unit.rstrip("s") or unit, position=1)
+    slide_bar = progress(total=len(slides), desc="slides", unit="slide", position=0)
+    unit_bar = progress(desc=unit, unit=unit.rstrip("s") or unit, position=1, leave=False)
 
     def finish(outcome: SlideOutcome) -> None:
         outcomes.append(outcome)
         slide_bar.update(1)
         if outcome.error:
-            tqdm.write(f"FAILED {outcome.error.splitlines()[0]}")
+            note_on_stderr(f"FAILED {outcome.error.splitlines()[0]}")
 
     if workers <= 1:
         for slide in slides:
             unit_bar.reset()  # one count and one rate per slide
-            unit_bar.set_description(f"{slide.stem} {unit}")
+            unit_bar.set_description(f"{slide.name} {unit}")
             finish(_call(task, slide, _Immediate(unit_bar)))
     else:
         context = multiprocessing.get_context("spawn")
@@ -130,14 +128,14 @@ def run_per_slide(task: SlideTask, slides: Sequence[Path], workers: int, unit: s
 class _Immediate:
     """Queue stand-in that advances the bar directly when running in-process."""
 
-    def __init__(self, bar: tqdm) -> None:
+    def __init__(self, bar: Any) -> None:
         self.bar = bar
 
     def put(self, n: int) -> None:
         self.bar.update(n)
 
 
-def _drain(updates: Any, bar: tqdm) -> None:
+def _drain(updates: Any, bar: Any) -> None:
     while True:
         try:
             bar.update(updates.get_nowait())
@@ -146,10 +144,13 @@ def _drain(updates: Any, bar: tqdm) -> None:
 
 
 def report(outcomes: Sequence[SlideOutcome]) -> int:
-    """Print failures at the end; the exit status is 1 if any slide failed."""
+    """Failures on stderr, then one line counting each outcome; the exit
+    status is 1 if any slide failed."""
     failed = [o for o in outcomes if o.error]
     for outcome in failed:
-        print(f"error: {outcome.error}")
-    done = len(outcomes) - len(failed)
-    print(f"{done} slide(s) done, {len(failed)} failed")
+        error(outcome.error)
+    statuses = Counter(o.result["status"] for o in outcomes if o.result)
+    parts = [f"{statuses.pop('done', 0)} done", f"{statuses.pop(UNCHANGED, 0)} {UNCHANGED}"]
+    parts += [f"{n} {status}" for status, n in sorted(statuses.items())]
+    info(f"{len(outcomes)} slide(s): {', '.join(parts)}, {len(failed)} failed")
     return 1 if failed else 0

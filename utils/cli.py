@@ -21,6 +21,7 @@ from typing import Any
 from utils.config import Config, load_config, read_config_file
 from utils.errors import ConfigError, InputError
 from utils.io import remove_stale_temporaries
+from utils.log import error, info, set_quiet
 
 
 DEBUG_VARIABLE = "TISSUE_AL_DEBUG"
@@ -31,19 +32,74 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE) == "1"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps each script's docstring as written and shows every option's
+    default where it has one and its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, [])
+                or action.default is argparse.SUPPRESS):
+            return text
+        value = action.default
+        if isinstance(value, (list, tuple)):
+            value = " ".join(str(v) for v in value)
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
+def make_parser(doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "") -> None:
-    """``defaults_from`` says where unset values come from before the built-in
-    defaults (e.g. "the model's"), so that --help does not promise a default
-    that a saved configuration replaces."""
+    """The "configuration" group. ``defaults_from`` says where unset values come
+    from before the built-in defaults (e.g. "the model's"), so that --help
+    does not promise a default that a saved configuration replaces."""
     default = Config()
     where = f"default: {defaults_from}, else " if defaults_from else "default "
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    parser.add_argument("--config", help="JSON/YAML file overriding the default configuration")
-    parser.add_argument("--magnifications", type=float, nargs="+", metavar="M",
-                        help=f"objective magnification of each scale, highest first "
-                             f"({where}{' '.join(f'{m:g}' for m in default.magnifications)})")
-    parser.add_argument("--tile-size", type=int,
-                        help=f"tile side in pixels at every scale ({where}{default.tile_size})")
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--config", help="JSON/YAML file overriding the default configuration")
+    group.add_argument("--magnifications", type=float, nargs="+", metavar="M",
+                       help=f"objective magnification of each scale, highest first "
+                            f"({where}{' '.join(f'{m:g}' for m in default.magnifications)})")
+    group.add_argument("--tile-size", type=int,
+                       help=f"tile side in pixels at every scale ({where}{default.tile_size})")
+
+
+def add_slide_arguments(parser: argparse.ArgumentParser, workers: int, workers_help: str) -> None:
+    """The "slides" group of the two scripts that read whole slides."""
+    group = parser.add_argument_group("slides")
+    group.add_argument("--mpp", metavar="MPP|FILE",
+                       help="base µm/px of level 0, overriding the slides' metadata: one value, or a CSV file of "
+                            "slide,mpp rows (the slides it does not list use their metadata)")
+    group.add_argument("--workers", type=int, default=workers, help=workers_help)
+    group.add_argument("--overwrite", action="store_true",
+                       help="redo slides whose outputs exist; needed when they were made with other settings")
+    group.add_argument("--shard", metavar="I/N",
+                       help="process only share I of N of the sorted slides (0 <= I < N), e.g. for an array job")
+
+
+def add_message_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "messages" group, last in every script."""
+    group = parser.add_argument_group("messages")
+    group.add_argument("--quiet", action="store_true", help="print warnings and errors only")
+    group.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    group.add_argument("--version", action=_Versions, nargs=0,
+                       help="print the versions of this tool, TensorFlow and OpenSlide, and exit")
+
+
+class _Versions(argparse.Action):
+    """Imports TensorFlow only when asked: it takes seconds."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        import openslide
+        import tensorflow as tf
+
+        from utils import __version__
+
+        print(f"{parser.prog} {__version__}; TensorFlow {tf.__version__}; OpenSlide "
+              f"{openslide.__library_version__} (openslide-python {openslide.__version__})")
+        parser.exit()
 
 
 def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None, **extra: Any) -> Config:
@@ -65,7 +121,7 @@ def prepare_output(folder: Path) -> None:
     """Create the output folder and clear what killed runs left half-written there."""
     folder.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temporaries(folder):
-        print(f"removed {path}, left half-written by an interrupted run")
+        info(f"removed {path}, left half-written by an interrupted run")
 
 
 def exit_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
@@ -75,19 +131,21 @@ def exit_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _one_line_warning
-        if "--debug" in (sys.argv[1:] if argv is None else argv):
+        arguments = sys.argv[1:] if argv is None else argv
+        set_quiet("--quiet" in arguments)
+        if "--debug" in arguments:
             os.environ[DEBUG_VARIABLE] = "1"
             return main(argv)
         try:
             return main(argv)
         except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            error(str(exc))
             return 2
         except OSError as exc:
-            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            error(describe_os_error(exc))
             return 3
         except KeyboardInterrupt:
-            print("error: interrupted; finished work is kept, rerun the same command to go on", file=sys.stderr)
+            error("interrupted; finished work is kept, rerun the same command to go on")
             return 130
 
     return wrapper

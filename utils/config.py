@@ -155,6 +155,14 @@ class Config:
     def fingerprint(self) -> dict[str, Any]:
         return fingerprint(self.to_dict())
 
+    def extraction_settings(self) -> dict[str, Any]:
+        """Everything but what only inference reads: the settings a shard depends on."""
+        return {k: v for k, v in self.to_dict().items() if k not in INFERENCE_ONLY}
+
+
+#: Configuration keys that shape maps but not shards.
+INFERENCE_ONLY = ("undefined", "undefined_threshold", "damaged_class", "damaged_threshold")
+
 
 def fingerprint(values: dict[str, Any]) -> dict[str, Any]:
     """What records cut with a configuration (a :class:`Config` as a dict) mean:

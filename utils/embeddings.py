@@ -16,8 +16,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
+from utils.log import progress
 from utils.model import split_model
 
 
@@ -32,7 +32,7 @@ class EmbeddingCache:
         self.row[ids] = np.arange(len(ids))
         self.labels = labels
         self.features = np.zeros((len(ids), features.output.shape[-1]), np.float32)
-        with tqdm(total=len(ids), unit="tiles", desc="backbone features", leave=False) as bar:
+        with progress(total=len(ids), unit="tiles", desc="backbone features", leave=False) as bar:
             for inputs, _, gid in dataset:
                 self.features[self.row[gid.numpy()]] = extract(inputs).numpy()
                 bar.update(len(gid))

@@ -16,13 +16,15 @@ import numpy as np
 from utils.annotations import find_annotation_file, read_annotations
 from utils.batch import Progress
 from utils.config import Config, fingerprint, fingerprint_difference
-from utils.errors import ConfigError, SlideError
+from utils.errors import ConfigError, InputError, SlideError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
                           report_unmatched)
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
-from utils.slide import Slide, slide_stem
+from utils.provenance import UNCHANGED, difference, file_digest, normalised, read_made_with
+from utils.slide import MppOverride, Slide
+from utils.slide_files import SlideFile
 from utils.tissue import tile_fractions, tissue_grid
 
 SUMMARY_SUFFIX = ".summary.json"
@@ -33,7 +35,7 @@ ENCODER_THREADS = 4
 class ExtractOptions:
     annotations: Path | None
     output: Path
-    mpp: float | None = None
+    mpp: MppOverride = MppOverride()
     encoding: str = "png"
     unlabeled: bool = False
     strict: bool = False
@@ -61,22 +63,49 @@ def shard_paths(output: Path, stem: str) -> tuple[Path, Path]:
     return output / f"{stem}{RECORD_SUFFIX}", output / f"{stem}{SUMMARY_SUFFIX}"
 
 
-def extract_slide(slide_path: Path, progress: Progress, *, config: Config, options: ExtractOptions) -> dict[str, Any]:
-    """Write ``<stem>.tfrecord`` and ``<stem>.summary.json``; return the summary.
+def summary_path(output: Path, slide: SlideFile) -> Path:
+    return shard_paths(output, slide.name)[1]
+
+
+def extraction_settings(slide: SlideFile, *, config: Config, options: ExtractOptions) -> dict[str, Any]:
+    """What a slide's shard depends on: configuration, µm/px override, the
+    annotation file's content, flags and the slide file."""
+    annotation = find_annotation_file(options.annotations, slide.name) if options.annotations else None
+    return normalised({
+        "configuration": config.extraction_settings(),
+        "mpp": options.mpp.for_slide(slide.name),
+        "encoding": options.encoding,
+        "unlabeled": options.unlabeled,
+        "annotations": {"file": annotation.name, "sha256": file_digest(annotation)} if annotation else None,
+        "slide": {"file": slide.path.name, "bytes": slide.path.stat().st_size},
+    })
+
+
+def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
+                  options: ExtractOptions) -> dict[str, Any]:
+    """Write ``<name>.tfrecord`` and ``<name>.summary.json``; return the summary.
 
     The shard is written under a temporary name and renamed when complete; the
-    summary is written last, so its presence marks a finished slide.
+    summary is written last, so its presence marks a finished slide. A
+    finished slide made with the same settings is skipped; one made with
+    other settings is redone only with ``--overwrite``.
     """
     started = time.perf_counter()
-    stem = slide_stem(slide_path)
+    stem, slide_path = slide_file.name, slide_file.path
     record_path, summary_path = shard_paths(options.output, stem)
-    if summary_path.exists() and record_path.exists() and not options.overwrite:
-        return {"slide": stem, "status": "skipped: already extracted"}
+    made_with = extraction_settings(slide_file, config=config, options=options)
+    done, previous = read_made_with(summary_path)
+    if done and record_path.exists() and not options.overwrite:
+        change = difference(previous, made_with)
+        if change is None:
+            return {"slide": stem, "status": UNCHANGED}
+        raise InputError(f"{stem}: its shard in {options.output} was made with other settings ({change} this run); "
+                         f"pass --overwrite to redo it")
     annotation_path = find_annotation_file(options.annotations, stem) if options.annotations else None
     if annotation_path is None and not options.unlabeled:
-        return {"slide": stem, "status": "skipped: no annotation file (use --unlabeled to pool its tiles)"}
+        return {"slide": stem, "status": "skipped (no annotation file; --unlabeled pools its tiles)"}
 
-    with Slide(slide_path, mpp=options.mpp) as slide:
+    with Slide(slide_path, mpp=options.mpp.for_slide(stem), name=stem) as slide:
         geometry = slide_geometry(slide, config)
         if 0 in geometry.grid_shape:
             raise SlideError(f"{slide_path}: {slide.dimensions[0]}x{slide.dimensions[1]} px is smaller than one "
@@ -111,6 +140,8 @@ def extract_slide(slide_path: Path, progress: Progress, *, config: Config, optio
         "base_mpp": slide.mpp,
         "mpp_source": slide.mpp_source.origin,
         "fingerprint": config.fingerprint(),
+        "made_with": made_with,
+        "reader": {"vendor": slide.vendor, "backend": slide.backend},
         "magnifications": config.magnifications,
         "scale_mpp": [s.mpp for s in geometry.scales],
         "scale_levels": [s.level for s in geometry.scales],

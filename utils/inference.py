@@ -23,7 +23,10 @@ from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.model import Predictor
 from utils.qupath import feature, mask_polygons, write_feature_collection
-from utils.slide import Slide, slide_stem
+from utils.errors import InputError
+from utils.provenance import UNCHANGED, difference, normalised, read_made_with
+from utils.slide import MppOverride, Slide
+from utils.slide_files import SlideFile
 from utils.tissue import tile_fractions, tissue_grid
 
 OUTPUT_FILES = ("tissue_map.png", "tissue_map_legend.png", "overlay.png", "probabilities.npz",
@@ -36,7 +39,8 @@ MAP_IMAGE_SIDE = 1600
 class InferenceOptions:
     output: Path
     model_path: Path
-    mpp: float | None = None
+    model_sha256: str = ""
+    mpp: MppOverride = MppOverride()
     batch_size: int = 512
     threads: int = 2
     overwrite: bool = False
@@ -122,14 +126,33 @@ def predict_slide(slide: Slide, config: Config, predictor: Predictor, options: I
             "predict_seconds": time.perf_counter() - started}
 
 
-def infer_slide(slide_path: Path, progress: Progress, *, config: Config, predictor: Predictor,
+def summary_path(output: Path, slide: SlideFile) -> Path:
+    return output / slide.name / "summary.json"
+
+
+def inference_settings(slide: SlideFile, *, config: Config, options: InferenceOptions) -> dict[str, Any]:
+    """What a slide's maps depend on: configuration (thresholds included), the
+    model file's content, the µm/px override and smoothing."""
+    return normalised({"configuration": config.to_dict(), "model_sha256": options.model_sha256,
+                       "mpp": options.mpp.for_slide(slide.name), "smooth": options.smooth})
+
+
+def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, predictor: Predictor,
                 options: InferenceOptions, model_info: dict[str, Any]) -> dict[str, Any]:
-    """Write every output of one slide into ``OUTPUT/<stem>/``; summary.json last."""
+    """Write every output of one slide into ``OUTPUT/<name>/``; summary.json
+    last. Finished maps made with the same settings are skipped; maps made
+    with other settings are redone only with ``--overwrite``."""
     started = time.perf_counter()
-    folder = options.output / slide_stem(slide_path)
-    if (folder / "summary.json").exists() and not options.overwrite:
-        return {"slide": slide_stem(slide_path), "status": "skipped: outputs complete"}
-    with Slide(slide_path, mpp=options.mpp) as slide:
+    folder = options.output / slide_file.name
+    made_with = inference_settings(slide_file, config=config, options=options)
+    done, previous = read_made_with(folder / "summary.json")
+    if done and not options.overwrite:
+        change = difference(previous, made_with)
+        if change is None:
+            return {"slide": slide_file.name, "status": UNCHANGED}
+        raise InputError(f"{slide_file.name}: its maps in {options.output} were made with other settings "
+                         f"({change} this run); pass --overwrite to redo them")
+    with Slide(slide_file.path, mpp=options.mpp.for_slide(slide_file.name), name=slide_file.name) as slide:
         result = predict_slide(slide, config, predictor, options, progress)
         geometry, tissue, probs = result["geometry"], result["tissue"], result["probs"]
         classes = classify(probs, tissue, config)
@@ -139,7 +162,9 @@ def infer_slide(slide_path: Path, progress: Progress, *, config: Config, predict
         thumbnail = _map_aligned_thumbnail(slide, geometry.stride, tissue.shape, scale)
         write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail)
     seconds = time.perf_counter() - started
-    summary = _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info, options)
+    summary = _summary(slide_file.path, slide, config, geometry, tissue, classes, result, seconds, model_info,
+                       options)
+    summary["made_with"] = made_with
     atomic_write_json(folder / "summary.json", summary)
     return summary
 
@@ -235,6 +260,7 @@ def _summary(slide_path, slide, config, geometry, tissue, classes, result, secon
         "tissue_mm2": round(tissue_cells * cell_mm2, 6),
         "classes": areas,
         "model": str(options.model_path),
+        "reader": {"vendor": slide.vendor, "backend": slide.backend},
         "model_info": model_info,
         "smoothing": options.smooth,
         "config": config.to_dict(),

@@ -1,19 +1,24 @@
 """Slide access: one reader for every format, µm/px resolution, block reads.
 
-TIFF-family slides (.tif, .tiff, .svs) are read by decoding their tiles
-directly (``utils.tiff_tiles``), with tiffslide for what that cannot handle;
-both give OpenSlide's pixels several times faster for block reads. Every other
-format goes through OpenSlide. Both expose the
-same ``read_region`` API, wrapped here by :class:`Slide`, which always returns
-RGB numpy arrays composited on the slide's background colour and pads reads
-that cross the slide edge with that colour instead of shifting them.
+Slides that OpenSlide identifies as Aperio or generic tiled TIFF are read by
+decoding their tiles directly (``utils.tiff_tiles``), with tiffslide for what
+that cannot handle; both give OpenSlide's pixels several times faster for
+block reads. Every other vendor goes through OpenSlide whatever the file's
+suffix: Philips TIFF (sparse tiles), Ventana (overlapping tiles) and the
+other vendor TIFFs need its rules to give the right pixels. A TIFF OpenSlide
+does not recognise is left to tiffslide. Both readers expose the same
+``read_region`` API, wrapped here by :class:`Slide`, which always returns RGB
+numpy arrays composited on the slide's background colour and pads reads that
+cross the slide edge with that colour instead of shifting them.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -21,12 +26,17 @@ import numpy as np
 
 from utils.config import MICRONS_PER_PIXEL_AT_1X, hex_to_rgb
 from utils.errors import ConfigError, MppError, SlideError
+from utils.slide_files import TIFF_SUFFIXES, detect_vendor
 from utils.tiff_tiles import TiffTiles
 
 # tifffile logs damaged-file details itself; the SlideError raised here says it in one line.
 logging.getLogger("tifffile").setLevel(logging.ERROR)
 
-TIFFSLIDE_SUFFIXES = {".tif", ".tiff", ".svs"}
+#: Suffixes stripped from slide names in an --mpp file (a row may give the file name).
+_SLIDE_FILE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu",
+                                  ".svslide", ".czi", ".qptiff", ".dcm"})
+#: OpenSlide vendors whose files the direct tile decoder reads exactly.
+DIRECT_TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 #: Base µm/px outside this range is treated as wrong metadata (a 96 dpi tag
 #: reads as 264.6 µm/px; no microscope scans coarser than 20 µm/px).
 PLAUSIBLE_MPP = (0.05, 20.0)
@@ -47,18 +57,19 @@ class Slide:
     processes: each worker opens its own.
     """
 
-    def __init__(self, path: str | Path, mpp: float | None = None, backend: str = "auto") -> None:
+    def __init__(self, path: str | Path, mpp: float | None = None, backend: str = "auto",
+                 name: str | None = None) -> None:
         self.path = Path(path)
-        self.stem = slide_stem(self.path)
+        self.stem = name or self.path.stem
         if not self.path.exists():
             raise SlideError(f"{self.path}: no such slide file")
         if self.path.is_dir():
             raise SlideError(f"{self.path}: a folder, not a slide file; pass the slide file itself")
         if self.path.stat().st_size == 0:
             raise SlideError(f"{self.path}: the file is empty (0 bytes); copy the slide again")
-        if backend == "auto":
-            backend = "tiffslide" if self.path.suffix.lower() in TIFFSLIDE_SUFFIXES else "openslide"
-        self.backend = backend
+        self.vendor = detect_vendor(self.path)
+        self.backend = choose_reader(self.path, self.vendor) if backend == "auto" else backend
+        backend = self.backend
         try:
             if backend == "tiffslide":
                 import tiffslide
@@ -161,9 +172,12 @@ def _direct_tiles(path: Path, level_dimensions: list[tuple[int, int]]) -> TiffTi
         return None
 
 
-def slide_stem(path: str | Path) -> str:
-    """Slide name used for records and outputs: the file name without its suffix."""
-    return Path(path).stem
+def choose_reader(path: Path, vendor: str | None) -> str:
+    """``tiffslide`` (with the direct decoder) for Aperio and generic tiled TIFF,
+    and for TIFF files OpenSlide does not recognise; ``openslide`` otherwise."""
+    if vendor in DIRECT_TIFF_VENDORS or (vendor is None and path.suffix.lower() in TIFF_SUFFIXES):
+        return "tiffslide"
+    return "openslide"
 
 
 def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
@@ -190,6 +204,64 @@ def _background_colour(properties: dict[str, str]) -> tuple[int, int, int]:
         return (255, 255, 255)
 
 
+@dataclass(frozen=True)
+class MppOverride:
+    """``--mpp``: one base µm/px for every slide, or a CSV file of ``slide,mpp``
+    rows for a cohort that mixes scanners (slides it does not list use their
+    metadata)."""
+
+    value: float | None = None
+    per_slide: Mapping[str, float] = field(default_factory=dict)
+    file: Path | None = None
+
+    def for_slide(self, name: str) -> float | None:
+        return self.per_slide.get(name, self.value)
+
+    def unknown(self, names: Iterable[str]) -> list[str]:
+        """Slides the file lists that are not among ``names``."""
+        return sorted(set(self.per_slide) - set(names))
+
+
+def parse_mpp(text: str | None) -> MppOverride:
+    """A positive number, or the path of a CSV file with columns slide and mpp
+    (a header row is optional; a slide may be given by name or file name)."""
+    if text is None:
+        return MppOverride()
+    try:
+        return MppOverride(value=_positive_mpp(text, "--mpp"))
+    except ValueError:
+        pass
+    path = Path(text)
+    if not path.is_file():
+        raise MppError(f"--mpp {text}: neither a number nor a CSV file of slide,mpp rows")
+    per_slide: dict[str, float] = {}
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells) or (number == 1 and cells[:2] == ["slide", "mpp"]):
+                continue
+            if len(cells) < 2:
+                raise MppError(f"{path}, line {number}: expected slide,mpp, found {row}")
+            try:
+                value = _positive_mpp(cells[1], f"{path}, line {number}")
+            except ValueError:
+                raise MppError(f"{path}, line {number}: {cells[1]!r} is not a µm/px value") from None
+            name = Path(cells[0]).stem if Path(cells[0]).suffix.lower() in _SLIDE_FILE_SUFFIXES else cells[0]
+            if per_slide.get(name, value) != value:
+                raise MppError(f"{path}, line {number}: {name} is listed twice with different values")
+            per_slide[name] = value
+    if not per_slide:
+        raise MppError(f"{path}: no slide,mpp rows")
+    return MppOverride(per_slide=per_slide, file=path)
+
+
+def _positive_mpp(text: str, where: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise MppError(f"{where}: µm/px must be a positive number, not {text}")
+    return value
+
+
 def resolve_mpp(slide: Slide, override: float | None = None) -> MppSource:
     """Base µm/px: ``--mpp``, then the vendor's mpp, then TIFF resolution tags,
     then the objective power. Implausible values are skipped; if nothing
@@ -206,7 +278,8 @@ def resolve_mpp(slide: Slide, override: float | None = None) -> MppSource:
     found = "; ".join(rejected) if rejected else "no µm/px, resolution tags or objective power"
     raise MppError(
         f"{slide.path}: cannot trust the slide's scale ({found}); "
-        f"pass the base µm/px of level 0 with --mpp (e.g. --mpp 0.25 for a 40x scan)"
+        f"pass the base µm/px of level 0 with --mpp (e.g. --mpp 0.25 for a 40x scan), or a CSV file of "
+        f"slide,mpp rows with --mpp FILE"
     )
 
 
@@ -233,7 +306,7 @@ def _tiff_resolution_mpp(slide: Slide) -> float | None:
     """µm/px from the first page's XResolution/ResolutionUnit, if it is a TIFF."""
     props = slide.properties
     x_res, unit = _float(props.get("tiff.XResolution")), props.get("tiff.ResolutionUnit")
-    if x_res is None and slide.path.suffix.lower() in TIFFSLIDE_SUFFIXES:
+    if x_res is None and slide.backend == "tiffslide":
         try:
             import tifffile
 

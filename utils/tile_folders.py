@@ -19,6 +19,7 @@ across images); ``<slide>.index.csv`` maps every position back to its file.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import warnings
@@ -30,13 +31,14 @@ from typing import Any
 import cv2
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from utils.config import Config
 from utils.errors import InputError
+from utils.log import progress
 from utils.extract import shard_paths
 from utils.geometry import SNAP_TOLERANCE, scale_factor
 from utils.io import atomic_path, atomic_write_csv, atomic_write_json
+from utils.provenance import UNCHANGED, difference, normalised, read_made_with
 from utils.records import encode_tile, make_example
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -119,19 +121,29 @@ def extract_tile_folders(root: str | Path, config: Config, options: TileFolderOp
         raise InputError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders")
     options.output.mkdir(parents=True, exist_ok=True)
     summaries = []
-    with tqdm(total=sum(len(v) for v in by_slide.values()), unit="images", desc="tiles") as bar:
+    with progress(total=sum(len(v) for v in by_slide.values()), unit="images", desc="tiles") as bar:
         for slide in sorted(by_slide):
             summaries.append(_write_slide(slide, sorted(by_slide[slide]), config, options, sides, pitch, bar))
     return summaries
 
 
 def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config, options: TileFolderOptions,
-                 sides: list[float], pitch: float, bar: tqdm) -> dict[str, Any]:
+                 sides: list[float], pitch: float, bar: Any) -> dict[str, Any]:
     started = time.perf_counter()
     record_path, summary_path = shard_paths(options.output, slide)
-    if summary_path.exists() and record_path.exists() and not options.overwrite:
+    made_with = normalised({
+        "configuration": config.extraction_settings(), "mpp": options.mpp, "encoding": options.encoding,
+        "images": hashlib.sha256("\n".join(f"{p.parent.name}/{p.name}\t{p.stat().st_size}"
+                                           for p, _, _ in images).encode()).hexdigest(),
+    })
+    done, previous = read_made_with(summary_path)
+    if done and record_path.exists() and not options.overwrite:
+        change = difference(previous, made_with)
+        if change:
+            raise InputError(f"{slide}: its shard in {options.output} was made with other settings ({change} this "
+                             f"run); pass --overwrite to redo it")
         bar.update(len(images))
-        return {"slide": slide, "status": "skipped: already extracted"}
+        return {"slide": slide, "status": UNCHANGED}
     mpps = [options.mpp * side / config.tile_size for side in sides]
     counts: Counter = Counter()
     index_rows: list[list] = []
@@ -166,7 +178,7 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
     summary = {
         "slide": slide, "status": "done", "source": "tile folder", "images": len(images),
         "tiles": sum(counts.values()), "tiles_per_class": dict(sorted(counts.items())),
-        "fingerprint": config.fingerprint(), "magnifications": config.magnifications,
+        "fingerprint": config.fingerprint(), "made_with": made_with, "magnifications": config.magnifications,
         "tile_size": config.tile_size, "base_mpp": options.mpp,
         "scale_mpps": mpps, "stride_level0": pitch, "window_level0": pitch,
         "seconds": round(time.perf_counter() - started, 2),

@@ -42,6 +42,7 @@ from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, 
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
+from utils.log import info, quiet
 from utils.model import (
     ModelSpec,
     Predictor,
@@ -108,10 +109,10 @@ class Run:
         if not files:
             raise InputError(f"{options.data}: no .tfrecord shards; run tfrecord_generator.py first")
         self.index = read_index(files)
+        self.grids = _slide_grids(options.data, config)
         if (self.index.label >= config.num_classes).any():
             raise ModelError(f"records have labels up to {self.index.label.max()} but the configuration has "
                              f"{config.num_classes} classes; use the configuration the data was extracted with")
-        self.grids = _slide_grids(options.data, config)
         self.strides = {slide: grid.stride for slide, grid in self.grids.items()}
         self.split = self._split()
         codes, self.guard_dropped = assign_records(self.index, self.split, self.grids)
@@ -363,12 +364,12 @@ def train_round(model: keras.Model, run: Run, labelled: np.ndarray, round_number
         cache = run.cache
         compile_fresh(cache.head, o)
         history = cache.head.fit(cache.of(labelled), cache.labels[labelled], batch_size=o.batch_size,
-                                 epochs=o.epochs, callbacks=[stop], shuffle=True, verbose=2,
+                                 epochs=o.epochs, callbacks=[stop], shuffle=True, verbose=0 if quiet() else 2,
                                  validation_data=(cache.of(run.val_ids), cache.labels[run.val_ids]))
     else:
         compile_fresh(model, o)
         history = model.fit(run.dataset(labelled, train=True), validation_data=run.dataset(run.val_ids),
-                            epochs=o.epochs, callbacks=[stop], verbose=2)
+                            epochs=o.epochs, callbacks=[stop], verbose=0 if quiet() else 2)
     epochs = history.history
     return [{"round": round_number, **{k: float(v[e]) for k, v in epochs.items()}}
             for e in range(len(epochs["loss"]))]
@@ -383,7 +384,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if options.resume and state_path.exists() else None
     if options.resume and state is None:
-        print(f"nothing to resume in {out}; starting at round 0")
+        info(f"nothing to resume in {out}; starting at round 0")
     if state is None and (out / "rounds.csv").exists() and not options.resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
 
@@ -403,7 +404,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         misclassified = np.asarray(state["misclassified"])
         if "rng" in state:  # runs saved before the generator state was kept resume with a fresh one
             run.rng.bit_generator.state = state["rng"]
-        print(f"resuming {out} at round {start} with {len(labelled)} labelled tiles")
+        info(f"resuming {out} at round {start} with {len(labelled)} labelled tiles")
     else:
         if options.weights:
             missing = load_weights_by_name(model, options.weights)
@@ -411,9 +412,9 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
                 raise ModelError(f"{options.weights}: layers {', '.join(missing)} of the model to fine-tune would "
                                  f"receive no weights (another backbone, head or class list); fine-tune with the "
                                  f"source model's architecture, or pass --allow-partial-weights")
-            print(f"loaded source weights from {options.weights}")
+            info(f"loaded source weights from {options.weights}")
             if missing:
-                print(f"layers that received no weights (--allow-partial-weights): {', '.join(missing)}")
+                info(f"layers that received no weights (--allow-partial-weights): {', '.join(missing)}")
         labelled, added = run.initial_labelled(), {}
         start, rows, history, best = 0, [], [], {"round": None, "val_macro_f1": -1.0}
         misclassified = np.zeros(config.num_classes)
@@ -425,8 +426,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         if run.split["by"] == "block":
             blocks = ", ".join(f"{len(run.split[name])} {name}" for name in SPLITS)
             dropped = ", ".join(f"{n} {name}" for name, n in run.guard_dropped.items()) or "none"
-            print(f"split by block: {blocks} blocks; tiles left out because their lowest-magnification window "
-                  f"overlaps one of another split: {dropped}")
+            info(f"split by block: {blocks} blocks; tiles left out because their lowest-magnification window "
+                 f"overlaps one of another split: {dropped}")
         report_missing_classes(class_counts, options.strict)
     predictor = Predictor(model)
     if options.freeze_backbone:
@@ -435,8 +436,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         # Round -1: the source-domain model on the target data, before any target label.
         val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
         rows.append(_metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0))
-        print(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
-              f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
+        info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
+             f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
     metadata = {"config": config.to_dict(), "backbone": options.spec.backbone, "spec": asdict(options.spec)}
     atomic_write_json(out / "config.json", {**metadata, "options": asdict(options)})
 
@@ -449,13 +450,13 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         reseed(model, int(np.random.SeedSequence([options.seed, round_number]).generate_state(1)[0]))
         query_seconds = 0.0
         if round_number > 0 and not options.query_only:
-            new, info = query(run, predictor, labelled, misclassified, round_number)
+            new, chosen = query(run, predictor, labelled, misclassified, round_number)
             query_seconds = time.perf_counter() - started
             for i in new:
                 added[int(i)] = round_number
             labelled = np.union1d(labelled, new)
-            print(f"round {round_number}: {options.strategy} chose {len(new)} of {info.get('pool', 0)} pool tiles "
-                  f"-> {len(labelled)} labelled")
+            info(f"round {round_number}: {options.strategy} chose {len(new)} of {chosen.get('pool', 0)} pool tiles "
+                 f"-> {len(labelled)} labelled")
         if len(labelled) == 0:
             raise InputError("the labelled training set is empty; check the split and the class counts")
         fit_started = time.perf_counter()
@@ -469,9 +470,9 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
                            time.perf_counter() - started)
         rows.append(row)
         absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
-        print(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
-              f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)"
-              + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
+        info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
+             f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)"
+             + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
         checkpoint = Path("rounds") / f"round_{round_number}.keras"
         save_model(model, out / checkpoint, metadata)
         if val["macro_f1"] > best["val_macro_f1"] or best["round"] is None:
@@ -491,7 +492,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
                                        "misclassified": np.asarray(misclassified).tolist()})
     if options.query_only:
         query(run, predictor, labelled, misclassified, last_round + 1)
-        print(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
+        info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return rows[-1]
 
 
@@ -541,9 +542,9 @@ def _write_rounds(out: Path, rows: list[dict]) -> None:
 
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:
     names = list(next(iter(counts.values())))
-    print(f"{'':18s}" + "".join(f"{n:>12s}" for n in names))
+    info(f"{'':18s}" + "".join(f"{n:>12s}" for n in names))
     for split, row in counts.items():
-        print(f"{split:18s}" + "".join(f"{row[n]:12d}" for n in names))
+        info(f"{split:18s}" + "".join(f"{row[n]:12d}" for n in names))
 
 
 def read_rounds(path: str | Path) -> list[dict[str, str]]:
