@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         annotations=args.annotations, output=args.output, mpp=mpp, encoding=args.encoding,
         unlabeled=args.unlabeled, strict=args.strict, overwrite=args.overwrite,
     )
-    check_output_configuration(args.output, config, args.overwrite)
+    check_output_configuration(args.output, config, args.overwrite, slides)
     check_stale(slides, functools.partial(summary_path, args.output),
                 functools.partial(extraction_settings, config=config, options=options), args.overwrite, args.output)
     prepare_output(args.output)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+from collections.abc import Sequence
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,11 +44,24 @@ class ExtractOptions:
     overwrite: bool = False
 
 
-def check_output_configuration(output: Path, config: Config, overwrite: bool) -> None:
+def check_output_configuration(output: Path, config: Config, overwrite: bool,
+                               slides: Sequence[SlideFile] = ()) -> None:
     """One data folder, one configuration: extracting into a folder whose shards
-    were cut with other classes, scales or tile size would mix label meanings."""
+    were cut with other classes, scales or tile size would mix label meanings.
+    With ``--overwrite`` the slides of this run are redone; shards of other
+    slides that keep the old configuration are named in a warning, since
+    training refuses them until they are re-extracted."""
+    if overwrite:
+        ours, redone = config.fingerprint(), {s.name for s in slides}
+        left = sorted(path.name[: -len(SUMMARY_SUFFIX)] for path in output.glob(f"*{SUMMARY_SUFFIX}")
+                      if path.name[: -len(SUMMARY_SUFFIX)] not in redone and _fingerprint_of(path) not in (None, ours))
+        if left:
+            warnings.warn(f"{output}: the shards of {len(left)} slide(s) not in this run ({', '.join(left[:5])}"
+                          f"{', ...' if len(left) > 5 else ''}) keep another configuration; training on this folder "
+                          f"stops until they are re-extracted with this one")
+        return
     saved = output / "extraction_config.json"
-    if overwrite or not saved.exists() or not any(output.glob(f"*{SUMMARY_SUFFIX}")):
+    if not saved.exists() or not any(output.glob(f"*{SUMMARY_SUFFIX}")):
         return
     try:
         previous = fingerprint(json.loads(saved.read_text(encoding="utf-8")))
@@ -57,6 +72,13 @@ def check_output_configuration(output: Path, config: Config, overwrite: bool) ->
         raise ConfigError(f"{output}: its shards were extracted with {difference.replace(' vs ', ', this run has ')}; "
                           f"pass the same --config, --magnifications and --tile-size, choose another --output, or "
                           f"pass --overwrite to redo the shards with the new configuration")
+
+
+def _fingerprint_of(summary: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def shard_paths(output: Path, stem: str) -> tuple[Path, Path]:
