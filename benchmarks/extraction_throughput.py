@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.config import load_config  # noqa: E402
 from utils.extract import ExtractOptions, extract_slide  # noqa: E402
+from utils.slide_files import SlideFile  # noqa: E402
 from utils.synthetic import make_slide, random_layout  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -31,7 +32,7 @@ def run(slide: Path, annotations: Path | None, output: Path, config, unlabeled: 
     options = ExtractOptions(annotations=annotations, output=output, encoding=encoding, unlabeled=unlabeled,
                              overwrite=True)
     started = time.perf_counter()
-    summary = extract_slide(slide, lambda n: None, config=config, options=options)
+    summary = extract_slide(SlideFile(slide.stem, slide), lambda n: None, config=config, options=options)
     return summary["tiles"], time.perf_counter() - started
 
 
