@@ -18,13 +18,13 @@ import numpy as np
 from utils.annotations import find_annotation_file, read_annotations
 from utils.batch import Progress
 from utils.config import Config, fingerprint, fingerprint_difference
-from utils.errors import ConfigError, InputError, SlideError
+from utils.errors import ConfigError, SlideError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
                           report_unmatched)
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
-from utils.provenance import UNCHANGED, difference, file_digest, normalised, read_made_with
+from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
 from utils.slide import MppOverride, Slide
 from utils.slide_files import SlideFile
 from utils.tissue import tile_fractions, tissue_grid
@@ -116,13 +116,9 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
     stem, slide_path = slide_file.name, slide_file.path
     record_path, summary_path = shard_paths(options.output, stem)
     made_with = extraction_settings(slide_file, config=config, options=options)
-    done, previous = read_made_with(summary_path)
-    if done and record_path.exists() and not options.overwrite:
-        change = difference(previous, made_with)
-        if change is None:
-            return {"slide": stem, "status": UNCHANGED}
-        raise InputError(f"{stem}: its shard in {options.output} was made with other settings ({change} this run); "
-                         f"pass --overwrite to redo it")
+    if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
+                                              f"{stem}: its shard in {options.output}"):
+        return {"slide": stem, "status": UNCHANGED}
     annotation_path = find_annotation_file(options.annotations, stem) if options.annotations else None
     if annotation_path is None and not options.unlabeled:
         return {"slide": stem, "status": "skipped (no annotation file; --unlabeled pools its tiles)"}

@@ -22,9 +22,8 @@ from utils.config import Config, hex_to_rgb, scale_name
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.model import Predictor
+from utils.provenance import UNCHANGED, keep_previous, normalised
 from utils.qupath import feature, mask_polygons, write_feature_collection
-from utils.errors import InputError
-from utils.provenance import UNCHANGED, difference, normalised, read_made_with
 from utils.slide import MppOverride, Slide
 from utils.slide_files import SlideFile
 from utils.tissue import tile_fractions, tissue_grid
@@ -145,13 +144,9 @@ def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, pr
     started = time.perf_counter()
     folder = options.output / slide_file.name
     made_with = inference_settings(slide_file, config=config, options=options)
-    done, previous = read_made_with(folder / "summary.json")
-    if done and not options.overwrite:
-        change = difference(previous, made_with)
-        if change is None:
-            return {"slide": slide_file.name, "status": UNCHANGED}
-        raise InputError(f"{slide_file.name}: its maps in {options.output} were made with other settings "
-                         f"({change} this run); pass --overwrite to redo them")
+    if keep_previous(folder / "summary.json", made_with, options.overwrite,
+                     f"{slide_file.name}: its map in {options.output}"):
+        return {"slide": slide_file.name, "status": UNCHANGED}
     with Slide(slide_file.path, mpp=options.mpp.for_slide(slide_file.name), name=slide_file.name) as slide:
         result = predict_slide(slide, config, predictor, options, progress)
         geometry, tissue, probs = result["geometry"], result["tissue"], result["probs"]

@@ -71,6 +71,20 @@ def read_made_with(summary: Path) -> tuple[bool, dict[str, Any] | None]:
     return data.get("status") == "done", data.get("made_with")
 
 
+def keep_previous(summary: Path, made_with: Mapping[str, Any], overwrite: bool, what: str) -> bool:
+    """Whether the finished outputs behind ``summary`` were made with
+    ``made_with`` and can be kept. Outputs made otherwise raise
+    :class:`InputError` naming the difference, unless ``overwrite`` asks to
+    redo them (then, as with no finished outputs, False)."""
+    done, previous = read_made_with(summary)
+    if not done or overwrite:
+        return False
+    change = difference(previous, made_with)
+    if change:
+        raise InputError(f"{what} was made with other settings ({change} this run); pass --overwrite to redo it")
+    return True
+
+
 def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], Path],
                 made_with: Callable[[SlideFile], dict[str, Any]], overwrite: bool, output: Path) -> None:
     """Stop before any work if finished outputs in ``output`` were made with

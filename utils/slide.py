@@ -68,8 +68,9 @@ class Slide:
         if self.path.stat().st_size == 0:
             raise SlideError(f"{self.path}: the file is empty (0 bytes); copy the slide again")
         self.vendor = detect_vendor(self.path)
-        self.backend = choose_reader(self.path, self.vendor) if backend == "auto" else backend
-        backend = self.backend
+        if backend == "auto":
+            backend = choose_reader(self.path, self.vendor)
+        self.backend = backend
         try:
             if backend == "tiffslide":
                 import tiffslide

@@ -38,7 +38,7 @@ from utils.log import progress
 from utils.extract import shard_paths
 from utils.geometry import SNAP_TOLERANCE, scale_factor
 from utils.io import atomic_path, atomic_write_csv, atomic_write_json
-from utils.provenance import UNCHANGED, difference, normalised, read_made_with
+from utils.provenance import UNCHANGED, keep_previous, normalised
 from utils.records import encode_tile, make_example
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -136,12 +136,8 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
         "images": hashlib.sha256("\n".join(f"{p.parent.name}/{p.name}\t{p.stat().st_size}"
                                            for p, _, _ in images).encode()).hexdigest(),
     })
-    done, previous = read_made_with(summary_path)
-    if done and record_path.exists() and not options.overwrite:
-        change = difference(previous, made_with)
-        if change:
-            raise InputError(f"{slide}: its shard in {options.output} was made with other settings ({change} this "
-                             f"run); pass --overwrite to redo it")
+    if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
+                                              f"{slide}: its shard in {options.output}"):
         bar.update(len(images))
         return {"slide": slide, "status": UNCHANGED}
     mpps = [options.mpp * side / config.tile_size for side in sides]
