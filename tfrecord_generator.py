@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     extraction.add_argument("--unlabeled", action="store_true",
                             help="also write every unlabelled tissue tile (label -1), the active-learning pool; "
                                  "slides without annotation file are then pooled whole")
-    extraction.add_argument("--strict", action="store_true", help="fail a slide whose annotation names match no rule")
+    extraction.add_argument("--strict", action="store_true",
+                            help="fail a slide whose annotation names match no rule (with --tiles: stop on a class "
+                                 "folder that matches no rule)")
     extraction.add_argument("--allow-upsampling", action="store_true",
                             help="allow magnifications above the scan's by resampling up")
     extraction.add_argument("--slide-pattern", default=TileFolderOptions.slide_pattern,
@@ -69,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiles is not None:
         if args.mpp is None:
             parser.error("--tiles needs --mpp, the µm/px of the tiles")
-        if args.shard or args.workers != 1:
-            parser.error("--shard and --workers apply to --slides only")
+        if args.shard or args.workers != 1 or args.unlabeled or args.annotations:
+            parser.error("--shard, --workers, --unlabeled and --annotations apply to --slides only")
     elif args.annotations is None and not args.unlabeled:
         parser.error("--annotations is required unless --unlabeled is given")
     return args
@@ -112,7 +114,7 @@ def extract_tiles(args: argparse.Namespace, config: Config) -> int:
     if mpp is None:
         raise InputError("--tiles needs one µm/px for all tiles, not a file")
     options = TileFolderOptions(output=args.output, mpp=mpp, slide_pattern=args.slide_pattern,
-                                encoding=args.encoding, overwrite=args.overwrite)
+                                encoding=args.encoding, overwrite=args.overwrite, strict=args.strict)
     for summary in extract_tile_folders(args.tiles, config, options):
         print_summary(summary)
     return 0

@@ -95,3 +95,17 @@ def test_diversity_guard_spreads_uncertainty_picks():
     buckets = {(x[i] // 256, y[i] // 256) for i in picked_block}
     assert len(buckets) == len(picked_block) == 4, "one pick per 2x2 bucket of the dense block"
     assert set(range(16, 20)) <= set(chosen.tolist()), "far tiles come before a second pick in a bucket"
+
+
+def test_the_registry_is_what_the_script_offers_and_what_select_knows():
+    import active_learning_train
+    from utils.active_learning import STRATEGIES
+
+    for name in STRATEGIES:
+        assert active_learning_train.parse_args(["--data", "d", "--output", "o", "--strategy", name]).strategy == name
+    with pytest.raises(SystemExit):
+        active_learning_train.parse_args(["--data", "d", "--output", "o", "--strategy", "coreset_typo"])
+    with pytest.raises(ValueError, match="unknown strategy 'coreset_typo'; choose one of class_ratio, entropy"):
+        select("coreset_typo", 1, pool_of(np.full((2, 2), 0.5)), np.random.default_rng(0))
+    assert [n for n, s in STRATEGIES.items() if s.mc_passes] == ["bald"]
+    assert [n for n, s in STRATEGIES.items() if not s.needs_predictions] == ["class_ratio", "random"]

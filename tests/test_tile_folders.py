@@ -118,3 +118,15 @@ def test_images_of_another_shape_get_canvas_cells_as_wide_as_their_grid(tmp_path
     assert code == 0
     positions = [(slide, x, y) for _, _, slide, x, y in records(out, [20, 10], 32)]
     assert len(positions) == len(set(positions)), "every record has its own canvas position"
+
+
+def test_strict_stops_on_an_unmapped_folder_and_slide_only_flags_are_refused(tmp_path, capsys):
+    write_dataset(tmp_path / "tiles")
+    assert generate(tmp_path, "--magnifications", "20", "--tile-size", "32", "--strict")[0] == 2
+    assert "folders ['03_OTHER'] match no class rule (--strict)" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists() or not list((tmp_path / "records").glob("*.tfrecord"))
+    for flags in (["--shard", "0/2"], ["--workers", "2"], ["--unlabeled"]):
+        with pytest.raises(SystemExit) as exit_info:
+            generate(tmp_path, "--magnifications", "20", "--tile-size", "32", *flags)
+        assert exit_info.value.code == 2
+        assert "apply to --slides only" in capsys.readouterr().err

@@ -22,12 +22,11 @@ until every bucket has been used once, and only then fall back to plain order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("class_ratio", "entropy", "margin", "least_confidence", "bald", "random", "class_ratio_uncertainty")
-UNCERTAINTY = {"entropy", "margin", "least_confidence", "bald", "class_ratio_uncertainty"}
 _EPS = 1e-12
 
 
@@ -92,14 +91,42 @@ class Pool:
     mc_probs: np.ndarray | None = None  # (passes, n, classes), for bald
 
 
-def scores_for(strategy: str, pool: Pool) -> np.ndarray | None:
-    """Higher is more informative; None for strategies that draw at random."""
-    if strategy in ("random", "class_ratio"):
-        return None
-    if strategy == "bald":
-        return bald(pool.mc_probs)
-    kind = "entropy" if strategy == "class_ratio_uncertainty" else strategy
-    return {"entropy": entropy, "margin": margin_uncertainty, "least_confidence": least_confidence}[kind](pool.probs)
+@dataclass(frozen=True)
+class Strategy:
+    """A query strategy: how it ranks the pool, and how it spends the budget.
+
+    ``score`` is None for strategies that draw at random; ``class_ratio``
+    splits the budget across classes by the validation misclassifications (the
+    paper's rule) before ranking or drawing within each class; ``mc_passes``
+    asks for Monte-Carlo dropout predictions of the pool."""
+
+    name: str
+    score: Callable[[Pool], np.ndarray] | None
+    class_ratio: bool = False
+    mc_passes: bool = False
+
+    @property
+    def needs_predictions(self) -> bool:
+        return self.score is not None
+
+
+#: Every strategy by name; ``--strategy`` offers these.
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("class_ratio", None, class_ratio=True),
+    Strategy("entropy", lambda pool: entropy(pool.probs)),
+    Strategy("margin", lambda pool: margin_uncertainty(pool.probs)),
+    Strategy("least_confidence", lambda pool: least_confidence(pool.probs)),
+    Strategy("bald", lambda pool: bald(pool.mc_probs), mc_passes=True),
+    Strategy("random", None),
+    Strategy("class_ratio_uncertainty", lambda pool: entropy(pool.probs), class_ratio=True),
+)}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
 
 
 def select(
@@ -113,14 +140,13 @@ def select(
     spacing: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Positions of the chosen pool tiles and the scores of the whole pool."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    chosen_strategy = get_strategy(strategy)
     budget = min(budget, len(pool.slide))
-    scores = scores_for(strategy, pool)
-    if strategy in ("entropy", "margin", "least_confidence", "bald"):
+    scores = chosen_strategy.score(pool) if chosen_strategy.score else None
+    if not chosen_strategy.class_ratio:
+        if scores is None:
+            return rng.choice(len(pool.slide), size=budget, replace=False), scores
         return _top_diverse(np.arange(len(scores)), scores, budget, pool, stride, spacing), scores
-    if strategy == "random":
-        return rng.choice(len(pool.slide), size=budget, replace=False), scores
     # Class-ratio budget, drawn at random or by uncertainty within each class.
     num_classes = num_classes or int(pool.classes.max()) + 1
     available = np.bincount(pool.classes[pool.classes >= 0], minlength=num_classes)

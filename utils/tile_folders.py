@@ -51,6 +51,7 @@ class TileFolderOptions:
     slide_pattern: str = r"^(.+?)[._]"
     encoding: str = "png"
     overwrite: bool = False
+    strict: bool = False
 
 
 def window_sides(config: Config, mpp: float) -> list[float]:
@@ -85,14 +86,17 @@ def crop(image: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def class_folders(root: Path, config: Config) -> list[tuple[Path, int]]:
+def class_folders(root: Path, config: Config, strict: bool = False) -> list[tuple[Path, int]]:
     """(folder, class index) of every class folder; folders matching no rule are
-    skipped with a warning, as unmatched annotation names are."""
+    skipped with a warning, as unmatched annotation names are (an error when
+    ``strict``)."""
     if not root.is_dir():
         raise InputError(f"{root}: not a folder of class folders")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     matched = [(f, config.class_for_annotation(f.name)) for f in folders]
     skipped = [f.name for f, c in matched if c is None]
+    if skipped and strict:
+        raise InputError(f"{root}: folders {skipped} match no class rule (--strict); add rules to the configuration")
     if skipped:
         warnings.warn(f"{root}: folders {skipped} match no class rule and are skipped", stacklevel=2)
     matched = [(f, c) for f, c in matched if c is not None]
@@ -110,7 +114,7 @@ def extract_tile_folders(root: str | Path, config: Config, options: TileFolderOp
     pitch = max(sides)
     by_slide: dict[str, list[tuple[Path, int, str]]] = defaultdict(list)
     pattern = re.compile(options.slide_pattern)
-    for folder, label in class_folders(root, config):
+    for folder, label in class_folders(root, config, options.strict):
         for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             match = pattern.search(path.name)
             if not match or not match.groups():

@@ -34,7 +34,7 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from utils import plots
-from utils.active_learning import UNCERTAINTY, Pool, select
+from utils.active_learning import Pool, get_strategy, select
 from utils.cli import prepare_output
 from utils.config import Config, fingerprint, fingerprint_difference
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
@@ -304,8 +304,9 @@ def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: n
         pool_ids = np.sort(run.rng.choice(pool_ids, size=o.pool_sample, replace=False))
     if len(pool_ids) == 0:
         return pool_ids, {}
-    needs_model = o.strategy in UNCERTAINTY or o.query_only
-    scored = run.predict(predictor, pool_ids, o.mc_passes if o.strategy == "bald" else 0) if needs_model else None
+    strategy = get_strategy(o.strategy)
+    needs_model = strategy.needs_predictions or o.query_only
+    scored = run.predict(predictor, pool_ids, o.mc_passes if strategy.mc_passes else 0) if needs_model else None
     if scored is not None:
         order = np.argsort(scored["ids"])
         pool_ids = scored["ids"][order]
@@ -388,10 +389,10 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     if state is None and (out / "rounds.csv").exists() and not options.resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
 
-    strategy = gpu_strategy()
+    devices = gpu_strategy()
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
     backbone_weights = None if state or options.weights else options.backbone_weights
-    with strategy.scope():
+    with devices.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
     if state:
         model.set_weights(load_model(out / state["best_model"]).get_weights())
