@@ -24,8 +24,9 @@ import warnings
 from pathlib import Path
 
 from utils.batch import expand_slides, parse_shard, report, run_per_slide, take_shard
-from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, exit_on_input_error,
-                       make_parser, prepare_output, resolve_config)
+from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
+                       prepare_output, resolve_config)
+from utils.failures import exit_on_input_error
 from utils.inference import InferenceOptions, infer_slide, inference_settings, summary_path
 from utils.log import info
 from utils.model import Predictor, check_compatible, load_model, make_deterministic, read_metadata

@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 from utils.active_learning import STRATEGIES
-from utils.cli import add_config_arguments, add_message_arguments, exit_on_input_error, make_parser, resolve_config
+from utils.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config
 from utils.data_split import SPLIT_BY
+from utils.failures import exit_on_input_error
 from utils.log import info
 from utils.model import BACKBONES, check_fits_source, source_metadata, source_spec
 from utils.training import TrainOptions, run_training

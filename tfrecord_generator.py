@@ -31,12 +31,13 @@ import warnings
 from pathlib import Path
 
 from utils.batch import expand_slides, parse_shard, report, run_per_slide, take_shard
-from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, exit_on_input_error,
-                       make_parser, prepare_output, resolve_config)
+from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
+                       prepare_output, resolve_config)
 from utils.config import Config, save_config
 from utils.errors import InputError
 from utils.extract import (ExtractOptions, check_output_configuration, extract_slide, extraction_settings,
                            summary_path)
+from utils.failures import exit_on_input_error
 from utils.log import info, warn
 from utils.provenance import check_stale
 from utils.slide import parse_mpp

@@ -334,7 +334,7 @@ def test_nothing_is_pickled_or_unpickled():
 
 
 def test_interrupt_and_disk_errors_are_one_line_with_their_own_exit_status(capsys):
-    from utils.cli import exit_on_input_error
+    from utils.failures import exit_on_input_error
 
     @exit_on_input_error
     def interrupted(argv=None) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 
-from utils.cli import debugging, describe_os_error
 from utils.errors import InputError
+from utils.failures import debugging, describe_os_error
 from utils.log import error, info, note_on_stderr, progress
 from utils.provenance import UNCHANGED
 from utils.slide_files import SlideFile, find_slides

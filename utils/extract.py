@@ -45,13 +45,14 @@ class ExtractOptions:
 
 
 def check_output_configuration(output: Path, config: Config, overwrite: bool,
-                               slides: Sequence[SlideFile] = ()) -> None:
+                               slides: Sequence[SlideFile] | None = None) -> None:
     """One data folder, one configuration: extracting into a folder whose shards
     were cut with other classes, scales or tile size would mix label meanings.
-    With ``--overwrite`` the slides of this run are redone; shards of other
-    slides that keep the old configuration are named in a warning, since
-    training refuses them until they are re-extracted."""
-    if overwrite:
+    With ``--overwrite`` the ``slides`` of this run are redone (None: every
+    slide of the source); shards of other slides that keep the old
+    configuration are named in a warning, since training refuses them until
+    they are re-extracted."""
+    if overwrite and slides is not None:
         ours, redone = config.fingerprint(), {s.name for s in slides}
         left = sorted(path.name[: -len(SUMMARY_SUFFIX)] for path in output.glob(f"*{SUMMARY_SUFFIX}")
                       if path.name[: -len(SUMMARY_SUFFIX)] not in redone and _fingerprint_of(path) not in (None, ours))
@@ -59,6 +60,7 @@ def check_output_configuration(output: Path, config: Config, overwrite: bool,
             warnings.warn(f"{output}: the shards of {len(left)} slide(s) not in this run ({', '.join(left[:5])}"
                           f"{', ...' if len(left) > 5 else ''}) keep another configuration; training on this folder "
                           f"stops until they are re-extracted with this one")
+    if overwrite:
         return
     saved = output / "extraction_config.json"
     if not saved.exists() or not any(output.glob(f"*{SUMMARY_SUFFIX}")):

@@ -1,0 +1,70 @@
+"""How failures reach the user: one line and an exit status.
+
+Every failure a user can cause or fix (bad input, an unwritable or full disk,
+Ctrl-C) ends in one ``error:`` line and a non-zero exit; ``--debug`` shows the
+traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from utils.errors import InputError
+from utils.log import error, set_quiet
+
+DEBUG_VARIABLE = "TISSUE_AL_DEBUG"
+
+
+def debugging() -> bool:
+    """Whether ``--debug`` was given (also seen by worker processes)."""
+    return os.environ.get(DEBUG_VARIABLE) == "1"
+
+
+def exit_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Turn bad input, disk trouble and Ctrl-C into one ``error:`` line: exit
+    status 2 for input, 3 for the disk, 130 for an interruption."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        warnings.formatwarning = _one_line_warning
+        arguments = sys.argv[1:] if argv is None else argv
+        set_quiet("--quiet" in arguments)
+        if "--debug" in arguments:
+            os.environ[DEBUG_VARIABLE] = "1"
+            return main(argv)
+        try:
+            return main(argv)
+        except InputError as exc:
+            error(str(exc))
+            return 2
+        except OSError as exc:
+            error(describe_os_error(exc))
+            return 3
+        except KeyboardInterrupt:
+            error("interrupted; finished work is kept, rerun the same command to go on")
+            return 130
+
+    return wrapper
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file and what to do about the failure."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    hints = {
+        errno.ENOSPC: "the disk is full; free space or choose another --output, then rerun (finished work is kept)",
+        errno.EDQUOT: "the disk quota is exhausted; free space, then rerun (finished work is kept)",
+        errno.EACCES: "permission denied; choose a folder you can write to",
+        errno.EROFS: "the file system is read-only; choose another --output",
+        errno.ENOTDIR: "a path component is a file, not a folder",
+    }
+    return f"{where}{exc.strerror or exc}" + (f" ({hints[exc.errno]})" if exc.errno in hints else "")
