@@ -13,15 +13,14 @@ import cv2
 import numpy as np
 import openslide
 import pytest
+from pydicom.uid import generate_uid
 
 import tfrecord_generator
 from tests.conftest import shared_file
-from tests.vendor_files import write_dicom_series, write_philips_tiff
+from tests.vendor_files import write_dicom_instance, write_dicom_series, write_philips_tiff
 from utils.slide import Slide
 from utils.slide_files import find_slides
 from utils.synthetic import SOURCE_STAIN, random_layout, render, write_pyramid_tiff
-
-pytest.importorskip("pydicom")
 
 
 def tissue_image(width: int = 640, height: int = 448, seed: int = 0) -> np.ndarray:
@@ -32,7 +31,11 @@ def test_a_dicom_series_is_one_slide_named_after_its_folder(tmp_path):
     image = tissue_image()
     write_dicom_series(tmp_path / "cohort" / "case_A", image)
     write_dicom_series(tmp_path / "cohort" / "case_B", tissue_image(seed=1))
-    slides = find_slides([tmp_path / "cohort"])
+    # Some scanners store the label as a series of its own: no slide, said once.
+    write_dicom_instance(tmp_path / "cohort" / "case_B" / "own_label.dcm", image[:64, :96].copy(), "LABEL",
+                         generate_uid(), generate_uid(), generate_uid(), 0.5)
+    with pytest.warns(UserWarning, match=r"case_B: skipped DICOM file\(s\) own_label.dcm"):
+        slides = find_slides([tmp_path / "cohort"])
     assert [s.name for s in slides] == ["case_A", "case_B"], "label and overview files are no slides"
     assert [s.path.name for s in slides] == ["level0.dcm", "level0.dcm"]
     assert [s.name for s in find_slides([tmp_path / "cohort" / "case_A"])] == ["case_A"]

@@ -12,6 +12,7 @@ searched for DICOM series only (an ``.mrxs`` companion folder holds no slide).
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -91,13 +92,18 @@ def dicom_series(folder: Path, files: Iterable[Path]) -> dict[SlideFile, list[Pa
     import openslide
 
     groups: dict[str, list[Path]] = defaultdict(list)
+    unopened = []
     for path in sorted(files):
         try:
             with openslide.OpenSlide(str(path)) as handle:
                 uid = handle.properties.get(DICOM_SERIES_PROPERTY) or path.stem
-        except Exception:  # a damaged member: keep it visible as its own slide, which will fail with a message
-            uid = path.stem
+        except Exception:  # e.g. a label or overview stored as a series of its own
+            unopened.append(path.name)
+            continue
         groups[uid].append(path)
+    if unopened:
+        warnings.warn(f"{folder}: skipped DICOM file(s) {', '.join(unopened)}: OpenSlide opens no slide from them "
+                      f"(a label or overview in a series without image levels, or a damaged file)")
     slides = {}
     for uid, members in groups.items():
         name = folder.name if len(groups) == 1 else uid
