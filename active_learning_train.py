@@ -30,8 +30,8 @@ from utils.cli import add_config_arguments, add_message_arguments, make_parser, 
 from utils.data_split import SPLIT_BY
 from utils.failures import exit_on_input_error
 from utils.log import info
-from utils.model import BACKBONES, check_fits_source, source_metadata, source_spec
-from utils.training import TrainOptions, run_training
+from utils.model import BACKBONES, INPUT_SCALINGS, check_fits_source, source_metadata, source_spec
+from utils.training import MODEL_SELECTIONS, TrainOptions, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "not used with --weights, whose model replaces them")
     model.add_argument("--head-units", type=int,
                        help="units of each dense layer (default: the --weights model's, else 4096)")
+    model.add_argument("--input-scaling", choices=INPUT_SCALINGS,
+                       help="how 0-255 tiles are scaled before the backbone (default: the --weights model's, else "
+                            "the backbone's own: caffe for vgg16, tf for mobilenetv2); raw feeds 0-255 unchanged, "
+                            "as the original code did")
     model.add_argument("--weights", type=Path,
                        help="source-domain model (.keras) to fine-tune, or a matching .weights.h5")
     model.add_argument("--allow-partial-weights", action="store_true",
@@ -75,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch")
     fit.add_argument("--learning-rate", type=float, default=1.5e-5, help="the paper's for fine-tuning with sgd")
     fit.add_argument("--patience", type=int, default=3, help="early-stopping patience on validation loss")
+    fit.add_argument("--model-selection", choices=MODEL_SELECTIONS, default="val_f1",
+                     help="the round whose model is kept as model.keras: the best validation macro F1, or the "
+                          "lowest validation loss (the original code's)")
     fit.add_argument("--no-augment", action="store_true", help="no flips or 90-degree rotations")
     fit.add_argument("--colour-jitter", action="store_true", help="also jitter brightness, saturation and hue")
     data = parser.add_argument_group("data")
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(source["config"]) if source and "config" in source else {}
     base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
     config = resolve_config(args, base=base)
-    spec = source_spec(source, args.backbone, args.head_units)
+    spec = source_spec(source, args.backbone, args.head_units, args.input_scaling)
     if source and not args.allow_partial_weights:
         check_fits_source(args.weights, source, spec, config)
     weights = None if args.backbone_weights.lower() == "none" else args.backbone_weights
@@ -113,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         allow_partial_weights=args.allow_partial_weights, strict=args.strict,
         freeze_backbone=args.freeze_backbone, strategy=args.strategy, rounds=args.rounds, budget=args.budget,
         initial=args.initial, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, split_file=args.split, split_by=args.split_by,
+        learning_rate=args.learning_rate, patience=args.patience, model_selection=args.model_selection,
+        seed=args.seed, split_file=args.split, split_by=args.split_by,
         slide_class_cap=args.slide_class_cap or None, uncapped_classes=tuple(args.uncapped),
         eval_cap=args.eval_cap, pool_sample=args.pool_sample, mc_passes=args.mc_passes, spacing=args.spacing,
         augment=not args.no_augment, colour_jitter=args.colour_jitter, query_only=args.query_only,

@@ -193,3 +193,28 @@ def test_help_says_where_defaults_come_from(capsys):
         active_learning_train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: the --weights model's, else vgg16" in text
+
+
+def test_input_scaling_is_a_switch_the_model_keeps_and_fine_tuning_honours(tmp_path):
+    """raw feeds 0-255 unchanged (the original code's VGG16 input); the saved
+    model carries it, and a fine-tune that asks for another scaling stops."""
+    from dataclasses import asdict
+
+    from utils.config import load_config
+    from utils.errors import ModelError
+    from utils.model import ModelSpec, build_model, check_fits_source, save_model, source_metadata, source_spec
+
+    assert ModelSpec().scaling == "caffe" and ModelSpec("mobilenetv2").scaling == "tf"
+    config = load_config(tile_size=32, magnifications=[10])
+    spec = ModelSpec("small", 16, input_scaling="raw")
+    model = build_model(config, spec, None)
+    tiles = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(model.get_layer("preprocess_mag_10x")(tiles)), tiles)
+    path = tmp_path / "raw.keras"
+    save_model(model, path, {"config": config.to_dict(), "backbone": "small", "spec": asdict(spec)})
+    loaded = load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded.get_layer("preprocess_mag_10x")(tiles)), tiles)
+    source = source_metadata(path)
+    assert source_spec(source, None, None).scaling == "raw"
+    with pytest.raises(ModelError, match="--input-scaling"):
+        check_fits_source(path, source, source_spec(source, None, None, "unit"), config)

@@ -185,7 +185,7 @@ def test_small_model_learns_real_kather_textures(tmp_path):
 
 
 def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tmp_path, monkeypatch):
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score, log_loss
 
     from utils import training
 
@@ -202,6 +202,25 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
     assert np.isnan(result["per_class_f1"][0]), "background is absent: no F1, not 0"
     np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
     assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]
+    soft = np.random.default_rng(0).dirichlet(np.ones(config.num_classes), size=len(truth)).astype(np.float32)
+    monkeypatch.setattr(training, "predict", lambda predictor, dataset, mc_passes=0: {
+        "ids": np.arange(len(truth)), "labels": truth, "probs": soft})
+    loss = training.evaluate(None, run, np.arange(len(truth)))["loss"]
+    assert loss == pytest.approx(log_loss(truth, soft.astype(np.float64), labels=range(config.num_classes)), rel=1e-6)
+
+
+def test_the_kept_round_follows_model_selection():
+    """F1 and loss can disagree: val_f1 keeps round 1, val_loss (the original
+    code's rule) keeps round 2."""
+    from utils.training import improves
+
+    rounds = [{"macro_f1": 0.50, "loss": 1.00}, {"macro_f1": 0.70, "loss": 0.90}, {"macro_f1": 0.65, "loss": 0.60}]
+    for selection, expected in (("val_f1", 1), ("val_loss", 2)):
+        best = {"round": None, "val_macro_f1": -1.0}
+        for number, val in enumerate(rounds):
+            if improves(val, best, selection):
+                best = {"round": number, "val_macro_f1": val["macro_f1"], "val_loss": val["loss"]}
+        assert best["round"] == expected
 
 
 def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_backbone(tiles, tmp_path):

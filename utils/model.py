@@ -30,6 +30,8 @@ from utils.io import atomic_path
 BACKBONES = ("vgg16", "mobilenetv2", "small")
 METADATA_MEMBER = "tissue_al.json"
 _PREPROCESSING = {"vgg16": "caffe", "mobilenetv2": "tf", "small": "unit"}
+#: Input scalings: a backbone's own, or ``raw`` 0-255 as the original code fed VGG16.
+INPUT_SCALINGS = ("caffe", "tf", "unit", "raw")
 _IMAGENET_FILES = {
     "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_<size>_no_top.h5",
@@ -41,7 +43,8 @@ class Preprocess(keras.layers.Layer):
     """Raw RGB 0-255 to what a backbone was trained on.
 
     ``caffe``: RGB to BGR minus the ImageNet channel means (VGG16);
-    ``tf``: scaled to [-1, 1] (MobileNetV2); ``unit``: scaled to [0, 1].
+    ``tf``: scaled to [-1, 1] (MobileNetV2); ``unit``: scaled to [0, 1];
+    ``raw``: unchanged, as the original code fed its VGG16.
     """
 
     def __init__(self, mode: str, **kwargs: Any) -> None:
@@ -53,6 +56,8 @@ class Preprocess(keras.layers.Layer):
             return x[..., ::-1] - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
+        if self.mode == "raw":
+            return x
         return x / 255.0
 
     def get_config(self) -> dict[str, Any]:
@@ -64,6 +69,12 @@ class ModelSpec:
     backbone: str = "vgg16"
     head_units: int = 4096
     dropout: float = 0.4
+    #: None: the backbone's own (caffe for VGG16, tf for MobileNetV2, unit for small).
+    input_scaling: str | None = None
+
+    @property
+    def scaling(self) -> str:
+        return self.input_scaling or _PREPROCESSING[self.backbone]
 
 
 def build_model(
@@ -76,13 +87,15 @@ def build_model(
     """
     if spec.backbone not in BACKBONES:
         raise ModelError(f"unknown backbone {spec.backbone!r}; choose one of {BACKBONES}")
+    if spec.input_scaling not in (None, *INPUT_SCALINGS):
+        raise ModelError(f"unknown input scaling {spec.input_scaling!r}; choose one of {INPUT_SCALINGS}")
     size = config.tile_size
     inputs, features = [], []
     for magnification in config.magnifications:
         name = scale_name(magnification)
         x = keras.Input((size, size, 3), name=name)
         inputs.append(x)
-        h = Preprocess(_PREPROCESSING[spec.backbone], name=f"preprocess_{name}")(x)
+        h = Preprocess(spec.scaling, name=f"preprocess_{name}")(x)
         backbone = _backbone(spec.backbone, size, backbone_weights, name=f"backbone_{name}")
         backbone.trainable = not freeze_backbone
         h = backbone(h, training=False if freeze_backbone else None)
@@ -213,17 +226,21 @@ def source_metadata(path: str | Path | None) -> dict[str, Any] | None:
         return None
 
 
-def source_spec(source: dict[str, Any] | None, backbone: str | None, head_units: int | None) -> ModelSpec:
+def source_spec(source: dict[str, Any] | None, backbone: str | None, head_units: int | None,
+                input_scaling: str | None = None) -> ModelSpec:
     """The architecture to fine-tune: flags where given, else the source model's, else the defaults."""
     saved = ModelSpec(**source["spec"]) if source and source.get("spec") else ModelSpec()
-    return ModelSpec(backbone or saved.backbone, head_units or saved.head_units, saved.dropout)
+    return ModelSpec(backbone or saved.backbone, head_units or saved.head_units, saved.dropout,
+                     input_scaling or saved.input_scaling)
 
 
 def check_fits_source(path: str | Path, source: dict[str, Any], spec: ModelSpec, config: Config) -> None:
     """A model fine-tuned from ``path`` must be the same network on data of the
     same meaning; anything else would silently lose the source's weights."""
-    saved = source.get("spec") or {}
-    for key, flag in (("backbone", "--backbone"), ("head_units", "--head-units")):
+    saved = dict(source.get("spec") or {})
+    if "backbone" in saved:  # what the source model was fed, also when saved before the switch existed
+        saved["scaling"] = saved.get("input_scaling") or _PREPROCESSING.get(saved["backbone"])
+    for key, flag in (("backbone", "--backbone"), ("head_units", "--head-units"), ("scaling", "--input-scaling")):
         if key in saved and saved[key] != getattr(spec, key):
             raise ModelError(f"{path} has {key} {saved[key]!r} but {flag} asks for {getattr(spec, key)!r}; leave "
                              f"{flag} out to fine-tune the source model, or pass --allow-partial-weights to load "

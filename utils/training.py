@@ -56,6 +56,8 @@ from utils.qupath import feature, square, write_feature_collection
 from utils.records import read_index, record_files, triplet_dataset
 
 CONTACT_SHEET_TILES = 48
+#: How the kept model is chosen among the rounds (see :func:`improves`).
+MODEL_SELECTIONS = ("val_f1", "val_loss")
 
 # Keras warns about shuffle=True and finite datasets it is handed by design here.
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -80,6 +82,7 @@ class TrainOptions:
     optimizer: str = "sgd"
     learning_rate: float = 1.5e-5
     patience: int = 3
+    model_selection: str = "val_f1"
     seed: int = 0
     split_file: Path | None = None
     split_by: str | None = None
@@ -278,15 +281,19 @@ def evaluate(predictor: Predictor, run: Run, ids: np.ndarray) -> dict[str, Any]:
     num = run.config.num_classes
     if len(ids) == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan"), "per_class_f1": [float("nan")] * num,
-                "confusion": np.zeros((num, num), np.int64), "misclassified": np.zeros(num)}
+                "loss": float("nan"), "confusion": np.zeros((num, num), np.int64), "misclassified": np.zeros(num)}
     result = run.predict(predictor, ids)
     truth, predicted = result["labels"], result["probs"].argmax(axis=1)
     labels = list(range(num))
     present = sorted(set(truth.tolist()))
     per_class = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
     per_class[~np.isin(labels, present)] = np.nan  # a class absent from the set has no F1
+    probs = result["probs"].astype(np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
     return {
         "accuracy": float(accuracy_score(truth, predicted)),
+        # Mean cross-entropy, the loss the model is fitted on (clipped as Keras clips it).
+        "loss": float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-7, 1.0)).mean()),
         # Macro over the classes the set contains, so an absent class does not count as 0.
         "macro_f1": float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
         "per_class_f1": per_class.tolist(),
@@ -476,8 +483,8 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
              + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
         checkpoint = Path("rounds") / f"round_{round_number}.keras"
         save_model(model, out / checkpoint, metadata)
-        if val["macro_f1"] > best["val_macro_f1"] or best["round"] is None:
-            best = {"round": round_number, "val_macro_f1": val["macro_f1"]}
+        if improves(val, best, options.model_selection):
+            best = {"round": round_number, "val_macro_f1": val["macro_f1"], "val_loss": val["loss"]}
             shutil.copyfile(out / checkpoint, out / "model.tmp.keras")
             (out / "model.tmp.keras").replace(out / "model.keras")
             plots.confusion_matrix_plot(test["confusion"], config.class_names, out / "confusion_matrix.png",
@@ -513,11 +520,22 @@ def report_missing_classes(counts: dict[str, dict[str, int]], strict: bool) -> N
     warnings.warn(message, stacklevel=2)
 
 
+def improves(val: dict[str, Any], best: dict[str, Any], model_selection: str) -> bool:
+    """Whether this round's model replaces the best so far: a higher validation
+    macro F1 (``val_f1``), or a lower validation loss (``val_loss``, the
+    original code's rule)."""
+    if best["round"] is None:
+        return True
+    if model_selection == "val_loss":
+        return val["loss"] < best.get("val_loss", float("inf"))
+    return val["macro_f1"] > best["val_macro_f1"]
+
+
 def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
                  query_seconds: float, fit_seconds: float, seconds: float) -> dict[str, Any]:
     return {"round": round_number, "labelled": len(labelled),
             **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
-            "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+            "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
             "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             **{f"test_f1_{n}": f for n, f in zip(run.config.class_names, test["per_class_f1"])},
             "epochs": epochs, "steps": steps, "query_seconds": round(query_seconds, 2), "fit_seconds": round(fit_seconds, 2),
