@@ -271,3 +271,23 @@ def test_training_killed_mid_round_resumes_exactly_where_it_stopped(tiles, tmp_p
     assert [[r[m] for m in metrics] for r in rows_of(killed / "rounds.csv")] == \
         [[r[m] for m in metrics] for r in rows_of(tmp_path / "whole" / "rounds.csv")]
     assert not [p for p in killed.rglob("*") if ".tmp" in p.name], "no temporary file is left behind"
+
+
+def test_repeats_run_successive_seeds_and_summarise_the_kept_models(tiles, tmp_path):
+    out = tmp_path / "repeated"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(out), "--rounds", "1",
+                                       "--repeats", "2", *FAST]) == 0
+    summary = rows_of(out / "repeats.csv")
+    assert [(r["repeat"], r["seed"]) for r in summary] == [("0", "0"), ("1", "1")]
+    for row in summary:
+        state = json.loads((out / f"repeat_{row['repeat']}" / "state.json").read_text())
+        rounds = rows_of(out / f"repeat_{row['repeat']}" / "rounds.csv")
+        kept = next(r for r in rounds if r["round"] == str(state["best"]["round"]))
+        assert row["kept_round"] == kept["round"] and row["test_macro_f1"] == kept["test_macro_f1"]
+    # A repeat is the plain run with its seed.
+    single = tmp_path / "single"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(single), "--rounds", "1", "--seed", "1",
+                                       *FAST]) == 0
+    untimed = [[{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows_of(path / "rounds.csv")]
+               for path in (single, out / "repeat_1")]
+    assert untimed[0] == untimed[1]

@@ -24,7 +24,7 @@ import json
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -492,7 +492,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         else:
             model.set_weights(load_model(out / "model.keras").get_weights())
         run.save_labelled(labelled, added)
-        _write_rounds(out, rows)
+        _write_table(out / "rounds.csv", rows)
         plots.learning_curve({options.strategy: rows, **_other_runs(options.compare)}, out / "learning_curve.png")
         plots.training_curves(history, out / "training_curves.png")
         atomic_write_json(state_path, {"round": round_number, "best_model": "model.keras", "best": best,
@@ -502,6 +502,33 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
         query(run, predictor, labelled, misclassified, last_round + 1)
         info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return rows[-1]
+
+
+def run_repeats(options: TrainOptions, config: Config, repeats: int) -> list[dict[str, Any]]:
+    """The same run ``repeats`` times with seeds seed, seed + 1, ... (the
+    original code reported 4 runs), each in ``OUTPUT/repeat_<k>/``; returns
+    and writes to ``OUTPUT/repeats.csv`` the kept round of each, and prints
+    the mean and standard deviation of its test macro F1."""
+    if options.query_only:
+        raise InputError("--repeats simulates rounds; it cannot be combined with --query-only")
+    results = []
+    for k in range(repeats):
+        info(f"== repeat {k + 1} of {repeats} (seed {options.seed + k})")
+        out = options.output / f"repeat_{k}"
+        repeat = replace(options, output=out, seed=options.seed + k,
+                                     resume=options.resume and (out / "state.json").exists())
+        run_training(repeat, config)
+        state = json.loads((out / "state.json").read_text(encoding="utf-8"))
+        kept = next(row for row in state["rows"] if row["round"] == state["best"]["round"])
+        results.append({"repeat": k, "seed": repeat.seed, "kept_round": kept["round"], "labelled": kept["labelled"],
+                        "test_macro_f1": kept["test_macro_f1"], "test_accuracy": kept["test_accuracy"],
+                        "last_round_test_macro_f1": state["rows"][-1]["test_macro_f1"]})
+    _write_table(options.output / "repeats.csv", results)
+    scores = np.array([r["test_macro_f1"] for r in results], float)
+    spread = f" ± {scores.std(ddof=1):.3f} (mean ± sd)" if len(scores) > 1 else ""
+    info(f"{repeats} repeat(s): test macro F1 of the kept models {np.nanmean(scores):.3f}{spread}; "
+         f"{options.output / 'repeats.csv'}")
+    return results
 
 
 def report_missing_classes(counts: dict[str, dict[str, int]], strict: bool) -> None:
@@ -553,9 +580,10 @@ def _other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
     return runs
 
 
-def _write_rounds(out: Path, rows: list[dict]) -> None:
+def _write_table(path: Path, rows: list[dict]) -> None:
+    """Rows of metrics as CSV, floats to 4 decimals."""
     columns = list(rows[0])
-    atomic_write_csv(out / "rounds.csv", columns,
+    atomic_write_csv(path, columns,
                      ([round(row[c], 4) if isinstance(row[c], float) else row[c] for c in columns] for row in rows))
 
 
