@@ -20,10 +20,9 @@ import argparse
 import functools
 import os
 import sys
-import warnings
 from pathlib import Path
 
-from utils.batch import expand_slides, parse_shard, report, run_per_slide, take_shard
+from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
                        prepare_output, resolve_config)
 from utils.failures import exit_on_input_error
@@ -31,7 +30,6 @@ from utils.inference import InferenceOptions, infer_slide, inference_settings, s
 from utils.log import info
 from utils.model import Predictor, check_compatible, load_model, make_deterministic, read_metadata
 from utils.provenance import check_stale, file_digest
-from utils.slide import parse_mpp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,11 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     metadata = read_metadata(args.model)
     config = resolve_config(args, base=metadata["config"])
-    cohort = expand_slides(args.slides)
-    slides = take_shard(cohort, parse_shard(args.shard))
-    mpp = parse_mpp(args.mpp)
-    for name in mpp.unknown(s.name for s in cohort):
-        warnings.warn(f"{mpp.file}: {name} is not among the slides")
+    slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
     options = InferenceOptions(output=args.output, model_path=args.model, model_sha256=file_digest(args.model),
                                mpp=mpp, batch_size=args.batch_size, threads=args.workers, overwrite=args.overwrite,
                                smooth=args.smooth)

@@ -27,10 +27,9 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import warnings
 from pathlib import Path
 
-from utils.batch import expand_slides, parse_shard, report, run_per_slide, take_shard
+from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
                        prepare_output, resolve_config)
 from utils.config import Config, save_config
@@ -85,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(args, allow_upsampling=args.allow_upsampling or None)
     if args.tiles is not None:
         return extract_tiles(args, config)
-    cohort = expand_slides(args.slides)
-    slides = take_shard(cohort, parse_shard(args.shard))
-    mpp = parse_mpp(args.mpp)
-    for name in mpp.unknown(s.name for s in cohort):
-        warnings.warn(f"{mpp.file}: {name} is not among the slides")
+    slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
     options = ExtractOptions(
         annotations=args.annotations, output=args.output, mpp=mpp, encoding=args.encoding,
         unlabeled=args.unlabeled, strict=args.strict, overwrite=args.overwrite,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import traceback
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -24,6 +25,7 @@ from utils.errors import InputError
 from utils.failures import debugging, describe_os_error
 from utils.log import error, info, note_on_stderr, progress
 from utils.provenance import UNCHANGED
+from utils.slide import MppOverride, parse_mpp
 from utils.slide_files import SlideFile, find_slides
 
 Progress = Callable[[int], None]
@@ -56,6 +58,17 @@ def expand_slides(paths: Sequence[str | Path]) -> list[SlideFile]:
     if duplicates:
         raise InputError(f"several slides share the name(s) {duplicates}; outputs are named by slide")
     return slides
+
+
+def slides_to_process(paths: Sequence[str | Path], shard: str | None,
+                      mpp: str | None) -> tuple[list[SlideFile], MppOverride]:
+    """The slides of ``--slides`` in this task's ``--shard``, and ``--mpp``; an
+    ``--mpp`` file row naming no slide of the cohort is a warning."""
+    cohort = expand_slides(paths)
+    override = parse_mpp(mpp)
+    for name in override.unknown(s.name for s in cohort):
+        warnings.warn(f"{override.file}: {name} is not among the slides")
+    return take_shard(cohort, parse_shard(shard)), override
 
 
 def take_shard(slides: Sequence[SlideFile], shard: tuple[int, int] | None) -> list[SlideFile]:

@@ -90,15 +90,12 @@ def split_slides(slides: Sequence[str], fractions: Sequence[float], seed: int) -
             "test": sorted(order[n_train + n_val :])}
 
 
-def block_ids(index: RecordIndex, grids: Mapping[str, SlideGrid], sides: Mapping[str, float]) -> np.ndarray:
-    """``slide:col,row`` of the block holding each record's centre."""
-    ids = np.empty(len(index), object)
-    for slide in np.unique(index.slide):
-        rows = np.flatnonzero(index.slide == slide)
-        side = sides[slide]
-        cols, rws = (index.x[rows] // side).astype(np.int64), (index.y[rows] // side).astype(np.int64)
-        ids[rows] = [f"{slide}:{c},{r}" for c, r in zip(cols, rws)]
-    return ids
+def block_ids(slides: np.ndarray, x: np.ndarray, y: np.ndarray, sides: Mapping[str, float]) -> np.ndarray:
+    """``slide:col,row`` of the block holding each centre, for blocks of
+    ``sides[slide]`` level-0 pixels."""
+    side = np.array([sides[s] for s in slides], float)
+    return np.array([f"{s}:{c},{r}" for s, c, r in zip(slides, (x // side).astype(np.int64),
+                                                       (y // side).astype(np.int64))], dtype=object)
 
 
 def split_blocks(index: RecordIndex, grids: Mapping[str, SlideGrid], num_classes: int,
@@ -112,7 +109,7 @@ def split_blocks(index: RecordIndex, grids: Mapping[str, SlideGrid], num_classes
     validation. Validation and test get at least one labelled block each.
     """
     sides = {slide: grid.block_side for slide, grid in grids.items() if slide in set(index.slide)}
-    ids = block_ids(index, grids, sides)
+    ids = block_ids(index.slide, index.x, index.y, sides)
     names, inverse = np.unique(ids.astype(str), return_inverse=True)
     labelled = index.label >= 0
     counts = np.zeros((len(names), num_classes))
@@ -203,30 +200,21 @@ def assign_records(index: RecordIndex, split: Mapping[str, Any],
     blocks go to their block's split, except those whose lowest-magnification
     window overlaps a window of test (dropped from val and train) or of
     validation (dropped from train)."""
-    codes = np.full(len(index), -1, np.int8)
     sides = {str(k): float(v) for k, v in split.get("block_side_level0", {}).items()}
     entries = {str(e): code for code, name in enumerate(SPLITS) for e in split.get(name, [])}
-    whole = np.array([entries.get(s, -1) for s in index.slide], np.int8) if len(index) else codes
-    codes[:] = whole
+    codes = np.array([entries.get(s, -1) for s in index.slide], np.int8)
     blocked = np.isin(index.slide, list(sides))
     if blocked.any():
-        ids = block_ids(_subset(index, blocked), grids, sides)
+        ids = block_ids(index.slide[blocked], index.x[blocked], index.y[blocked], sides)
         codes[blocked] = [entries.get(b, -1) for b in ids]
-    dropped = {name: 0 for name in SPLITS}
+    dropped = np.zeros(len(SPLITS), np.int64)
     for slide in sides:
         rows = np.flatnonzero(index.slide == slide)
-        if len(rows) == 0:
-            continue
-        lost = _guard(index, rows, codes[rows], grids[slide])
-        for code in np.unique(codes[rows][lost]):
-            dropped[SPLITS[code]] += int((codes[rows][lost] == code).sum())
-        codes[rows[lost]] = -1
-    return codes, {k: v for k, v in dropped.items() if v}
-
-
-def _subset(index: RecordIndex, mask: np.ndarray) -> RecordIndex:
-    return RecordIndex(index.files, index.offsets, index.slide[mask], index.label[mask], index.label_name[mask],
-                       index.x[mask], index.y[mask])
+        if len(rows):
+            lost = rows[_guard(index, rows, codes[rows], grids[slide])]
+            dropped += np.bincount(codes[lost], minlength=len(SPLITS))
+            codes[lost] = -1
+    return codes, {name: int(n) for name, n in zip(SPLITS, dropped) if n}
 
 
 def _guard(index: RecordIndex, rows: np.ndarray, codes: np.ndarray, grid: SlideGrid) -> np.ndarray:
@@ -236,9 +224,9 @@ def _guard(index: RecordIndex, rows: np.ndarray, codes: np.ndarray, grid: SlideG
     cols = np.floor(index.x[rows] / grid.stride).astype(np.int64)
     rws = np.floor(index.y[rows] / grid.stride).astype(np.int64)
     cols, rws = cols - cols.min(), rws - rws.min()
-    kept = codes.copy()
     if reach == 0:
-        return kept != codes
+        return np.zeros(len(rows), bool)
+    kept = codes.copy()
     kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
     shape = (int(rws.max()) + 1, int(cols.max()) + 1)
     for higher in (2, 1):

@@ -91,10 +91,16 @@ def summary_path(output: Path, slide: SlideFile) -> Path:
     return shard_paths(output, slide.name)[1]
 
 
-def extraction_settings(slide: SlideFile, *, config: Config, options: ExtractOptions) -> dict[str, Any]:
+def annotation_file(slide: SlideFile, options: ExtractOptions) -> Path | None:
+    return find_annotation_file(options.annotations, slide.name) if options.annotations else None
+
+
+def extraction_settings(slide: SlideFile, *, config: Config, options: ExtractOptions,
+                        annotation: Path | None = None) -> dict[str, Any]:
     """What a slide's shard depends on: configuration, µm/px override, the
-    annotation file's content, flags and the slide file."""
-    annotation = find_annotation_file(options.annotations, slide.name) if options.annotations else None
+    annotation file's content (``annotation``, else looked up), flags and the
+    slide file."""
+    annotation = annotation or annotation_file(slide, options)
     return normalised({
         "configuration": config.extraction_settings(),
         "mpp": options.mpp.for_slide(slide.name),
@@ -117,11 +123,11 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
     started = time.perf_counter()
     stem, slide_path = slide_file.name, slide_file.path
     record_path, summary_path = shard_paths(options.output, stem)
-    made_with = extraction_settings(slide_file, config=config, options=options)
+    annotation_path = annotation_file(slide_file, options)
+    made_with = extraction_settings(slide_file, config=config, options=options, annotation=annotation_path)
     if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
                                               f"{stem}: its shard in {options.output}"):
         return {"slide": stem, "status": UNCHANGED}
-    annotation_path = find_annotation_file(options.annotations, stem) if options.annotations else None
     if annotation_path is None and not options.unlabeled:
         return {"slide": stem, "status": "skipped (no annotation file; --unlabeled pools its tiles)"}
 

@@ -116,7 +116,6 @@ class Run:
         if (self.index.label >= config.num_classes).any():
             raise ModelError(f"records have labels up to {self.index.label.max()} but the configuration has "
                              f"{config.num_classes} classes; use the configuration the data was extracted with")
-        self.strides = {slide: grid.stride for slide, grid in self.grids.items()}
         self.split = self._split()
         codes, self.guard_dropped = assign_records(self.index, self.split, self.grids)
         in_split = {name: codes == code for code, name in enumerate(SPLITS)}
@@ -137,6 +136,11 @@ class Run:
             self.pool_ids = self.candidates
         self.keys = np.array([f"{s}\t{x}\t{y}" for s, x, y in zip(self.index.slide, self.index.x, self.index.y)])
         self.cache: EmbeddingCache | None = None
+
+    @property
+    def strides(self) -> dict[str, float]:
+        """Level-0 tile stride per slide."""
+        return {slide: grid.stride for slide, grid in self.grids.items()}
 
     def _split(self) -> dict[str, Any]:
         options = self.options
@@ -516,7 +520,7 @@ def run_repeats(options: TrainOptions, config: Config, repeats: int) -> list[dic
         info(f"== repeat {k + 1} of {repeats} (seed {options.seed + k})")
         out = options.output / f"repeat_{k}"
         repeat = replace(options, output=out, seed=options.seed + k,
-                                     resume=options.resume and (out / "state.json").exists())
+                         resume=options.resume and (out / "state.json").exists())
         run_training(repeat, config)
         state = json.loads((out / "state.json").read_text(encoding="utf-8"))
         kept = next(row for row in state["rows"] if row["round"] == state["best"]["round"])
