@@ -25,11 +25,14 @@ from pathlib import Path
 from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
                        prepare_output, resolve_config)
+from utils.config import read_config_file
 from utils.failures import exit_on_input_error
 from utils.inference import InferenceOptions, infer_slide, inference_settings, summary_path
 from utils.log import info
-from utils.model import Predictor, check_compatible, load_model, make_deterministic, read_metadata
+from utils.model import Predictor, check_compatible, load_model, read_metadata
+from utils.options import add_option_arguments, resolve_options
 from utils.provenance import check_stale, file_digest
+from utils.setup import setup_process
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,12 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     paths.add_argument("--slides", nargs="+", required=True, help="slide files and/or folders of slides")
     paths.add_argument("--model", type=Path, required=True, help="model.keras saved by active_learning_train.py")
     paths.add_argument("--output", type=Path, required=True, help="folder for one sub-folder per slide")
-    add_config_arguments(parser, defaults_from="the model's")
+    add_config_arguments(parser, defaults_from="the model's", section="inference")
     add_slide_arguments(parser, workers=min(8, os.cpu_count() or 1),
                         workers_help="threads reading and decoding slide blocks (default: cores, at most 8)")
-    inference = parser.add_argument_group("inference")
-    inference.add_argument("--batch-size", type=int, default=512, help="tiles per model call")
-    inference.add_argument("--smooth", action="store_true", help="3x3 majority smoothing of the map")
+    add_option_arguments(parser, InferenceOptions, {})
     add_message_arguments(parser)
     return parser.parse_args(argv)
 
@@ -51,15 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_process()
     metadata = read_metadata(args.model)
     config = resolve_config(args, base=metadata["config"])
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
-    options = InferenceOptions(output=args.output, model_path=args.model, model_sha256=file_digest(args.model),
-                               mpp=mpp, batch_size=args.batch_size, threads=args.workers, overwrite=args.overwrite,
-                               smooth=args.smooth)
+    section = read_config_file(args.config, "inference") if args.config else {}
+    options = resolve_options(InferenceOptions, args, section, f"{args.config}: inference", output=args.output,
+                              model_path=args.model, model_sha256=file_digest(args.model), mpp=mpp,
+                              threads=args.workers, overwrite=args.overwrite)
     check_stale(slides, functools.partial(summary_path, args.output),
                 functools.partial(inference_settings, config=config, options=options), args.overwrite, args.output)
-    make_deterministic()
     model = load_model(args.model)
     check_compatible(model, config)
     prepare_output(args.output)

@@ -39,6 +39,7 @@ from utils.extract import (ExtractOptions, check_output_configuration, extract_s
 from utils.failures import exit_on_input_error
 from utils.log import info, warn
 from utils.provenance import check_stale
+from utils.setup import setup_process
 from utils.slide import parse_mpp
 from utils.tile_folders import TileFolderOptions, extract_tile_folders
 
@@ -81,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_process()
     config = resolve_config(args, allow_upsampling=args.allow_upsampling or None)
     if args.tiles is not None:
         return extract_tiles(args, config)

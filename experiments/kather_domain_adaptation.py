@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import analysis  # noqa: E402
 from experiments.stain import shift_stains  # noqa: E402
-from utils.plots import plt  # noqa: E402  (the Agg backend)
+from utils import plots  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
@@ -300,7 +300,8 @@ def write_report(out: Path, results: dict, pool: int, minutes: float) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    fig = plots.Figure(figsize=(6.5 * len(results), 4.8))
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (mode, r) in zip(axes[0], results.items()):
         grid = np.array(r["grid"])
         for strategy, (mean, sd) in r["curves"].items():
@@ -318,8 +319,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

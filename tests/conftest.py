@@ -8,11 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from utils.setup import setup_process
 from utils.synthetic import SyntheticRegion, make_slide, rectangle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TILE = 64
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_settings() -> None:
+    """The process-wide settings that each script's main makes (utils.setup),
+    also for tests that call into utils directly."""
+    setup_process()
 
 
 def shared_file(*parts: str) -> Path:

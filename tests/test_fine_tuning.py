@@ -30,6 +30,7 @@ rules:
   - ["grade.*|cis|urothelium", tumour]
   - ["lamina.*", stroma]
 priority: [tumour]
+uncapped_classes: []
 """
 
 

@@ -32,14 +32,18 @@ def make_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "") -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "", section: str = "") -> None:
     """The "configuration" group. ``defaults_from`` says where unset values come
     from before the built-in defaults (e.g. "the model's"), so that --help
-    does not promise a default that a saved configuration replaces."""
+    does not promise a default that a saved configuration replaces;
+    ``section`` names the file's section that holds this script's options."""
     default = Config()
     where = f"default: {defaults_from}, else " if defaults_from else "default "
     group = parser.add_argument_group("configuration")
-    group.add_argument("--config", help="JSON/YAML file overriding the default configuration")
+    also = (f"; its {section}: section sets this script's options below, which the flags override"
+            if section else "")
+    group.add_argument("--config", help=f"JSON/YAML file overriding the default configuration{also} "
+                                        f"(e.g. presets/original.yaml)")
     group.add_argument("--magnifications", type=float, nargs="+", metavar="M",
                        help=f"objective magnification of each scale, highest first "
                             f"({where}{' '.join(f'{m:g}' for m in default.magnifications)})")

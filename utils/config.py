@@ -6,7 +6,9 @@ annotation-name rules of the original database, tile triplets of 128 px at
 ``--config`` overrides any subset of the keys, command-line flags override
 both, and every run writes the resolved configuration next to its outputs
 (:func:`save_config`) so that a result can always be traced back to its
-settings.
+settings. The same file may hold a ``training:`` and an ``inference:``
+section with those scripts' options (:mod:`utils.options`), so that one file
+describes a whole experiment (``presets/original.yaml``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ class Config:
     #: Where regions of different classes overlap, classes listed first win;
     #: unlisted classes follow in class order. The paper lets blood and muscle win.
     priority: list[str] = field(default_factory=lambda: ["blood", "muscle"])
+    #: The class of glass: cells off the tissue mask take it in the maps, and
+    #: it is never exempt from the tissue mask in labels. None, or a name the
+    #: classes do not list, means that glass is not a class (the original's).
+    background_class: str | None = "background"
+    #: Training: classes exempt from the per-slide cap (the paper's rare blood).
+    uncapped_classes: list[str] = field(default_factory=lambda: ["blood"])
     #: Objective magnifications of the scales, highest first (scale 0).
     magnifications: list[float] = field(default_factory=lambda: [40.0, 10.0, 2.5])
     tile_size: int = 128
@@ -119,8 +127,9 @@ class Config:
 
     @property
     def background_index(self) -> int | None:
-        """Index of the class named "background", if the configuration has one."""
-        return self.class_names.index("background") if "background" in self.class_names else None
+        """Index of ``background_class``, if the classes list it."""
+        names = self.class_names
+        return names.index(self.background_class) if self.background_class in names else None
 
     def class_index(self, name: str) -> int:
         try:
@@ -157,11 +166,16 @@ class Config:
 
     def extraction_settings(self) -> dict[str, Any]:
         """Everything but what only inference reads: the settings a shard depends on."""
-        return {k: v for k, v in self.to_dict().items() if k not in INFERENCE_ONLY}
+        return {k: v for k, v in self.to_dict().items() if k not in (*INFERENCE_ONLY, *TRAINING_ONLY)}
 
 
 #: Configuration keys that shape maps but not shards.
 INFERENCE_ONLY = ("undefined", "undefined_threshold", "damaged_class", "damaged_threshold")
+#: Configuration keys that shape the training sets but not shards.
+TRAINING_ONLY = ("uncapped_classes",)
+#: Sections of a configuration file that hold a script's options rather than
+#: configuration keys (see :mod:`utils.options`).
+SECTIONS = ("training", "inference")
 
 
 def fingerprint(values: dict[str, Any]) -> dict[str, Any]:
@@ -220,9 +234,11 @@ def validate(config: Config) -> None:
             re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"pattern {pattern!r} is not a regular expression: {exc}") from None
-    for name in config.priority:
-        if name not in names:
-            raise ConfigError(f"priority names unknown class {name!r}; classes are {names}")
+    for key in ("priority", "uncapped_classes"):
+        for name in getattr(config, key):
+            if name not in names:
+                raise ConfigError(f"{key} names unknown class {name!r}; classes are {names}: set {key} in the "
+                                  f"configuration file to names of its classes, or to []")
     mags = list(config.magnifications)
     if not 1 <= len(mags) <= 3 or any(m <= 0 for m in mags) or mags != sorted(mags, reverse=True):
         raise ConfigError(f"magnifications must be 1 to 3 positive values, highest first: {mags}")
@@ -250,23 +266,29 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
         raise ConfigError(f"{path or 'flags'}: {exc}") from None
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The keys a JSON or YAML configuration file sets (JSON is valid YAML)."""
+def read_config_file(path: str | Path, section: str | None = None) -> dict[str, Any]:
+    """The configuration keys a JSON or YAML file sets (JSON is valid YAML), or
+    with ``section`` ("training", "inference") the options that section sets."""
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: configuration must be a mapping of keys to values")
-    _check_keys(loaded, path)
-    return loaded
+    keys = {k: v for k, v in loaded.items() if k not in SECTIONS}
+    _check_keys(keys, path)
+    for name in SECTIONS:
+        if not isinstance(loaded.get(name) or {}, dict):
+            raise ConfigError(f"{path}: section {name} must be a mapping of option names to values")
+    return keys if section is None else dict(loaded.get(section) or {})
 
 
 def _check_keys(values: dict[str, Any], source: str | Path) -> None:
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{source}: unknown configuration keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{source}: unknown configuration keys {unknown}; known: {sorted(known)}, and the "
+                          f"sections {list(SECTIONS)}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

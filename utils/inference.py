@@ -22,6 +22,7 @@ from utils.config import Config, hex_to_rgb, scale_name
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.model import Predictor
+from utils.options import option
 from utils.provenance import UNCHANGED, keep_previous, normalised
 from utils.qupath import feature, mask_polygons, write_feature_collection
 from utils.slide import MppOverride, Slide
@@ -36,14 +37,20 @@ MAP_IMAGE_SIDE = 1600
 
 @dataclass(frozen=True)
 class InferenceOptions:
+    """Settings of an inference run. The fields declared with
+    :func:`~utils.options.option` are also flags of
+    ``active_learning_inference.py`` and keys of a configuration file's
+    ``inference:`` section."""
+
     output: Path
     model_path: Path
     model_sha256: str = ""
     mpp: MppOverride = MppOverride()
-    batch_size: int = 512
     threads: int = 2
     overwrite: bool = False
-    smooth: bool = False
+    batch_size: int = option(512, "tiles per model call", "inference")
+    smooth: bool = option(
+        False, "3x3 majority smoothing of the map (also erodes structures one cell wide)", "inference")
 
 
 def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarray:
@@ -209,23 +216,20 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _legend_png(path: Path, image: np.ndarray, names: list[str], colours: np.ndarray, classes: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    from utils import plots  # matplotlib takes a second to import: only when a legend is drawn
+
     height, width = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(8, 8 * height / max(width, 1) + 0.8))
+    fig = plots.Figure(figsize=(8, 8 * height / max(width, 1) + 0.8))
+    ax = fig.subplots()
     ax.imshow(image, interpolation="nearest")
     ax.axis("off")
     present = sorted(set(np.unique(classes).tolist()) | set(range(len(names) - 1)))
     handles = [Patch(facecolor=colours[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(4, len(handles)),
               frameon=False)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
 
 
 def _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info, options) -> dict:

@@ -272,15 +272,6 @@ def check_compatible(model: keras.Model, config: Config) -> None:
                          f"({config.class_names})")
 
 
-def make_deterministic(seed: int = 0) -> None:
-    """Seed everything and use deterministic kernels. Seeds alone leave
-    multithreaded kernels free to sum in any order, which a small labelled set
-    amplifies into different models (and a 0.6 or 0.9 threshold into different
-    map cells); with this the same command gives the same numbers."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
 HEAD_LAYERS = ("fc1", "dropout1", "fc2", "dropout2", "predictions")
 
 

@@ -1,29 +1,31 @@
 """Figures of a training run: learning curve, loss/accuracy curves with round
-boundaries, confusion matrix, and contact sheets of queried tiles."""
+boundaries, confusion matrix, and contact sheets of queried tiles.
+
+Figures are :class:`matplotlib.figure.Figure` objects drawn straight to PNG,
+never through pyplot: no process-wide backend is chosen, no window can open
+on a desktop, and no figure stays in pyplot's registry."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from utils.io import atomic_path  # noqa: E402
+from utils.io import atomic_path
 
 
-def _save(fig, path: str | Path) -> None:
+def save(fig: Figure, path: str | Path, dpi: int = 120) -> None:
+    """The figure as a PNG, written atomically."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def learning_curve(runs: dict[str, list[dict]], path: str | Path, metric: str = "test_macro_f1") -> None:
     """Macro F1 against labelled tiles, one line per run (e.g. per strategy)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, rows in runs.items():
         x = [int(r["labelled"]) for r in rows]
         y = [float(r[metric]) if r[metric] not in ("", None) else np.nan for r in rows]
@@ -34,12 +36,13 @@ def learning_curve(runs: dict[str, list[dict]], path: str | Path, metric: str = 
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Active learning curve")
-    _save(fig, path)
+    save(fig, path)
 
 
 def training_curves(history: list[dict], path: str | Path) -> None:
     """Loss and accuracy per epoch over all rounds, with dashed round boundaries."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     epochs = np.arange(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [h[metric] for h in history], label=f"train {metric}")
@@ -52,11 +55,12 @@ def training_curves(history: list[dict], path: str | Path) -> None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    save(fig, path)
 
 
 def confusion_matrix_plot(matrix: np.ndarray, class_names: list[str], path: str | Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(1.1 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    fig = Figure(figsize=(1.1 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax = fig.subplots()
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
@@ -67,7 +71,7 @@ def confusion_matrix_plot(matrix: np.ndarray, class_names: list[str], path: str 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def contact_sheet(triplets: list[list[np.ndarray]], captions: list[str], path: str | Path, columns: int = 4) -> None:

@@ -15,7 +15,6 @@ cross the slide edge with that colour instead of shifting them.
 from __future__ import annotations
 
 import csv
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,8 +28,6 @@ from utils.errors import ConfigError, MppError, SlideError
 from utils.slide_files import TIFF_SUFFIXES, detect_vendor
 from utils.tiff_tiles import TiffTiles
 
-# tifffile logs damaged-file details itself; the SlideError raised here says it in one line.
-logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 #: Suffixes stripped from slide names in an --mpp file (a row may give the file name).
 _SLIDE_FILE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu",

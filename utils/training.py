@@ -34,22 +34,24 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from utils import plots
-from utils.active_learning import Pool, get_strategy, select
+from utils.active_learning import STRATEGIES, Pool, get_strategy, select
 from utils.cli import prepare_output
 from utils.config import Config, fingerprint, fingerprint_difference
-from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
+from utils.data_split import (SPLIT_BY, SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                               choose_split_by, read_split_file, split_blocks, split_slides)
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 from utils.log import info, quiet
+from utils.options import option
 from utils.model import (
+    BACKBONES,
+    INPUT_SCALINGS,
     ModelSpec,
     Predictor,
     build_model,
     load_model,
     load_weights_by_name,
-    make_deterministic,
     save_model,
 )
 from utils.qupath import feature, square, write_feature_collection
@@ -59,46 +61,99 @@ CONTACT_SHEET_TILES = 48
 #: How the kept model is chosen among the rounds (see :func:`improves`).
 MODEL_SELECTIONS = ("val_f1", "val_loss")
 
-# Keras warns about shuffle=True and finite datasets it is handed by design here.
-warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
-
 
 @dataclass
 class TrainOptions:
+    """Every setting of a training run. The fields declared with
+    :func:`~utils.options.option` are also the flags of
+    ``active_learning_train.py`` and the keys of a configuration file's
+    ``training:`` section: their defaults (the paper's) are written here only."""
+
     data: Path
     output: Path
+    #: The architecture, resolved from ``backbone``, ``head_units``,
+    #: ``input_scaling`` and the source model (:func:`utils.model.source_spec`).
     spec: ModelSpec = field(default_factory=ModelSpec)
-    backbone_weights: str | None = "imagenet"
-    weights: Path | None = None
-    allow_partial_weights: bool = False
-    freeze_backbone: bool = False
-    strategy: str = "class_ratio"
-    rounds: int = 4
-    budget: int = 20000
-    initial: int = 25000
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    learning_rate: float = 1.5e-5
-    patience: int = 3
-    model_selection: str = "val_f1"
-    seed: int = 0
-    split_file: Path | None = None
-    split_by: str | None = None
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    slide_class_cap: int | None = 1000
-    uncapped_classes: tuple[str, ...] = ("blood",)
-    eval_cap: int | None = None
-    pool_sample: int | None = None
-    mc_passes: int = 10
-    spacing: int = 2
-    augment: bool = True
-    colour_jitter: bool = False
-    query_only: bool = False
     resume: bool = False
     compare: tuple[Path, ...] = ()
-    strict: bool = False
+    backbone: str | None = option(None, "per-scale backbone (default: the --weights model's, else vgg16)", "model",
+                                  choices=BACKBONES)
+    head_units: int | None = option(None, "units of each dense layer (default: the --weights model's, else 4096)",
+                                    "model")
+    input_scaling: str | None = option(
+        None, "how 0-255 tiles are scaled before the backbone (default: the --weights model's, else the backbone's "
+              "own: caffe for vgg16, tf for mobilenetv2); raw feeds 0-255 unchanged, as the original code did",
+        "model", choices=INPUT_SCALINGS)
+    backbone_weights: str | None = option(
+        "imagenet", "imagenet (download), none, or a local backbone weights file; not used with --weights, whose "
+                    "model replaces them", "model", metavar="imagenet|none|PATH")
+    weights: Path | None = option(None, "source-domain model (.keras) to fine-tune, or a matching .weights.h5",
+                                  "model", metavar="FILE")
+    allow_partial_weights: bool = option(
+        False, "load --weights by layer name into a different architecture; layers that get no weights are listed "
+               "and start from scratch", "model")
+    freeze_backbone: bool = option(False, "train the head only", "model")
+    strategy: str = option("class_ratio", "query strategy (class_ratio is the paper's)", "active learning",
+                           choices=tuple(STRATEGIES))
+    rounds: int = option(4, "rounds after the initial fit; 0 = initial fit only", "active learning")
+    budget: int = option(20000, "tiles labelled per round", "active learning")
+    initial: int = option(25000, "initial labelled tiles per class", "active learning")
+    pool_sample: int | None = option(None, "score only a random sample of this many pool tiles", "active learning",
+                                     metavar="N")
+    mc_passes: int = option(10, "Monte-Carlo dropout passes for bald", "active learning")
+    spacing: int = option(2, "diversity guard: at most one uncertainty pick per SxS tiles of a slide",
+                          "active learning", metavar="S")
+    query_only: bool = option(
+        False, "annotation mode: fit on all labelled tiles, write the next queries for the pool and stop",
+        "active learning")
+    epochs: int = option(10, "maximum epochs per round", "fitting")
+    batch_size: int = option(128, "tiles per training step", "fitting")
+    optimizer: str = option("sgd", "sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch",
+                            "fitting", choices=("sgd", "adam"))
+    learning_rate: float = option(1.5e-5, "the paper's for fine-tuning with sgd", "fitting")
+    patience: int = option(3, "early-stopping patience on validation loss", "fitting")
+    model_selection: str = option(
+        "val_f1", "the round whose model is kept as model.keras: the best validation macro F1, or the lowest "
+                  "validation loss (the original code's)", "fitting", choices=MODEL_SELECTIONS)
+    augment: bool = option(True, "no flips or 90-degree rotations", "fitting", flag="--no-augment")
+    colour_jitter: bool = option(False, "also jitter brightness, saturation and hue", "fitting")
+    seed: int = option(0, "seed of the split, the samples, shuffles and dropout", "data")
+    repeats: int = option(
+        1, "run N times with seeds seed, seed+1, ... into OUTPUT/repeat_<k>/ and report the mean and spread of the "
+           "kept models' test macro F1 (the original reported 4 runs)", "data", metavar="N")
+    split_by: str | None = option(
+        None, "slide: whole slides to train, validation and test (needs 3 slides); block: square blocks of each "
+              "slide, several lowest-magnification windows wide, with no window shared across splits (default: "
+              "slide with 3 slides or more, else block)", "data", choices=SPLIT_BY)
+    split_file: Path | None = option(
+        None, "split file: a split.json of an earlier run, JSON {train,val,test: [slides]} or CSV slide,split",
+        "data", flag="--split", metavar="FILE")
+    split_fractions: tuple[float, ...] = option((0.8, 0.1, 0.1), "fractions of train, validation and test", "data",
+                                                nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    slide_class_cap: int | None = option(
+        1000, "at most this many training tiles per slide and class (0 = no cap; the configuration's "
+              "uncapped_classes are exempt)", "data")
+    cap_eval_per_slide: bool = option(
+        False, "apply that cap to the validation and test tiles too (the original code's)", "data")
+    eval_cap: int | None = option(None, "at most this many validation/test tiles per class", "data")
+    strict: bool = option(False, "stop when a configured class has no training or validation tiles", "data")
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "budget", "initial", "epochs", "batch_size", "patience", "repeats", "mc_passes",
+                     "spacing"):
+            least = 0 if name == "rounds" else 1
+            if getattr(self, name) < least:
+                raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
+            raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
+                             f"{list(self.split_fractions)}")
+
+    @property
+    def backbone_weights_source(self) -> str | None:
+        """What ``build_model`` loads into the backbones: "none" means nothing."""
+        if self.backbone_weights is None or self.backbone_weights.lower() == "none":
+            return None
+        return self.backbone_weights
 
 
 class Run:
@@ -120,19 +175,23 @@ class Run:
         codes, self.guard_dropped = assign_records(self.index, self.split, self.grids)
         in_split = {name: codes == code for code, name in enumerate(SPLITS)}
         labelled = self.index.label >= 0
-        rng = self.rng
-        self.val_ids = cap_per_class(np.flatnonzero(in_split["val"] & labelled), self.index.label, options.eval_cap, rng)
-        self.test_ids = cap_per_class(np.flatnonzero(in_split["test"] & labelled), self.index.label,
-                                      options.eval_cap, rng)
+        uncapped = [config.class_index(n) for n in config.uncapped_classes]
+        cap = options.slide_class_cap or None
+        evaluation = {}
+        for name in ("val", "test"):
+            ids = np.flatnonzero(in_split[name] & labelled)
+            if options.cap_eval_per_slide:
+                ids = cap_per_slide_and_class(ids, self.index, cap, uncapped, self.rng)
+            evaluation[name] = cap_per_class(ids, self.index.label, options.eval_cap, self.rng)
+        self.val_ids, self.test_ids = evaluation["val"], evaluation["test"]
         if len(self.val_ids) == 0:
             raise InputError(f"the validation {self.split['by']}s {self.split['val']} have no labelled tiles")
-        uncapped = [config.class_index(n) for n in options.uncapped_classes if n in config.class_names]
         if options.query_only:
             self.candidates = np.flatnonzero(in_split["train"] & labelled)
             self.pool_ids = np.flatnonzero(in_split["train"] & ~labelled)
         else:
             self.candidates = cap_per_slide_and_class(
-                np.flatnonzero(in_split["train"] & labelled), self.index, options.slide_class_cap, uncapped, rng)
+                np.flatnonzero(in_split["train"] & labelled), self.index, cap, uncapped, self.rng)
             self.pool_ids = self.candidates
         self.keys = np.array([f"{s}\t{x}\t{y}" for s, x, y in zip(self.index.slide, self.index.x, self.index.y)])
         self.cache: EmbeddingCache | None = None
@@ -241,11 +300,9 @@ def reseed(model: keras.Model, seed: int) -> None:
             variable.assign(np.array([seed, 0], dtype=variable.dtype))
 
 
-def gpu_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over several GPUs, mixed precision on any GPU."""
+def gpu_devices() -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs, else the default placement."""
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
@@ -391,7 +448,7 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     """The whole run; returns the last row of ``rounds.csv``."""
     out = options.output
     prepare_output(out)
-    make_deterministic(options.seed)
+    keras.utils.set_random_seed(options.seed)
     run = Run(options, config)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if options.resume and state_path.exists() else None
@@ -400,9 +457,9 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     if state is None and (out / "rounds.csv").exists() and not options.resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
 
-    devices = gpu_strategy()
+    devices = gpu_devices()
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
-    backbone_weights = None if state or options.weights else options.backbone_weights
+    backbone_weights = None if state or options.weights else options.backbone_weights_source
     with devices.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
     if state:
@@ -508,14 +565,14 @@ def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
     return rows[-1]
 
 
-def run_repeats(options: TrainOptions, config: Config, repeats: int) -> list[dict[str, Any]]:
-    """The same run ``repeats`` times with seeds seed, seed + 1, ... (the
+def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
+    """The same run ``options.repeats`` times with seeds seed, seed + 1, ... (the
     original code reported 4 runs), each in ``OUTPUT/repeat_<k>/``; returns
     and writes to ``OUTPUT/repeats.csv`` the kept round of each, and prints
     the mean and standard deviation of its test macro F1."""
     if options.query_only:
         raise InputError("--repeats simulates rounds; it cannot be combined with --query-only")
-    results = []
+    results, repeats = [], options.repeats
     for k in range(repeats):
         info(f"== repeat {k + 1} of {repeats} (seed {options.seed + k})")
         out = options.output / f"repeat_{k}"
