@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.repeats > 1:
         run_repeats(options, config)
         return 0
-    last = run_training(options, config)
+    last = run_training(options, config).rows[-1]
     info(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {args.output / 'model.keras'}")
     return 0
 

@@ -177,7 +177,7 @@ def test_small_model_learns_real_kather_textures(tmp_path):
     options = TrainOptions(data=data, output=tmp_path / "run", spec=ModelSpec("small", 64), backbone_weights=None,
                            rounds=0, initial=1000, epochs=10, batch_size=32, optimizer="adam", learning_rate=2e-3,
                            slide_class_cap=None, split_file=split, seed=1)
-    last = run_training(options, config)
+    last = run_training(options, config).rows[-1]
     chance = 1 / 7
     train_tiles = [p for p in shared_file("kather").glob("0[1-7]_*/*.png")
                    if re.search(r"CRC-Prim-HE-(\d+)", p.name).group(1) in {"01", "02", "03", "04", "05", "07"}]
@@ -244,7 +244,7 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
 
     backbone = [w.copy() for w in model.get_layer("backbone_mag_40x").get_weights()]
     head = [w.copy() for w in model.get_layer("fc1").get_weights()]
-    rows = training.train_round(model, run, run.initial_labelled(), 0)
+    rows = training.fit(model, run, run.initial_labelled(), 0)
     assert len(rows) == 2
     for before, after in zip(backbone, model.get_layer("backbone_mag_40x").get_weights()):
         np.testing.assert_array_equal(before, after)

@@ -223,23 +223,6 @@ class Run:
             chosen.append(self.rng.choice(members, size=min(self.options.initial, len(members)), replace=False))
         return np.sort(np.concatenate(chosen))
 
-    def save_labelled(self, labelled: np.ndarray, added_round: dict[int, int]) -> None:
-        rows = ([self.index.slide[i], self.index.x[i], self.index.y[i], self.index.label[i],
-                 added_round.get(int(i), 0)] for i in labelled)
-        atomic_write_csv(self.out / "labelled.csv", ["slide", "x", "y", "label", "round"], rows)
-
-    def load_labelled(self, last_round: int) -> tuple[np.ndarray, dict[int, int]]:
-        """The labelled set as of ``last_round``: a run killed after writing
-        labelled.csv but before state.json must not count a round twice."""
-        lookup = {k: i for i, k in enumerate(self.keys)}
-        labelled, added = [], {}
-        for row in read_csv(self.out / "labelled.csv"):
-            i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
-            if i is not None and int(row["round"]) <= last_round:
-                labelled.append(i)
-                added[i] = int(row["round"])
-        return np.array(sorted(labelled), np.int64), added
-
     def counts(self, ids: np.ndarray) -> dict[str, int]:
         bins = np.bincount(self.index.label[ids][self.index.label[ids] >= 0], minlength=self.config.num_classes)
         return {name: int(n) for name, n in zip(self.config.class_names, bins)}
@@ -363,15 +346,26 @@ def evaluate(predictor: Predictor, run: Run, ids: np.ndarray) -> dict[str, Any]:
     }
 
 
-def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: np.ndarray,
-          round_number: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Choose the next ``budget`` tiles from the pool and write them for annotators."""
+@dataclass
+class Selection:
+    """What one query chose: pool records, with the scores and predicted
+    classes that annotators are shown, and the size of the pool scored."""
+
+    ids: np.ndarray
+    scores: np.ndarray | None
+    predicted: np.ndarray | None
+    pool_size: int
+
+
+def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: np.ndarray) -> Selection:
+    """Choose the next ``budget`` tiles from the pool. Writes nothing
+    (:func:`write_queries` does); draws from ``run.rng`` only."""
     o = run.options
     pool_ids = np.setdiff1d(run.pool_ids, labelled)
     if o.pool_sample and len(pool_ids) > o.pool_sample:
         pool_ids = np.sort(run.rng.choice(pool_ids, size=o.pool_sample, replace=False))
     if len(pool_ids) == 0:
-        return pool_ids, {}
+        return Selection(pool_ids, None, None, 0)
     strategy = get_strategy(o.strategy)
     needs_model = strategy.needs_predictions or o.query_only
     scored = run.predict(predictor, pool_ids, o.mc_passes if strategy.mc_passes else 0) if needs_model else None
@@ -387,18 +381,16 @@ def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: n
     stride = float(np.median(list(run.strides.values()))) if run.strides else 1.0
     positions, scores = select(o.strategy, o.budget, pool, run.rng, misclassified, run.config.num_classes,
                                stride=stride, spacing=o.spacing)
-    chosen = pool_ids[positions]
-    write_queries(run, chosen, scores[positions] if scores is not None else None,
-                  probs[positions].argmax(axis=1) if probs is not None else None, round_number)
-    return chosen, {"pool": len(pool_ids)}
+    return Selection(pool_ids[positions], scores[positions] if scores is not None else None,
+                     probs[positions].argmax(axis=1) if probs is not None else None, len(pool_ids))
 
 
-def write_queries(run: Run, ids: np.ndarray, scores: np.ndarray | None, predicted: np.ndarray | None,
-                  round_number: int) -> None:
+def write_queries(run: Run, selection: Selection, round_number: int) -> None:
     """``queries/round_<k>/``: queries.csv, a contact sheet, one QuPath GeoJSON per slide."""
     folder = run.out / "queries" / f"round_{round_number}"
     names = run.config.class_names
     index = run.index
+    ids, scores, predicted = selection.ids, selection.scores, selection.predicted
     rows = []
     for k, i in enumerate(ids):
         score = f"{scores[k]:.5f}" if scores is not None else ""
@@ -426,7 +418,72 @@ def write_queries(run: Run, ids: np.ndarray, scores: np.ndarray | None, predicte
     plots.contact_sheet(triplets, captions, folder / "contact_sheet.png")
 
 
-def train_round(model: keras.Model, run: Run, labelled: np.ndarray, round_number: int) -> list[dict]:
+@dataclass
+class RunState:
+    """What a run carries from one round to the next, saved after every round
+    (:meth:`save`) and read back by ``--resume`` (:meth:`load`), here only:
+    the labelled set in ``labelled.csv`` (slide, x, y, label, round added),
+    the rest, with the query generator's state, in ``state.json``."""
+
+    round: int  # the last finished round; -1 before round 0
+    labelled: np.ndarray  # record ids, sorted
+    added: dict[int, int]  # record id -> round that labelled it (0: the initial set)
+    best: dict[str, Any]  # the kept round, with its validation macro F1 and loss
+    misclassified: np.ndarray  # validation errors per true class of the last round: class_ratio's input
+    rows: list[dict[str, Any]] = field(default_factory=list)  # rounds.csv
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch of every round
+
+    @classmethod
+    def initial(cls, run: Run) -> RunState:
+        return cls(round=-1, labelled=run.initial_labelled(), added={}, best={"round": None, "val_macro_f1": -1.0},
+                   misclassified=np.zeros(run.config.num_classes))
+
+    @classmethod
+    def load(cls, run: Run) -> RunState | None:
+        """The state after the last finished round, or None when there is none.
+        A run killed after writing labelled.csv but before state.json must not
+        count a round twice, so only rows up to the saved round are taken."""
+        path = run.out / "state.json"
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        lookup = {k: i for i, k in enumerate(run.keys)}
+        added = {}
+        for row in read_csv(run.out / "labelled.csv"):
+            i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
+            if i is not None and int(row["round"]) <= saved["round"]:
+                added[i] = int(row["round"])
+        labelled = np.array(sorted(added), np.int64)
+        if run.options.query_only:  # labels came back through extraction: those not listed yet belong to this round
+            labelled = run.initial_labelled()
+            added = {int(i): added.get(int(i), saved["round"] + 1) for i in labelled}
+        if "rng" in saved:  # runs saved before the generator state was kept resume with a fresh one
+            run.rng.bit_generator.state = saved["rng"]
+        return cls(saved["round"], labelled, added, saved["best"], np.asarray(saved["misclassified"]),
+                   saved["rows"], saved["history"])
+
+    def save(self, run: Run) -> None:
+        """labelled.csv and rounds.csv, then state.json, the file that says the round is finished."""
+        index = run.index
+        atomic_write_csv(run.out / "labelled.csv", ["slide", "x", "y", "label", "round"],
+                         ([index.slide[i], index.x[i], index.y[i], index.label[i], self.added.get(int(i), 0)]
+                          for i in self.labelled))
+        _write_table(run.out / "rounds.csv", self.rows)
+        atomic_write_json(run.out / "state.json", {
+            "round": self.round, "best_model": "model.keras", "best": self.best, "rows": self.rows,
+            "history": self.history, "rng": run.rng.bit_generator.state,
+            "misclassified": np.asarray(self.misclassified).tolist()})
+
+    def label(self, new: np.ndarray, round_number: int) -> None:
+        """Add the tiles a query chose (in simulation their labels are known)."""
+        for i in new:
+            self.added[int(i)] = round_number
+        self.labelled = np.union1d(self.labelled, new)
+
+
+def fit(model: keras.Model, run: Run, labelled: np.ndarray, round_number: int) -> list[dict]:
+    """Fit from the current weights with a fresh optimizer and early stopping
+    on the validation loss (best epoch kept); one history row per epoch."""
     o = run.options
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
     if run.cache is not None:
@@ -444,125 +501,142 @@ def train_round(model: keras.Model, run: Run, labelled: np.ndarray, round_number
             for e in range(len(epochs["loss"]))]
 
 
-def run_training(options: TrainOptions, config: Config) -> dict[str, Any]:
-    """The whole run; returns the last row of ``rounds.csv``."""
+def record(run: Run, model: keras.Model, state: RunState, round_number: int, val: dict, test: dict,
+           selection: Selection | None, seconds: dict[str, float]) -> None:
+    """The round's row, its checkpoint, the kept model (or a return to it),
+    the queries it answered, the figures and the state, in that order: the
+    state written last marks the round finished."""
+    out, options, config = run.out, run.options, run.config
+    epochs = sum(1 for h in state.history if h["round"] == round_number)
+    steps = epochs * -(-len(state.labelled) // options.batch_size)
+    row = _metrics_row(run, round_number, state.labelled, val, test, epochs, steps, seconds["query"],
+                       seconds["fit"], seconds["round"])
+    state.rows.append(row)
+    state.misclassified = val["misclassified"]
+    absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
+    info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
+         f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)"
+         + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
+    if selection is not None and selection.pool_size:
+        write_queries(run, selection, round_number)
+    checkpoint = Path("rounds") / f"round_{round_number}.keras"
+    save_model(model, out / checkpoint, model_metadata(run))
+    if improves(val, state.best, options.model_selection):
+        state.best = {"round": round_number, "val_macro_f1": val["macro_f1"], "val_loss": val["loss"]}
+        shutil.copyfile(out / checkpoint, out / "model.tmp.keras")
+        (out / "model.tmp.keras").replace(out / "model.keras")
+        plots.confusion_matrix_plot(test["confusion"], config.class_names, out / "confusion_matrix.png",
+                                    f"test set, round {round_number}")
+    else:
+        model.set_weights(load_model(out / "model.keras").get_weights())
+    plots.learning_curve({options.strategy: state.rows, **_other_runs(options.compare)}, out / "learning_curve.png")
+    plots.training_curves(state.history, out / "training_curves.png")
+    state.round = round_number
+    state.save(run)
+
+
+def play_round(run: Run, model: keras.Model, predictor: Predictor, state: RunState, round_number: int) -> None:
+    """Query, label, fit, evaluate, record. Each round's shuffles and dropout
+    depend only on (seed, round), and the query generator's state is saved
+    with the round: a resumed run repeats exactly what the uninterrupted run
+    would have done."""
+    started = time.perf_counter()
+    reseed(model, int(np.random.SeedSequence([run.options.seed, round_number]).generate_state(1)[0]))
+    selection = None
+    if round_number > 0 and not run.options.query_only:
+        selection = query(run, predictor, state.labelled, state.misclassified)
+        state.label(selection.ids, round_number)
+        info(f"round {round_number}: {run.options.strategy} chose {len(selection.ids)} of {selection.pool_size} "
+             f"pool tiles -> {len(state.labelled)} labelled")
+    seconds = {"query": time.perf_counter() - started}
+    if len(state.labelled) == 0:
+        raise InputError("the labelled training set is empty; check the split and the class counts")
+    state.history += fit(model, run, state.labelled, round_number)
+    seconds["fit"] = time.perf_counter() - started - seconds["query"]
+    val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
+    seconds["round"] = time.perf_counter() - started
+    record(run, model, state, round_number, val, test, selection, seconds)
+
+
+def run_training(options: TrainOptions, config: Config) -> RunState:
+    """The whole run, or its rest with ``--resume``; returns the final state."""
     out = options.output
     prepare_output(out)
     keras.utils.set_random_seed(options.seed)
     run = Run(options, config)
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if options.resume and state_path.exists() else None
+    state = RunState.load(run) if options.resume else None
     if options.resume and state is None:
         info(f"nothing to resume in {out}; starting at round 0")
     if state is None and (out / "rounds.csv").exists() and not options.resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
-
-    devices = gpu_devices()
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
     backbone_weights = None if state or options.weights else options.backbone_weights_source
-    with devices.scope():
+    with gpu_devices().scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
     if state:
-        model.set_weights(load_model(out / state["best_model"]).get_weights())
-        labelled, added = run.load_labelled(state["round"])
-        if options.query_only:  # labels came back through extraction: those not listed yet belong to this round
-            labelled = run.initial_labelled()
-            added = {int(i): added.get(int(i), state["round"] + 1) for i in labelled}
-        start, rows, history = state["round"] + 1, state["rows"], state["history"]
-        best = state["best"]
-        misclassified = np.asarray(state["misclassified"])
-        if "rng" in state:  # runs saved before the generator state was kept resume with a fresh one
-            run.rng.bit_generator.state = state["rng"]
-        info(f"resuming {out} at round {start} with {len(labelled)} labelled tiles")
+        model.set_weights(load_model(out / "model.keras").get_weights())
+        info(f"resuming {out} at round {state.round + 1} with {len(state.labelled)} labelled tiles")
     else:
-        if options.weights:
-            missing = load_weights_by_name(model, options.weights)
-            if missing and not options.allow_partial_weights:
-                raise ModelError(f"{options.weights}: layers {', '.join(missing)} of the model to fine-tune would "
-                                 f"receive no weights (another backbone, head or class list); fine-tune with the "
-                                 f"source model's architecture, or pass --allow-partial-weights")
-            info(f"loaded source weights from {options.weights}")
-            if missing:
-                info(f"layers that received no weights (--allow-partial-weights): {', '.join(missing)}")
-        labelled, added = run.initial_labelled(), {}
-        start, rows, history, best = 0, [], [], {"round": None, "val_macro_f1": -1.0}
-        misclassified = np.zeros(config.num_classes)
-        class_counts = {"train_candidates": run.counts(run.candidates), "initial_labelled": run.counts(labelled),
-                        "val": run.counts(run.val_ids), "test": run.counts(run.test_ids)}
-        atomic_write_json(out / "class_counts.json", class_counts)
-        atomic_write_json(out / "split.json", run.split)
-        _print_counts(class_counts)
-        if run.split["by"] == "block":
-            blocks = ", ".join(f"{len(run.split[name])} {name}" for name in SPLITS)
-            dropped = ", ".join(f"{n} {name}" for name, n in run.guard_dropped.items()) or "none"
-            info(f"split by block: {blocks} blocks; tiles left out because their lowest-magnification window "
-                 f"overlaps one of another split: {dropped}")
-        report_missing_classes(class_counts, options.strict)
+        load_source_weights(model, options)
+        state = RunState.initial(run)
+        describe_data(run, state)
     predictor = Predictor(model)
     if options.freeze_backbone:
         run.cache_features(model)
-    if state is None and options.weights:
-        # Round -1: the source-domain model on the target data, before any target label.
-        val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
-        rows.append(_metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0))
-        info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
-             f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
-    metadata = {"config": config.to_dict(), "backbone": options.spec.backbone, "spec": asdict(options.spec)}
-    atomic_write_json(out / "config.json", {**metadata, "options": asdict(options)})
-
-    last_round = start if options.query_only else options.rounds
-    for round_number in range(start, last_round + 1):
-        started = time.perf_counter()
-        # Each round's shuffles and dropout depend only on (seed, round), and the
-        # query generator's state is saved with the round: a resumed run repeats
-        # exactly what the uninterrupted run would have done.
-        reseed(model, int(np.random.SeedSequence([options.seed, round_number]).generate_state(1)[0]))
-        query_seconds = 0.0
-        if round_number > 0 and not options.query_only:
-            new, chosen = query(run, predictor, labelled, misclassified, round_number)
-            query_seconds = time.perf_counter() - started
-            for i in new:
-                added[int(i)] = round_number
-            labelled = np.union1d(labelled, new)
-            info(f"round {round_number}: {options.strategy} chose {len(new)} of {chosen.get('pool', 0)} pool tiles "
-                 f"-> {len(labelled)} labelled")
-        if len(labelled) == 0:
-            raise InputError("the labelled training set is empty; check the split and the class counts")
-        fit_started = time.perf_counter()
-        history += train_round(model, run, labelled, round_number)
-        fit_seconds = time.perf_counter() - fit_started
-        val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
-        misclassified = val["misclassified"]
-        epochs = sum(1 for h in history if h["round"] == round_number)
-        steps = epochs * -(-len(labelled) // options.batch_size)
-        row = _metrics_row(run, round_number, labelled, val, test, epochs, steps, query_seconds, fit_seconds,
-                           time.perf_counter() - started)
-        rows.append(row)
-        absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
-        info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
-             f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)"
-             + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
-        checkpoint = Path("rounds") / f"round_{round_number}.keras"
-        save_model(model, out / checkpoint, metadata)
-        if improves(val, best, options.model_selection):
-            best = {"round": round_number, "val_macro_f1": val["macro_f1"], "val_loss": val["loss"]}
-            shutil.copyfile(out / checkpoint, out / "model.tmp.keras")
-            (out / "model.tmp.keras").replace(out / "model.keras")
-            plots.confusion_matrix_plot(test["confusion"], config.class_names, out / "confusion_matrix.png",
-                                        f"test set, round {round_number}")
-        else:
-            model.set_weights(load_model(out / "model.keras").get_weights())
-        run.save_labelled(labelled, added)
-        _write_table(out / "rounds.csv", rows)
-        plots.learning_curve({options.strategy: rows, **_other_runs(options.compare)}, out / "learning_curve.png")
-        plots.training_curves(history, out / "training_curves.png")
-        atomic_write_json(state_path, {"round": round_number, "best_model": "model.keras", "best": best,
-                                       "rows": rows, "history": history, "rng": run.rng.bit_generator.state,
-                                       "misclassified": np.asarray(misclassified).tolist()})
+    if state.round == -1 and options.weights and not state.rows:
+        state.rows.append(evaluate_source(run, predictor))
+    atomic_write_json(out / "config.json", {**model_metadata(run), "options": asdict(options)})
+    last_round = state.round + 1 if options.query_only else options.rounds
+    for round_number in range(state.round + 1, last_round + 1):
+        play_round(run, model, predictor, state, round_number)
     if options.query_only:
-        query(run, predictor, labelled, misclassified, last_round + 1)
+        write_queries(run, query(run, predictor, state.labelled, state.misclassified), last_round + 1)
         info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
-    return rows[-1]
+    return state
+
+
+def model_metadata(run: Run) -> dict[str, Any]:
+    """What every saved model carries: the configuration and the architecture."""
+    return {"config": run.config.to_dict(), "backbone": run.options.spec.backbone, "spec": asdict(run.options.spec)}
+
+
+def load_source_weights(model: keras.Model, options: TrainOptions) -> None:
+    """The source-domain weights to fine-tune, with every layer covered unless
+    --allow-partial-weights says otherwise."""
+    if not options.weights:
+        return
+    missing = load_weights_by_name(model, options.weights)
+    if missing and not options.allow_partial_weights:
+        raise ModelError(f"{options.weights}: layers {', '.join(missing)} of the model to fine-tune would "
+                         f"receive no weights (another backbone, head or class list); fine-tune with the "
+                         f"source model's architecture, or pass --allow-partial-weights")
+    info(f"loaded source weights from {options.weights}")
+    if missing:
+        info(f"layers that received no weights (--allow-partial-weights): {', '.join(missing)}")
+
+
+def describe_data(run: Run, state: RunState) -> None:
+    """class_counts.json and split.json, printed too, with the guard band's
+    losses and a warning (an error with --strict) for classes without tiles."""
+    class_counts = {"train_candidates": run.counts(run.candidates), "initial_labelled": run.counts(state.labelled),
+                    "val": run.counts(run.val_ids), "test": run.counts(run.test_ids)}
+    atomic_write_json(run.out / "class_counts.json", class_counts)
+    atomic_write_json(run.out / "split.json", run.split)
+    _print_counts(class_counts)
+    if run.split["by"] == "block":
+        blocks = ", ".join(f"{len(run.split[name])} {name}" for name in SPLITS)
+        dropped = ", ".join(f"{n} {name}" for name, n in run.guard_dropped.items()) or "none"
+        info(f"split by block: {blocks} blocks; tiles left out because their lowest-magnification window "
+             f"overlaps one of another split: {dropped}")
+    report_missing_classes(class_counts, run.options.strict)
+
+
+def evaluate_source(run: Run, predictor: Predictor) -> dict[str, Any]:
+    """Round -1: the source-domain model on the target data, before any target label."""
+    val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
+    info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
+         f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
+    return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0)
 
 
 def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
@@ -578,12 +652,11 @@ def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
         out = options.output / f"repeat_{k}"
         repeat = replace(options, output=out, seed=options.seed + k,
                          resume=options.resume and (out / "state.json").exists())
-        run_training(repeat, config)
-        state = json.loads((out / "state.json").read_text(encoding="utf-8"))
-        kept = next(row for row in state["rows"] if row["round"] == state["best"]["round"])
+        state = run_training(repeat, config)
+        kept = next(row for row in state.rows if row["round"] == state.best["round"])
         results.append({"repeat": k, "seed": repeat.seed, "kept_round": kept["round"], "labelled": kept["labelled"],
                         "test_macro_f1": kept["test_macro_f1"], "test_accuracy": kept["test_accuracy"],
-                        "last_round_test_macro_f1": state["rows"][-1]["test_macro_f1"]})
+                        "last_round_test_macro_f1": state.rows[-1]["test_macro_f1"]})
     _write_table(options.output / "repeats.csv", results)
     scores = np.array([r["test_macro_f1"] for r in results], float)
     spread = f" ± {scores.std(ddof=1):.3f} (mean ± sd)" if len(scores) > 1 else ""
