@@ -292,3 +292,30 @@ def test_repeats_run_successive_seeds_and_summarise_the_kept_models(tiles, tmp_p
     untimed = [[{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows_of(path / "rounds.csv")]
                for path in (single, out / "repeat_1")]
     assert untimed[0] == untimed[1]
+
+
+def test_the_original_cap_per_slide_and_class_reaches_the_evaluation_sets_only_when_asked(tiles, tmp_path):
+    """--cap-eval-per-slide (the original code's) caps validation and test
+    tiles per slide and class like the training candidates; blood, the
+    configuration's uncapped class, keeps every tile either way."""
+    from collections import Counter
+
+    from utils import training
+
+    config = load_config(tile_size=TILE)
+    blood = config.class_index("blood")
+    counts = {}
+    for per_slide in (False, True):
+        run = training.Run(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=5,
+                                        cap_eval_per_slide=per_slide), config)
+        for name, ids in (("train", run.candidates), ("val", run.val_ids), ("test", run.test_ids)):
+            counts[per_slide, name] = Counter(zip(run.index.slide[ids].tolist(), run.index.label[ids].tolist()))
+    for name in ("train", "val", "test"):
+        capped = {key: n for key, n in counts[True, name].items() if key[1] != blood}
+        assert max(capped.values()) == 5, name
+        assert {k: n for k, n in counts[True, name].items() if k[1] == blood} == \
+               {k: n for k, n in counts[False, name].items() if k[1] == blood}
+    assert max(n for key, n in counts[False, "val"].items() if key[1] != blood) > 5
+    assert max(n for key, n in counts[False, "test"].items() if key[1] != blood) > 5
+    assert any(n > 5 for key, n in counts[True, "val"].items() if key[1] == blood) or \
+           any(n > 5 for key, n in counts[True, "train"].items() if key[1] == blood)
