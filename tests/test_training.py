@@ -23,7 +23,9 @@ from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
 from utils.records import read_index, record_files
 from utils.synthetic import make_slide, random_layout
+from utils import training_data
 from utils.training import TrainOptions, run_training
+from utils.training_data import TrainingData
 
 TILE = 32
 FAST = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32", "--optimizer", "adam",
@@ -191,11 +193,11 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
     from utils import training
 
     config = load_config(tile_size=TILE)
-    run = training.Run(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config)
+    run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config)
     truth = np.array([1, 1, 2, 2, 3, 3, 4, 5])
     guess = np.array([1, 2, 2, 2, 3, 5, 4, 5])
     probs = np.eye(config.num_classes)[guess]
-    monkeypatch.setattr(training, "predict", lambda predictor, dataset, mc_passes=0: {
+    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0: {
         "ids": np.arange(len(truth)), "labels": truth, "probs": probs})
     result = training.evaluate(None, run, np.arange(len(truth)))
     assert result["accuracy"] == pytest.approx(6 / 8)
@@ -204,7 +206,7 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
     np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
     assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]
     soft = np.random.default_rng(0).dirichlet(np.ones(config.num_classes), size=len(truth)).astype(np.float32)
-    monkeypatch.setattr(training, "predict", lambda predictor, dataset, mc_passes=0: {
+    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0: {
         "ids": np.arange(len(truth)), "labels": truth, "probs": soft})
     loss = training.evaluate(None, run, np.arange(len(truth)))["loss"]
     assert loss == pytest.approx(log_loss(truth, soft.astype(np.float64), labels=range(config.num_classes)), rel=1e-6)
@@ -232,10 +234,10 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
                            freeze_backbone=True, epochs=2, batch_size=32, optimizer="adam", learning_rate=1e-2,
                            slide_class_cap=60, eval_cap=40)
     model = build_model(config, options.spec, None, freeze_backbone=True)
-    run = training.Run(options, config)
+    run = TrainingData(options, config)
     run.cache_features(model)
     ids = run.val_ids
-    direct = training.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
+    direct = training_data.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
     order = np.argsort(direct["ids"])
     cached = run.cache.predict(ids, 32)
     np.testing.assert_array_equal(cached["ids"], direct["ids"][order])
@@ -249,7 +251,7 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     for before, after in zip(backbone, model.get_layer("backbone_mag_40x").get_weights()):
         np.testing.assert_array_equal(before, after)
     assert any(not np.array_equal(b, a) for b, a in zip(head, model.get_layer("fc1").get_weights()))
-    refreshed = training.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
+    refreshed = training_data.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
     np.testing.assert_allclose(run.cache.predict(ids, 32)["probs"],
                                refreshed["probs"][np.argsort(refreshed["ids"])], atol=1e-5)
 
@@ -300,13 +302,11 @@ def test_the_original_cap_per_slide_and_class_reaches_the_evaluation_sets_only_w
     configuration's uncapped class, keeps every tile either way."""
     from collections import Counter
 
-    from utils import training
-
     config = load_config(tile_size=TILE)
     blood = config.class_index("blood")
     counts = {}
     for per_slide in (False, True):
-        run = training.Run(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=5,
+        run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=5,
                                         cap_eval_per_slide=per_slide), config)
         for name, ids in (("train", run.candidates), ("val", run.val_ids), ("test", run.test_ids)):
             counts[per_slide, name] = Counter(zip(run.index.slide[ids].tolist(), run.index.label[ids].tolist()))

@@ -7,6 +7,12 @@ validation loss, best epoch kept). After each round everything needed to
 resume is on disk: the round's model, the labelled set as (slide, x, y) keys,
 ``rounds.csv`` and ``state.json``.
 
+:func:`run_training` reads as that story: the data (:class:`TrainingData`),
+the state to start from (:class:`RunState`, fresh or resumed), then
+:func:`play_round` for each round, whose steps are :func:`query` (choose;
+writes nothing), :meth:`RunState.label`, :func:`fit`, :func:`evaluate` and
+:func:`record` (the only step that writes).
+
 Two modes:
 
 * simulation (default, as in the paper): every candidate tile has a label; the
@@ -36,14 +42,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from utils import plots
 from utils.active_learning import STRATEGIES, Pool, get_strategy, select
 from utils.cli import prepare_output
-from utils.config import Config, fingerprint, fingerprint_difference
-from utils.data_split import (SPLIT_BY, SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
-                              choose_split_by, read_split_file, split_blocks, split_slides)
-from utils.embeddings import EmbeddingCache
+from utils.config import Config
+from utils.data_split import SPLIT_BY, SPLITS
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 from utils.log import info, quiet
-from utils.options import option
 from utils.model import (
     BACKBONES,
     INPUT_SCALINGS,
@@ -54,8 +57,9 @@ from utils.model import (
     load_weights_by_name,
     save_model,
 )
+from utils.options import option
 from utils.qupath import feature, square, write_feature_collection
-from utils.records import read_index, record_files, triplet_dataset
+from utils.training_data import TrainingData
 
 CONTACT_SHEET_TILES = 48
 #: How the kept model is chosen among the rounds (see :func:`improves`).
@@ -156,124 +160,6 @@ class TrainOptions:
         return self.backbone_weights
 
 
-class Run:
-    """One run directory and the data it trains on."""
-
-    def __init__(self, options: TrainOptions, config: Config) -> None:
-        self.options, self.config = options, config
-        self.out = options.output
-        self.rng = np.random.default_rng(options.seed)
-        files = record_files(options.data)
-        if not files:
-            raise InputError(f"{options.data}: no .tfrecord shards; run tfrecord_generator.py first")
-        self.index = read_index(files)
-        self.grids = _slide_grids(options.data, config)
-        if (self.index.label >= config.num_classes).any():
-            raise ModelError(f"records have labels up to {self.index.label.max()} but the configuration has "
-                             f"{config.num_classes} classes; use the configuration the data was extracted with")
-        self.split = self._split()
-        codes, self.guard_dropped = assign_records(self.index, self.split, self.grids)
-        in_split = {name: codes == code for code, name in enumerate(SPLITS)}
-        labelled = self.index.label >= 0
-        uncapped = [config.class_index(n) for n in config.uncapped_classes]
-        cap = options.slide_class_cap or None
-        evaluation = {}
-        for name in ("val", "test"):
-            ids = np.flatnonzero(in_split[name] & labelled)
-            if options.cap_eval_per_slide:
-                ids = cap_per_slide_and_class(ids, self.index, cap, uncapped, self.rng)
-            evaluation[name] = cap_per_class(ids, self.index.label, options.eval_cap, self.rng)
-        self.val_ids, self.test_ids = evaluation["val"], evaluation["test"]
-        if len(self.val_ids) == 0:
-            raise InputError(f"the validation {self.split['by']}s {self.split['val']} have no labelled tiles")
-        if options.query_only:
-            self.candidates = np.flatnonzero(in_split["train"] & labelled)
-            self.pool_ids = np.flatnonzero(in_split["train"] & ~labelled)
-        else:
-            self.candidates = cap_per_slide_and_class(
-                np.flatnonzero(in_split["train"] & labelled), self.index, cap, uncapped, self.rng)
-            self.pool_ids = self.candidates
-        self.keys = np.array([f"{s}\t{x}\t{y}" for s, x, y in zip(self.index.slide, self.index.x, self.index.y)])
-        self.cache: EmbeddingCache | None = None
-
-    @property
-    def strides(self) -> dict[str, float]:
-        """Level-0 tile stride per slide."""
-        return {slide: grid.stride for slide, grid in self.grids.items()}
-
-    def _split(self) -> dict[str, Any]:
-        options = self.options
-        if options.split_file:
-            return read_split_file(options.split_file, sorted(set(self.index.slide)))
-        if choose_split_by(options.split_by, self.index.slide) == "slide":
-            return split_slides(self.index.slide, options.split_fractions, options.seed)
-        missing = sorted(set(self.index.slide) - set(self.grids))
-        if missing:
-            raise InputError(f"{options.data}: no extraction summary for {missing}, so their tile grid is "
-                             f"unknown; re-extract them to split them into blocks")
-        return split_blocks(self.index, self.grids, self.config.num_classes, options.split_fractions, options.seed)
-
-    # -- labelled set --------------------------------------------------------------
-    def initial_labelled(self) -> np.ndarray:
-        if self.options.query_only:
-            return self.candidates
-        chosen = []
-        for c in range(self.config.num_classes):
-            members = self.candidates[self.index.label[self.candidates] == c]
-            chosen.append(self.rng.choice(members, size=min(self.options.initial, len(members)), replace=False))
-        return np.sort(np.concatenate(chosen))
-
-    def counts(self, ids: np.ndarray) -> dict[str, int]:
-        bins = np.bincount(self.index.label[ids][self.index.label[ids] >= 0], minlength=self.config.num_classes)
-        return {name: int(n) for name, n in zip(self.config.class_names, bins)}
-
-    # -- data ----------------------------------------------------------------------
-    def cache_features(self, model: keras.Model) -> None:
-        """Frozen backbones: compute the features of every record the run uses once."""
-        ids = np.unique(np.concatenate([self.candidates, self.pool_ids, self.val_ids, self.test_ids]))
-        self.cache = EmbeddingCache(model, self.dataset(ids, with_ids=True), ids, self.index.label)
-
-    def predict(self, predictor: Predictor, ids: np.ndarray, mc_passes: int = 0) -> dict[str, np.ndarray]:
-        if self.cache is not None:
-            return self.cache.predict(ids, self.options.batch_size, mc_passes)
-        return predict(predictor, self.dataset(ids, with_ids=True), mc_passes)
-
-    def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False) -> tf.data.Dataset:
-        o = self.options
-        return triplet_dataset(
-            self.index, ids, self.config.magnifications, self.config.tile_size, o.batch_size,
-            shuffle=train, augment=train and o.augment, colour_jitter=o.colour_jitter, seed=o.seed,
-            with_ids=with_ids,
-        )
-
-
-def _slide_grids(data: Path, config: Config) -> dict[str, SlideGrid]:
-    """Tile stride and coarsest window per slide, from the extraction summaries;
-    also checks that every shard was cut with this configuration's classes,
-    scales and tile size, so records of another configuration never train under
-    wrong names."""
-    grids = {}
-    ours = config.fingerprint()
-    for path in sorted(data.glob("*.summary.json")):
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if summary.get("status") != "done":
-            continue
-        theirs = summary.get("fingerprint") or (fingerprint(summary["config"]) if "config" in summary else
-                                                {**ours, "magnifications": summary["magnifications"],
-                                                 "tile_size": summary["tile_size"]})
-        difference = fingerprint_difference(theirs, ours)
-        if difference:
-            raise ModelError(
-                f"{path}: this shard was extracted with {difference.replace(' vs ', ', but the run uses ')}; "
-                f"one data folder holds one configuration: re-extract it with the same --config, "
-                f"--magnifications and --tile-size, or move it to another folder")
-        stride = float(summary["stride_level0"])
-        window = summary.get("window_level0") or (
-            config.tile_size * summary["scale_mpp"][-1] / summary["base_mpp"] if "scale_mpp" in summary else stride)
-        grids[summary["slide"]] = SlideGrid(stride, float(window))
-    return grids
-
-
 def reseed(model: keras.Model, seed: int) -> None:
     """Seed the global generators and the model's dropout generators, whose
     state otherwise carries over from everything the process did before."""
@@ -300,27 +186,7 @@ def compile_fresh(model: keras.Model, options: TrainOptions) -> None:
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0) -> dict[str, np.ndarray]:
-    """Probabilities (and MC-dropout passes) of every record of a ``with_ids`` dataset."""
-    ids, labels, probs, mc = [], [], [], []
-    for inputs, label, gid in dataset:
-        ids.append(gid.numpy())
-        labels.append(label.numpy())
-        if mc_passes:
-            passes = predictor.mc_probabilities(inputs, mc_passes)
-            mc.append(passes)
-            probs.append(passes.mean(axis=0))
-        else:
-            probs.append(predictor.probabilities(inputs))
-    if not ids:
-        return {"ids": np.zeros(0, np.int64), "labels": np.zeros(0, np.int64), "probs": np.zeros((0, 0))}
-    result = {"ids": np.concatenate(ids), "labels": np.concatenate(labels), "probs": np.concatenate(probs)}
-    if mc_passes:
-        result["mc_probs"] = np.concatenate(mc, axis=1)
-    return result
-
-
-def evaluate(predictor: Predictor, run: Run, ids: np.ndarray) -> dict[str, Any]:
+def evaluate(predictor: Predictor, run: TrainingData, ids: np.ndarray) -> dict[str, Any]:
     """Accuracy, macro and per-class F1 (scikit-learn) and the confusion matrix."""
     num = run.config.num_classes
     if len(ids) == 0:
@@ -357,7 +223,7 @@ class Selection:
     pool_size: int
 
 
-def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: np.ndarray) -> Selection:
+def query(run: TrainingData, predictor: Predictor, labelled: np.ndarray, misclassified: np.ndarray) -> Selection:
     """Choose the next ``budget`` tiles from the pool. Writes nothing
     (:func:`write_queries` does); draws from ``run.rng`` only."""
     o = run.options
@@ -385,7 +251,7 @@ def query(run: Run, predictor: Predictor, labelled: np.ndarray, misclassified: n
                      probs[positions].argmax(axis=1) if probs is not None else None, len(pool_ids))
 
 
-def write_queries(run: Run, selection: Selection, round_number: int) -> None:
+def write_queries(run: TrainingData, selection: Selection, round_number: int) -> None:
     """``queries/round_<k>/``: queries.csv, a contact sheet, one QuPath GeoJSON per slide."""
     folder = run.out / "queries" / f"round_{round_number}"
     names = run.config.class_names
@@ -434,12 +300,12 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch of every round
 
     @classmethod
-    def initial(cls, run: Run) -> RunState:
+    def initial(cls, run: TrainingData) -> RunState:
         return cls(round=-1, labelled=run.initial_labelled(), added={}, best={"round": None, "val_macro_f1": -1.0},
                    misclassified=np.zeros(run.config.num_classes))
 
     @classmethod
-    def load(cls, run: Run) -> RunState | None:
+    def load(cls, run: TrainingData) -> RunState | None:
         """The state after the last finished round, or None when there is none.
         A run killed after writing labelled.csv but before state.json must not
         count a round twice, so only rows up to the saved round are taken."""
@@ -462,7 +328,7 @@ class RunState:
         return cls(saved["round"], labelled, added, saved["best"], np.asarray(saved["misclassified"]),
                    saved["rows"], saved["history"])
 
-    def save(self, run: Run) -> None:
+    def save(self, run: TrainingData) -> None:
         """labelled.csv and rounds.csv, then state.json, the file that says the round is finished."""
         index = run.index
         atomic_write_csv(run.out / "labelled.csv", ["slide", "x", "y", "label", "round"],
@@ -481,7 +347,7 @@ class RunState:
         self.labelled = np.union1d(self.labelled, new)
 
 
-def fit(model: keras.Model, run: Run, labelled: np.ndarray, round_number: int) -> list[dict]:
+def fit(model: keras.Model, run: TrainingData, labelled: np.ndarray, round_number: int) -> list[dict]:
     """Fit from the current weights with a fresh optimizer and early stopping
     on the validation loss (best epoch kept); one history row per epoch."""
     o = run.options
@@ -501,7 +367,7 @@ def fit(model: keras.Model, run: Run, labelled: np.ndarray, round_number: int) -
             for e in range(len(epochs["loss"]))]
 
 
-def record(run: Run, model: keras.Model, state: RunState, round_number: int, val: dict, test: dict,
+def record(run: TrainingData, model: keras.Model, state: RunState, round_number: int, val: dict, test: dict,
            selection: Selection | None, seconds: dict[str, float]) -> None:
     """The round's row, its checkpoint, the kept model (or a return to it),
     the queries it answered, the figures and the state, in that order: the
@@ -535,7 +401,7 @@ def record(run: Run, model: keras.Model, state: RunState, round_number: int, val
     state.save(run)
 
 
-def play_round(run: Run, model: keras.Model, predictor: Predictor, state: RunState, round_number: int) -> None:
+def play_round(run: TrainingData, model: keras.Model, predictor: Predictor, state: RunState, round_number: int) -> None:
     """Query, label, fit, evaluate, record. Each round's shuffles and dropout
     depend only on (seed, round), and the query generator's state is saved
     with the round: a resumed run repeats exactly what the uninterrupted run
@@ -563,7 +429,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     out = options.output
     prepare_output(out)
     keras.utils.set_random_seed(options.seed)
-    run = Run(options, config)
+    run = TrainingData(options, config)
     state = RunState.load(run) if options.resume else None
     if options.resume and state is None:
         info(f"nothing to resume in {out}; starting at round 0")
@@ -595,7 +461,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     return state
 
 
-def model_metadata(run: Run) -> dict[str, Any]:
+def model_metadata(run: TrainingData) -> dict[str, Any]:
     """What every saved model carries: the configuration and the architecture."""
     return {"config": run.config.to_dict(), "backbone": run.options.spec.backbone, "spec": asdict(run.options.spec)}
 
@@ -615,7 +481,7 @@ def load_source_weights(model: keras.Model, options: TrainOptions) -> None:
         info(f"layers that received no weights (--allow-partial-weights): {', '.join(missing)}")
 
 
-def describe_data(run: Run, state: RunState) -> None:
+def describe_data(run: TrainingData, state: RunState) -> None:
     """class_counts.json and split.json, printed too, with the guard band's
     losses and a warning (an error with --strict) for classes without tiles."""
     class_counts = {"train_candidates": run.counts(run.candidates), "initial_labelled": run.counts(state.labelled),
@@ -631,7 +497,7 @@ def describe_data(run: Run, state: RunState) -> None:
     report_missing_classes(class_counts, run.options.strict)
 
 
-def evaluate_source(run: Run, predictor: Predictor) -> dict[str, Any]:
+def evaluate_source(run: TrainingData, predictor: Predictor) -> dict[str, Any]:
     """Round -1: the source-domain model on the target data, before any target label."""
     val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
     info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
@@ -692,7 +558,7 @@ def improves(val: dict[str, Any], best: dict[str, Any], model_selection: str) ->
     return val["macro_f1"] > best["val_macro_f1"]
 
 
-def _metrics_row(run: Run, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
+def _metrics_row(run: TrainingData, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
                  query_seconds: float, fit_seconds: float, seconds: float) -> dict[str, Any]:
     return {"round": round_number, "labelled": len(labelled),
             **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
