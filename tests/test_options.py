@@ -12,7 +12,7 @@ import pytest
 import active_learning_inference
 import active_learning_train
 from tests.conftest import ROOT
-from utils.config import Config, ConfigError, load_config
+from utils.config import Config, ConfigError, load_config, saved_values
 from utils.inference import InferenceOptions
 from utils.options import declared, resolve_options
 from utils.training import TrainOptions
@@ -125,3 +125,16 @@ def test_dataset_names_live_in_the_configuration():
     assert no_glass.background_index is None
     with pytest.raises(ConfigError, match="set uncapped_classes"):
         load_config(classes=[{"name": "a", "color": "#000000"}], rules=[], priority=[])
+
+
+def test_configurations_saved_before_uncapped_classes_existed_still_load():
+    """A model or data folder of an earlier version saved no uncapped_classes:
+    blood was exempt where the classes had it, and nothing otherwise."""
+    kather = load_config(ROOT / "experiments" / "kather.yaml").to_dict()
+    default = Config().to_dict()
+    for saved in (kather, default):
+        del saved["uncapped_classes"]
+    assert load_config(**saved_values(kather)).uncapped_classes == []
+    assert load_config(**saved_values(default)).uncapped_classes == ["blood"]
+    with pytest.raises(ConfigError):
+        load_config(**kather)

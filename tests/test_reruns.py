@@ -175,3 +175,15 @@ def test_every_script_reports_versions_and_groups_its_options_alike(tmp_path):
 
     from utils import __version__
     assert f"{__version__}; TensorFlow {tf.__version__}; OpenSlide {openslide.__library_version__}" in version
+
+
+def test_outputs_of_a_version_before_background_class_are_not_stale_for_lack_of_it():
+    from utils.provenance import difference
+
+    new = {"configuration": load_config().extraction_settings(), "mpp": None}
+    old = json.loads(json.dumps(new))
+    del old["configuration"]["background_class"]
+    assert difference(old, new) is None, "earlier versions used 'background' without recording it"
+    other = {**new, "configuration": {**new["configuration"], "background_class": None}}
+    assert difference(old, other) == 'configuration.background_class "background" vs null'
+    assert "uncapped_classes" not in new["configuration"], "shards do not depend on training-only keys"

@@ -168,6 +168,10 @@ class Config:
         """Everything but what only inference reads: the settings a shard depends on."""
         return {k: v for k, v in self.to_dict().items() if k not in (*INFERENCE_ONLY, *TRAINING_ONLY)}
 
+    def map_settings(self) -> dict[str, Any]:
+        """Everything but what only training reads: the settings a map depends on."""
+        return {k: v for k, v in self.to_dict().items() if k not in TRAINING_ONLY}
+
 
 #: Configuration keys that shape maps but not shards.
 INFERENCE_ONLY = ("undefined", "undefined_threshold", "damaged_class", "damaged_threshold")
@@ -251,6 +255,16 @@ def validate(config: Config) -> None:
         raise ConfigError(f"tissue_method must be 'otsu' or 'green', not {config.tissue_method!r}")
     if config.mask_cells_per_tile < 1:
         raise ConfigError("mask_cells_per_tile must be at least 1")
+
+
+def saved_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved with a model or a data folder, as this version
+    reads it. Versions before ``uncapped_classes`` existed exempted blood from
+    the per-slide cap only where the classes had it, and saved no such key."""
+    values = dict(values)
+    if "classes" in values and "uncapped_classes" not in values:
+        values["uncapped_classes"] = [n for n in ("blood",) if n in [c["name"] for c in values["classes"]]]
+    return values
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:

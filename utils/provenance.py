@@ -40,11 +40,20 @@ def normalised(made_with: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(json_safe(dict(made_with))))
 
 
+#: Configuration keys added after outputs began to record their settings, with
+#: the value that earlier versions used without recording it: outputs made
+#: by those versions are not stale for lack of the key.
+IMPLIED_CONFIGURATION = {"background_class": "background"}
+
+
 def difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | None:
     """The first setting that differs, as "key old vs new" (nested keys joined by '.')."""
     if old is None:
         return f"settings of {EARLIER_VERSION}"
-    return _first_difference(normalised(old), normalised(new), "")
+    old = normalised(old)
+    if isinstance(old.get("configuration"), dict):
+        old["configuration"] = {**IMPLIED_CONFIGURATION, **old["configuration"]}
+    return _first_difference(old, normalised(new), "")
 
 
 def _first_difference(old: Any, new: Any, prefix: str) -> str | None:
