@@ -103,7 +103,7 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path):
     ("training:\n  rounds: two\n", "rounds must be of type int, not 'two'"),
     ("training:\n  learning_rate: [1]\n", "learning_rate must be of type float"),
     ("training:\n  split_fractions: [0.5, 0.6, 0.1]\n", "split fractions must be three non-negative numbers"),
-    ("training:\n  budget: 0\n", "budget must be at least 1"),
+    ("training:\n  epochs: 0\n", "epochs must be at least 1"),
     ("training: 3\n", "section training must be a mapping"),
     ("trainng:\n  rounds: 2\n", "unknown configuration keys ['trainng']"),
     ("uncapped_classes: [platelets]\n", "uncapped_classes names unknown class 'platelets'"),

@@ -145,7 +145,7 @@ class TrainOptions:
     def __post_init__(self) -> None:
         for name in ("rounds", "budget", "initial", "epochs", "batch_size", "patience", "repeats", "mc_passes",
                      "spacing"):
-            least = 0 if name == "rounds" else 1
+            least = 0 if name in ("rounds", "budget") else 1  # budget 0 refits the same set (a ceiling)
             if getattr(self, name) < least:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
