@@ -25,7 +25,7 @@ from pathlib import Path
 from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
                        prepare_output, resolve_config)
-from utils.config import read_config_file, saved_values
+from utils.config import read_config_file
 from utils.failures import exit_on_input_error
 from utils.inference import InferenceOptions, infer_slide, inference_settings, summary_path
 from utils.log import info
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_process()
     metadata = read_metadata(args.model)
-    config = resolve_config(args, base=saved_values(metadata["config"]))
+    config = resolve_config(args, base=metadata["config"])
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
     section = read_config_file(args.config, "inference") if args.config else {}
     options = resolve_options(InferenceOptions, args, section, f"{args.config}: inference", output=args.output,

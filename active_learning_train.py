@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from utils.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config
-from utils.config import Config, read_config_file, saved_values
+from utils.config import Config, read_config_file
 from utils.failures import exit_on_input_error
 from utils.log import info
 from utils.model import check_fits_source, source_metadata, source_spec
@@ -65,8 +65,8 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
                               output=args.output, resume=args.resume, compare=tuple(args.compare))
     source = source_metadata(options.weights)
     extraction = args.data / "extraction_config.json"
-    base = saved_values(source["config"]) if source and "config" in source else {}
-    base.update(saved_values(json.loads(extraction.read_text(encoding="utf-8"))) if extraction.exists() else {})
+    base = dict(source["config"]) if source and "config" in source else {}
+    base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
     config = resolve_config(args, base=base, uncapped_classes=args.uncapped)
     options = replace(options, spec=source_spec(source, options.backbone, options.head_units, options.input_scaling))
     if source and not options.allow_partial_weights:

@@ -31,7 +31,7 @@ from utils.records import read_index, record_files
 from utils.synthetic import SyntheticRegion, make_slide, rectangle
 
 ONE_CLASS = {"classes": [{"name": "background", "color": "#000000"}, {"name": "x", "color": "#FF0000"}],
-             "rules": [[".*", "x"]], "ignore": [], "exclude": [], "priority": [], "uncapped_classes": []}
+             "rules": [[".*", "x"]], "ignore": [], "exclude": [], "priority": []}
 
 
 def shapely_cells(polygons: list, shape: tuple[int, int], cell: float) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +77,7 @@ CELL = 8.0
 CLASSES = {"Tumour": "tumour", "Stroma": "stroma"}
 SIX_CONFIG = {"classes": [{"name": "tumour", "color": "#FF0000"}, {"name": "stroma", "color": "#FF00FF"}],
               "rules": [["tumour", "tumour"], ["stroma", "stroma"]], "ignore": [], "exclude": ["exclusion"],
-              "priority": [], "uncapped_classes": []}
+              "priority": []}
 
 
 def star(radii: list[float], cx: float, cy: float, turn: float) -> np.ndarray:

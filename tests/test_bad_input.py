@@ -231,7 +231,7 @@ def test_truncated_and_foreign_records_are_named(tmp_path):
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> Path:
     """A MONO-CNN (one scale, 10x) for 2 classes, saved like a training run saves it."""
-    config = load_config(magnifications=[10], tile_size=32, priority=[], uncapped_classes=[], rules=[],
+    config = load_config(magnifications=[10], tile_size=32, priority=[], rules=[],
                          classes=[{"name": "a", "color": "#000000"}, {"name": "b", "color": "#FFFFFF"}])
     model = build_model(config, ModelSpec("small", 16), None)
     path = tmp_path_factory.mktemp("model") / "model.keras"
@@ -246,7 +246,7 @@ def test_model_for_other_scales_or_classes_is_refused_by_inference(small_model, 
     assert "the model has 1 scale input(s) ['mag_10x'], the configuration 3" in capsys.readouterr().err
     six = tmp_path / "six.yaml"
     six.write_text("classes: [{name: a, color: '#000000'}, {name: b, color: '#111111'}, {name: c, color: '#222222'}]\n"
-                   "rules: []\npriority: []\nuncapped_classes: []\n")
+                   "rules: []\npriority: []\n")
     assert active_learning_inference.main([*argv, "--config", str(six)]) == 2
     assert "the model predicts 2 classes, the configuration has 3" in capsys.readouterr().err
     assert not (tmp_path / "maps").exists() or not any((tmp_path / "maps").iterdir())

@@ -30,7 +30,6 @@ rules:
   - ["grade.*|cis|urothelium", tumour]
   - ["lamina.*", stroma]
 priority: [tumour]
-uncapped_classes: []
 """
 
 

@@ -12,7 +12,7 @@ import pytest
 import active_learning_inference
 import active_learning_train
 from tests.conftest import ROOT
-from utils.config import Config, ConfigError, load_config, saved_values
+from utils.config import Config, ConfigError, load_config
 from utils.inference import InferenceOptions
 from utils.options import declared, resolve_options
 from utils.training import TrainOptions
@@ -121,20 +121,18 @@ def test_dataset_names_live_in_the_configuration():
     assert config.uncapped_classes == ["blood"] and config.background_index == 0
     kather = load_config(ROOT / "experiments" / "kather.yaml")
     assert kather.uncapped_classes == [] and kather.class_names[kather.background_index] == "background"
-    no_glass = Config(background_class=None)
-    assert no_glass.background_index is None
-    with pytest.raises(ConfigError, match="set uncapped_classes"):
-        load_config(classes=[{"name": "a", "color": "#000000"}], rules=[], priority=[])
+    assert Config(background_class=None).background_index is None
+    with pytest.raises(ConfigError, match="uncapped_classes names unknown class 'platelets'"):
+        load_config(uncapped_classes=["platelets"])
 
 
-def test_configurations_saved_before_uncapped_classes_existed_still_load():
-    """A model or data folder of an earlier version saved no uncapped_classes:
-    blood was exempt where the classes had it, and nothing otherwise."""
-    kather = load_config(ROOT / "experiments" / "kather.yaml").to_dict()
-    default = Config().to_dict()
-    for saved in (kather, default):
-        del saved["uncapped_classes"]
-    assert load_config(**saved_values(kather)).uncapped_classes == []
-    assert load_config(**saved_values(default)).uncapped_classes == ["blood"]
-    with pytest.raises(ConfigError):
-        load_config(**kather)
+def test_a_class_list_of_ones_own_keeps_the_paper_exemption_only_where_it_has_the_class():
+    """Also how configurations saved before uncapped_classes existed behaved."""
+    two = [{"name": "tumour", "color": "#FF0000"}, {"name": "stroma", "color": "#FF00FF"}]
+    assert load_config(classes=two, rules=[], priority=[]).uncapped_classes == []
+    assert load_config(classes=[*two, {"name": "blood", "color": "#800000"}], rules=[],
+                       priority=[]).uncapped_classes == ["blood"]
+    saved = Config().to_dict()
+    del saved["uncapped_classes"]
+    assert load_config(**saved).uncapped_classes == ["blood"]
+    assert load_config(classes=two, rules=[], priority=[], uncapped_classes=["stroma"]).uncapped_classes == ["stroma"]

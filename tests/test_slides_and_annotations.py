@@ -83,7 +83,7 @@ def test_cmu_slide_labels_fall_inside_their_polygons(tmp_path):
         "classes": [{"name": "background", "color": "#000000"}, {"name": "epithelium", "color": "#F58230"},
                     {"name": "stroma", "color": "#F032E6"}],
         "rules": [["epithelium", "epithelium"], ["stroma", "stroma"]],
-        "priority": [], "uncapped_classes": [],
+        "priority": [],
     }))
     code = tfrecord_generator.main(["--slides", str(slide), "--annotations", str(geojson.parent),
                                     "--output", str(tmp_path / "tiles"), "--config", str(config),

@@ -17,7 +17,7 @@ from utils.records import read_index, record_files, triplet_dataset
 CONFIG = {
     "classes": [{"name": "tumour", "color": "#FF0000"}, {"name": "stroma", "color": "#00FF00"}],
     "rules": [[r"(\d+_)?tumou?r", "tumour"], [r"(\d+_)?stroma", "stroma"]],
-    "priority": [], "uncapped_classes": [],
+    "priority": [],
 }
 
 

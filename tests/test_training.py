@@ -150,8 +150,7 @@ def test_one_and_two_scale_models_and_compatibility_errors():
         check_compatible(mono, load_config(tile_size=64, magnifications=[10]))
     with pytest.raises(ModelError, match="classes"):
         check_compatible(mono, load_config(tile_size=TILE, magnifications=[10], classes=[
-            {"name": "background", "color": "#000000"}, {"name": "x", "color": "#FFFFFF"}], rules=[], priority=[],
-            uncapped_classes=[]))
+            {"name": "background", "color": "#000000"}, {"name": "x", "color": "#FFFFFF"}], rules=[], priority=[]))
 
 
 def test_small_model_learns_real_kather_textures(tmp_path):

@@ -257,21 +257,19 @@ def validate(config: Config) -> None:
         raise ConfigError("mask_cells_per_tile must be at least 1")
 
 
-def saved_values(values: dict[str, Any]) -> dict[str, Any]:
-    """A configuration saved with a model or a data folder, as this version
-    reads it. Versions before ``uncapped_classes`` existed exempted blood from
-    the per-slide cap only where the classes had it, and saved no such key."""
-    values = dict(values)
-    if "classes" in values and "uncapped_classes" not in values:
-        values["uncapped_classes"] = [n for n in ("blood",) if n in [c["name"] for c in values["classes"]]]
-    return values
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
-    """Defaults, then the keys of a JSON/YAML file, then non-None ``overrides``."""
+    """Defaults, then the keys of a JSON/YAML file, then non-None ``overrides``.
+    A configuration that lists its own classes but no ``uncapped_classes``
+    exempts only those of the default exemptions that it has."""
     values = read_config_file(path) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_keys(values, path or "flags")
+    if "classes" in values and "uncapped_classes" not in values:
+        # The paper's exemption (blood) holds for a class list of one's own only
+        # where it has that class; a configuration saved by a version before
+        # the key existed behaved the same.
+        names = [c.get("name") for c in values["classes"] if isinstance(c, dict)]
+        values["uncapped_classes"] = [n for n in Config().uncapped_classes if n in names]
     if "magnifications" in values:
         values["magnifications"] = [float(m) for m in values["magnifications"]]
     try:
