@@ -82,8 +82,8 @@ class Config:
     #: unlisted classes follow in class order. The paper lets blood and muscle win.
     priority: list[str] = field(default_factory=lambda: ["blood", "muscle"])
     #: The class of glass: cells off the tissue mask take it in the maps, and
-    #: it is never exempt from the tissue mask in labels. None, or a name the
-    #: classes do not list, means that glass is not a class (the original's).
+    #: regions drawn with it label tiles although they are not tissue. None,
+    #: or a name the classes do not list, means that glass is not a class.
     background_class: str | None = "background"
     #: Training: classes exempt from the per-slide cap (the paper's rare blood).
     uncapped_classes: list[str] = field(default_factory=lambda: ["blood"])
