@@ -27,8 +27,6 @@ def option(default: Any, help: str, group: str, *, flag: str | None = None, **ar
     or ``flag``) and a key of a configuration file's section. A boolean that
     defaults to True is switched off by its ``flag`` (e.g. ``--no-augment``)."""
     metadata = {"help": help, "group": group, "flag": flag, "argparse": argparse_keywords}
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("use a tuple for a sequence default")
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -73,16 +71,17 @@ def resolve_options(cls: type, args: argparse.Namespace, file_values: dict[str, 
     unknown = sorted(set(file_values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
-    values = {name: _coerce(cls, name, value, source) for name, value in file_values.items()}
-    values.update({name: getattr(args, name) for name in known if getattr(args, name, None) is not None})
     hints = typing.get_type_hints(cls)
-    values = {name: tuple(v) if _is_sequence(hints[name]) and v is not None else v for name, v in values.items()}
+    values = {name: _coerce(hints[name], name, value, source) for name, value in file_values.items()}
+    for name in known:
+        given = getattr(args, name, None)
+        if given is not None:  # argparse gives a list for nargs; the fields hold tuples
+            values[name] = tuple(given) if _is_sequence(hints[name]) else given
     return cls(**values, **fixed)
 
 
-def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
+def _coerce(hint: Any, name: str, value: Any, source: str) -> Any:
     """A value read from YAML as the field's type: paths from strings, tuples from lists."""
-    hint = typing.get_type_hints(cls)[name]
     if value is None:
         return None
     scalar = _scalar_type(hint)
