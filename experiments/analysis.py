@@ -21,10 +21,16 @@ class Curve:
     f1: np.ndarray  # test macro F1 after each round
 
 
-def labels_to_reach(curve: Curve, target: float) -> float:
-    """The smallest labelled fraction at which F1 first reaches ``target`` (NaN: never)."""
-    reached = np.flatnonzero(curve.f1 >= target)
-    return float(curve.fraction[reached[0]]) if len(reached) else float("nan")
+def labels_to_stay(curve: Curve, target: float) -> float:
+    """The smallest labelled fraction from which F1 stays at or above
+    ``target`` in every later round (NaN: the last round is below it). Unlike
+    the first crossing, one lucky round does not count."""
+    below = np.flatnonzero(curve.f1 < target)
+    if len(below) == 0:
+        return float(curve.fraction[0])
+    if below[-1] == len(curve.f1) - 1:
+        return float("nan")
+    return float(curve.fraction[below[-1] + 1])
 
 
 def area_under_curve(curve: Curve) -> float:

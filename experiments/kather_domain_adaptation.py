@@ -3,28 +3,43 @@
 
 The design of Fuster et al. (EUSIPCO 2023) on public tiles: Kather et al. 2016
 colorectal H&E (8 classes, CC BY 4.0). Slides 01-04 and 10 form the source
-lab; slides 05-09 the target lab, whose tiles also get a different stain
-(experiments/stain.py). Then, through the project's own scripts:
+lab; slides 05-09 the target lab, whose tiles are changed in one of two ways
+(experiments/stain.py): ``stain``, another stain; ``stain_blur_jpeg``, the
+same stain plus a softer scanner focus and JPEG at quality 60, the harder
+shift. Then, through the project's own scripts:
 
-1. tfrecord_generator.py --tiles cuts both domains (configuration
-   experiments/kather.yaml: the 8 classes, 64-px tiles at 20x, 4 per image);
+1. tfrecord_generator.py --tiles cuts the source lab and both target labs
+   (configuration experiments/kather.yaml: 8 classes, 64-px tiles, 4 per image);
 2. active_learning_train.py trains the source model on the source lab;
 3. its F1 on the target test split is the domain gap (round -1);
 4. the fair ceiling: for every seed, the source model fine-tuned on 100% of
    the target pool as many times as an active-learning run is fine-tuned
    (so with at least its gradient steps), the model kept by validation F1;
-5. every strategy, for every seed, from the same initial labelled set
-   (``--initial`` tiles per class) until the whole pool is labelled.
+5. strategies, from the same initial labelled set per seed (``--initial``
+   tiles per class), until the whole pool is labelled.
 
-Images, not tiles, are split: the 4 records of an image always share a split.
-Two training modes: ``head`` (frozen source backbone, cached features, only
-the head fine-tuned: cheap enough for many seeds) and ``full`` (everything
-fine-tuned, as in the paper). The outputs are OUTPUT/results.md (the table),
-results.json and learning_curves.png; the runs stay in OUTPUT/<mode>/, and
+The design, chosen to fit 100 minutes on 2 CPU cores with ``--jobs 2``:
+- selection (harder shift, head mode, ``--selection-seeds``): every candidate
+  strategy; the two with the best mean *validation* AULC go on, so the test
+  split chooses nothing;
+- harder shift, head mode, ``--seeds``: random, class_ratio (the paper's, by
+  predicted classes) and the two chosen; class_ratio with the true pool labels
+  (``class_ratio+oracle``, the original code's peeking) and the ceiling with
+  ``--ceiling-seeds`` (the ceiling is a mean, not paired);
+- harder shift, full mode, ``--full-seeds``: random, class_ratio, the two chosen;
+- the first shift, head mode, ``--ceiling-seeds``: random, class_ratio, the two chosen.
+
+A strategy name may carry ``+warm`` (``--warm-start``: class-balanced random
+picks by predicted class until ``WARM_START`` of the pool is labelled) or
+``+oracle`` (``--oracle-classes``). Images, not tiles, are split: the 4
+records of an image always share a split. ``head`` mode freezes the source
+backbone and fine-tunes the head on cached features; ``full`` fine-tunes
+everything, as in the paper. The outputs are OUTPUT/results.md (the tables),
+results.json and learning_curves.png; runs stay in OUTPUT/<shift>/<mode>/, and
 a rerun of the same command skips finished runs and resumes killed ones.
 
-    python experiments/kather_domain_adaptation.py                     # about an hour on 2 CPU cores
-    python experiments/kather_domain_adaptation.py --modes head --seeds 10
+    python experiments/kather_domain_adaptation.py           # about 100 minutes on 2 CPU cores
+    python experiments/kather_domain_adaptation.py --quick   # about 10 minutes: does it still run?
 """
 
 from __future__ import annotations
@@ -46,41 +61,64 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import analysis  # noqa: E402
-from experiments.stain import shift_stains  # noqa: E402
+from experiments.stain import scan_again, shift_stains  # noqa: E402
 from utils import plots  # noqa: E402
+from utils.active_learning import STRATEGIES  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
 KATHER_MPP = 0.495
 SOURCE_SLIDES = ("01", "02", "03", "04", "10")
 TARGET_SLIDES = ("05", "06", "07", "08", "09")
-#: Target lab: less haematoxylin, more eosin, a faint brown cast.
+#: Target lab: less haematoxylin, more eosin, a faint brown cast; the harder
+#: one is also scanned with a softer focus (Gaussian sigma in px at 0.495 um/px)
+#: and stored as JPEG.
 STAIN_SCALE, STAIN_SHIFT = (0.6, 1.5, 1.0), (0.0, 0.0, 0.05)
+SHIFTS = {"stain": {"blur": 0.0, "jpeg": None}, "stain_blur_jpeg": {"blur": 1.2, "jpeg": 60}}
+HARD, EASY = "stain_blur_jpeg", "stain"
 #: Fractions of each domain's images per split (stratified by class).
 SOURCE_SPLIT = {"train": 0.85, "val": 0.15}
 TARGET_SPLIT = {"train": 0.5, "val": 0.1, "test": 0.4}
-STRATEGIES = ("class_ratio", "class_ratio_uncertainty", "entropy", "margin", "least_confidence", "bald", "random")
 CEILING = "full_supervision"
-#: Fine-tuning settings per mode: the head alone tolerates a larger step.
+BASELINES = ("random", "class_ratio")
+ORACLE = "class_ratio+oracle"
+#: The strategies the selection stage compares (the paper's class_ratio and random run anyway).
+CANDIDATES = ("coreset", "badge", "typiclust", "diverse_entropy", "margin+warm")
+#: Fraction of the pool labelled before a ``+warm`` strategy takes over: two head-mode rounds.
+WARM_START = 0.1
+#: Fine-tuning settings per mode: the head alone tolerates a larger step, and
+#: a larger batch on cached features (which the validation curves of one seed
+#: showed to learn as well as 32) costs a quarter of the steps.
 MODE_FLAGS = {
-    "head": ["--freeze-backbone", "--learning-rate", "1e-3", "--epochs", "30", "--patience", "5"],
-    "full": ["--learning-rate", "2e-4", "--epochs", "8", "--patience", "2"],
+    "head": ["--freeze-backbone", "--learning-rate", "1e-3", "--epochs", "40", "--patience", "5", "--batch-size", "128"],
+    "full": ["--learning-rate", "2e-4", "--epochs", "5", "--patience", "2", "--batch-size", "32"],
 }
+#: ``--quick``: enough to show that every stage still runs, in about 10 minutes.
+QUICK = {"images_per_class": 40, "selection_seeds": 1, "seeds": 2, "ceiling_seeds": 1, "full_seeds": 1,
+         "candidates": ["typiclust", "margin+warm"], "budget": 0.2, "full_budget": 0.34}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kather", type=Path, default=KATHER, help="the Kather class folders")
-    parser.add_argument("--output", type=Path, default=ROOT / "experiment_output" / "kather")
-    parser.add_argument("--modes", nargs="+", choices=sorted(MODE_FLAGS), default=["head", "full"])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per strategy in head mode (default 5)")
-    parser.add_argument("--full-seeds", type=int, default=3, help="seeds per strategy in full mode (default 3)")
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default experiment_output/kather, or experiment_output/kather_quick with --quick")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a small version that checks that everything runs: {QUICK}")
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES),
+                        help=f"strategies the selection stage compares (default {' '.join(CANDIDATES)})")
+    parser.add_argument("--selection-seeds", type=int, default=3, help="seeds of the selection stage (default 3)")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per strategy, harder shift, head mode (default 10)")
+    parser.add_argument("--ceiling-seeds", type=int, default=3,
+                        help="seeds of the ceilings, of class_ratio+oracle and of the first shift (default 3)")
+    parser.add_argument("--full-seeds", type=int, default=5, help="seeds per strategy in full mode (default 5)")
     parser.add_argument("--initial", type=int, default=5, help="initial labelled tiles per class (default 5)")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="tiles per round in head mode, as a fraction of the pool (default 0.05)")
-    parser.add_argument("--full-budget", type=float, default=0.1,
-                        help="tiles per round in full mode, as a fraction of the pool (default 0.1)")
+    parser.add_argument("--full-budget", type=float, default=0.15,
+                        help="tiles per round in full mode, as a fraction of the pool (default 0.15)")
+    parser.add_argument("--images-per-class", type=int, default=None,
+                        help="use at most this many images per class and lab (default all)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     parser.add_argument("--backbone", default="small", help="backbone of the source model (default small)")
     parser.add_argument("--backbone-weights", default="none", help="for the source model (default none)")
@@ -88,78 +126,158 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tile-size", default="64", help="tile side in px (default 64: 4 tiles per image)")
     parser.add_argument("--source-learning-rate", default="1e-3",
                         help="Adam step for the source model (default 1e-3; 1e-4 from ImageNet weights)")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    args.output = args.output or ROOT / "experiment_output" / ("kather_quick" if args.quick else "kather")
+    for name in args.candidates:
+        strategy_flags(name)  # an unknown name fails here, not after an hour
+    return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if not args.kather.is_dir():
         sys.exit(f"error: {args.kather} is not a folder; pass --kather DIR (the Kather et al. 2016 class folders)")
     started = time.perf_counter()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    source, target = stage(args.kather, out / "staged")
+    domains = stage(args.kather, out / "staged", args.images_per_class)
     stain_examples(args.kather, out / "stain_examples.png")
     common = ["--config", str(ROOT / "experiments" / "kather.yaml"), "--tile-size", args.tile_size]
-    for domain in (source, target):
-        run_script("tfrecord_generator.py", ["--tiles", str(domain), "--mpp", str(KATHER_MPP),
-                                             "--slide-pattern", r"^([a-z]+__CRC-Prim-HE-\d+)__",
-                                             "--output", str(out / "records" / domain.name), *common],
-                   out / "logs" / f"extract_{domain.name}.txt")
+    for domain in domains:
+        if not (out / "records" / domain.name / "done.json").exists():
+            run_script("tfrecord_generator.py", ["--tiles", str(domain), "--mpp", str(KATHER_MPP),
+                                                 "--slide-pattern", r"^([a-z]+__CRC-Prim-HE-\d+)__",
+                                                 "--output", str(out / "records" / domain.name), *common],
+                       out / "logs" / f"extract_{domain.name}.txt")
+            (out / "records" / domain.name / "done.json").write_text("{}")
     source_model = train_source_model(args, out)
-    pool = pool_size(out / "records" / "target", out / "staged" / "target_split.json")
-    results = {}
-    for mode in args.modes:
-        budget = max(1, round((args.budget if mode == "head" else args.full_budget) * pool))
-        rounds = math.ceil(pool / budget)
-        print(f"{mode}: target pool {pool} tiles, {budget} labelled per round, {rounds} rounds", flush=True)
-        seeds = range(args.seeds if mode == "head" else args.full_seeds)
-        jobs = [(mode, strategy, seed) for seed in seeds for strategy in (CEILING, *args.strategies)]
-        with ThreadPoolExecutor(args.jobs) as executor:
-            list(executor.map(lambda job: target_run(args, out, source_model, budget, rounds, *job), jobs))
-        results[mode] = {**summarise(out / mode, args.strategies, seeds, pool), "budget": budget, "rounds": rounds}
+    pool = pool_size(out / "records" / f"target_{HARD}", out / "staged" / "target_split.json")
+    design = Design(args, out, source_model, pool)
+    chosen = design.select_strategies()
+    print(f"chosen on validation AULC: {', '.join(chosen)}", flush=True)
+    compared = [*BASELINES, *chosen]
+    results: dict = {"selection": design.selection, "chosen": chosen, "shifts": {HARD: {}, EASY: {}}}
+    results["shifts"][HARD]["head"] = design.run(HARD, "head", {**{s: args.seeds for s in compared},
+                                                                ORACLE: args.ceiling_seeds})
+    results["shifts"][HARD]["full"] = design.run(HARD, "full", {s: args.full_seeds for s in compared})
+    results["shifts"][EASY]["head"] = design.run(EASY, "head", {s: args.ceiling_seeds for s in compared})
     minutes = (time.perf_counter() - started) / 60
     write_report(out, results, pool, minutes)
     print(f"\n{(out / 'results.md').read_text()}\nfigure: {out / 'learning_curves.png'}")
 
 
+def strategy_flags(name: str) -> list[str]:
+    """The training flags of a strategy name with its ``+warm`` / ``+oracle`` suffixes."""
+    base, *suffixes = name.split("+")
+    if base not in STRATEGIES or not set(suffixes) <= {"warm", "oracle"}:
+        sys.exit(f"error: unknown strategy {name!r}: a name of {', '.join(STRATEGIES)}, with +warm or +oracle")
+    return (["--strategy", base] + (["--warm-start", str(WARM_START)] if "warm" in suffixes else [])
+            + (["--oracle-classes"] if "oracle" in suffixes else []))
+
+
+class Design:
+    """The runs of the experiment: which, with how many seeds, in parallel."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, source_model: Path, pool: int) -> None:
+        self.args, self.out, self.source_model, self.pool = args, out, source_model, pool
+        self.selection: dict[str, float] = {}
+
+    def rounds(self, mode: str) -> tuple[int, int]:
+        budget = max(1, round((self.args.budget if mode == "head" else self.args.full_budget) * self.pool))
+        return budget, math.ceil(self.pool / budget)
+
+    def execute(self, shift: str, mode: str, seeds: dict[str, int]) -> None:
+        budget, rounds = self.rounds(mode)
+        jobs = [(shift, mode, strategy, seed) for seed in range(max(seeds.values()))
+                for strategy, count in seeds.items() if seed < count]
+        with ThreadPoolExecutor(self.args.jobs) as executor:
+            list(executor.map(lambda job: target_run(self.args, self.out, self.source_model, budget, rounds, *job),
+                              jobs))
+
+    def select_strategies(self) -> list[str]:
+        """The two candidates with the best mean validation AULC on the harder shift in head mode."""
+        seeds = self.args.selection_seeds
+        self.execute(HARD, "head", {s: seeds for s in (*BASELINES, *self.args.candidates)})
+        for strategy in (*BASELINES, *self.args.candidates):
+            curves = [read_curve(self.out / HARD / "head" / strategy / f"seed_{k}", self.pool, "val_macro_f1")[0]
+                      for k in range(seeds)]
+            self.selection[strategy] = float(np.mean([analysis.area_under_curve(c) for c in curves]))
+        return sorted(self.args.candidates, key=lambda s: -self.selection[s])[:2]
+
+    def run(self, shift: str, mode: str, seeds: dict[str, int]) -> dict:
+        ceiling_seeds = min(self.args.ceiling_seeds, max(seeds.values()))
+        self.execute(shift, mode, {CEILING: ceiling_seeds, **seeds})
+        budget, rounds = self.rounds(mode)
+        print(f"{shift} {mode}: target pool {self.pool} tiles, {budget} labelled per round, {rounds} rounds", flush=True)
+        summary = summarise(self.out / shift / mode, seeds, ceiling_seeds, self.pool)
+        return {**summary, "budget": budget, "rounds": rounds}
+
+
 # -- data -------------------------------------------------------------------------------
-def stage(kather: Path, staged: Path) -> tuple[Path, Path]:
-    """Class folders per domain whose file names start with the split
-    (``train__``, ``val__``, ``test__``), the target ones re-stained; and a split
-    file per domain listing the resulting slide names."""
+def stage(kather: Path, staged: Path, per_class: int | None) -> list[Path]:
+    """Class folders per lab whose file names start with the split
+    (``train__``, ``val__``, ``test__``): the source lab, and the target lab
+    once per shift; and a split file per lab listing the resulting slide
+    names (the two target labs share their images and split)."""
     images = sorted(p for p in kather.glob("*/*") if p.suffix.lower() in {".png", ".tif", ".tiff", ".jpg"})
     if not images:
         sys.exit(f"error: no images in the class folders of {kather}")
-    done = staged / "done.json"
-    if done.exists():
-        return staged / "source", staged / "target"
-    for domain, slides, fractions in (("source", SOURCE_SLIDES, SOURCE_SPLIT), ("target", TARGET_SLIDES, TARGET_SPLIT)):
+    labs = [("source", SOURCE_SLIDES, SOURCE_SPLIT, None)] + \
+        [(f"target_{shift}", TARGET_SLIDES, TARGET_SPLIT, shift) for shift in SHIFTS]
+    for lab, slides, fractions, shift in labs:
+        done = staged / lab / "done.json"
+        if done.exists():
+            continue
         members = [p for p in images if re.search(r"CRC-Prim-HE-(\d+)", p.name).group(1) in slides]
+        if per_class:
+            members = [p for folder in sorted({p.parent for p in members})
+                       for p in [m for m in members if m.parent == folder][:per_class]]
         assignment = stratified_split(members, fractions, seed=0)
         for path, split in assignment.items():
-            dest = staged / domain / path.parent.name / f"{dest_slide(path, split)}__{path.stem}.png"
+            dest = staged / lab / path.parent.name / f"{dest_slide(path, split)}__{path.stem}.png"
             dest.parent.mkdir(parents=True, exist_ok=True)
             rgb = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
-            if domain == "target":
-                rgb = shift_stains(rgb, STAIN_SCALE, STAIN_SHIFT)
+            if shift is not None:
+                rgb = target_lab(rgb, shift)
             cv2.imwrite(str(dest), np.ascontiguousarray(rgb[..., ::-1]))
         names = {split: sorted({dest_slide(p, s) for p, s in assignment.items() if s == split}) for split in fractions}
-        (staged / f"{domain}_split.json").write_text(json.dumps({"test": [], **names}, indent=1))
-    done.write_text("{}")
-    return staged / "source", staged / "target"
+        split_file = staged / f"{lab.split('_')[0]}_split.json"
+        split_file.write_text(json.dumps({"test": [], **names}, indent=1))
+        done.write_text("{}")
+    return [staged / lab for lab, *_ in labs]
+
+
+def target_lab(rgb: np.ndarray, shift: str) -> np.ndarray:
+    """A source image as the target lab of ``shift`` would have made it."""
+    restained = shift_stains(rgb, STAIN_SCALE, STAIN_SHIFT)
+    scan = SHIFTS[shift]
+    return scan_again(restained, scan["blur"], scan["jpeg"]) if scan["jpeg"] else restained
 
 
 def stain_examples(kather: Path, path: Path) -> None:
-    """One tile per class (top) and the same tile in the target lab's stain (bottom)."""
-    tops, bottoms = [], []
-    for folder in sorted(p for p in kather.iterdir() if p.is_dir()):
-        first = min(p for p in folder.iterdir() if p.suffix.lower() == ".png")
-        rgb = cv2.imread(str(first), cv2.IMREAD_COLOR)[..., ::-1]
-        tops.append(rgb)
-        bottoms.append(shift_stains(rgb, STAIN_SCALE, STAIN_SHIFT))
-    rows = [np.hstack([np.pad(t, ((0, 4), (0, 4), (0, 0)), constant_values=255) for t in r]) for r in (tops, bottoms)]
-    cv2.imwrite(str(path), np.ascontiguousarray(np.vstack(rows)[..., ::-1]))
+    """One tile per class (top row), then the same tile in each target lab's
+    scan, with the lab on the left and the class on top."""
+    folders = sorted(p for p in kather.iterdir() if p.is_dir())
+    firsts = [cv2.imread(str(min(p for p in f.iterdir() if p.suffix.lower() == ".png")), cv2.IMREAD_COLOR)[..., ::-1]
+              for f in folders]
+    rows = {"source lab": firsts, **{f"target: {shift}": [target_lab(t, shift) for t in firsts] for shift in SHIFTS}}
+    fig = plots.Figure(figsize=(1.3 * len(folders) + 1.2, 1.45 * len(rows) + 0.3))
+    axes = fig.subplots(len(rows), len(folders), squeeze=False)
+    for r, (lab, tiles) in enumerate(rows.items()):
+        for c, tile in enumerate(tiles):
+            ax = axes[r][c]
+            ax.imshow(tile)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(re.sub(r"^\d+_", "", folders[c].name).lower(), fontsize=9)
+            if c == 0:
+                ax.set_ylabel(lab.replace(": ", ":\n"), fontsize=8)
+    fig.tight_layout()
+    plots.save(fig, path, dpi=100)
 
 
 def dest_slide(path: Path, split: str) -> str:
@@ -211,103 +329,113 @@ def train_source_model(args: argparse.Namespace, out: Path) -> Path:
 
 
 def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: int, rounds: int,
-               mode: str, strategy: str, seed: int) -> None:
-    run = out / mode / strategy / f"seed_{seed}"
+               shift: str, mode: str, strategy: str, seed: int) -> None:
+    run = out / shift / mode / strategy / f"seed_{seed}"
     state = run / "state.json"
     if state.exists() and json.loads(state.read_text())["round"] == rounds:
         return
     if strategy == CEILING:  # everything labelled from round 0, re-fitted every round
         schedule = ["--strategy", "random", "--initial", "1000000", "--budget", "0"]
     else:
-        schedule = ["--strategy", strategy, "--initial", str(args.initial), "--budget", str(budget)]
+        schedule = [*strategy_flags(strategy), "--initial", str(args.initial), "--budget", str(budget)]
     started = time.perf_counter()
     run_script("active_learning_train.py", [
-        "--data", str(out / "records" / "target"), "--output", str(run), "--resume",
+        "--data", str(out / "records" / f"target_{shift}"), "--output", str(run), "--resume",
         "--split", str(out / "staged" / "target_split.json"), "--weights", str(source_model),
         "--backbone", args.backbone, "--backbone-weights", "none", "--head-units", args.head_units,
-        "--rounds", str(rounds), *schedule, "--optimizer", "adam", "--batch-size", "32",
+        "--rounds", str(rounds), *schedule, "--optimizer", "adam", "--no-figures",
         "--slide-class-cap", "0", "--seed", str(seed), "--mc-passes", "10", *MODE_FLAGS[mode],
-    ], out / "logs" / mode / f"{strategy}_seed_{seed}.txt")
-    print(f"{mode} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    ], out / "logs" / shift / mode / f"{strategy}_seed_{seed}.txt")
+    print(f"{shift} {mode} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 # -- results ----------------------------------------------------------------------------
-def read_curve(run: Path, pool: int) -> tuple[analysis.Curve, list[dict[str, str]]]:
+def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[analysis.Curve, list[dict[str, str]]]:
     rows = [r for r in read_rounds(run / "rounds.csv") if int(r["round"]) >= 0]
     return (analysis.Curve(np.array([int(r["labelled"]) / pool for r in rows]),
-                           np.array([float(r["test_macro_f1"]) for r in rows])), rows)
+                           np.array([float(r[column]) for r in rows])), rows)
 
 
-def summarise(folder: Path, strategies: list[str], seeds: range, pool: int) -> dict:
+def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int) -> dict:
+    """The fair ceiling, and per strategy the labels from which F1 stays within
+    1 point of it, the AULC with its paired interval against random (over the
+    seeds both have), and the F1 at fixed fractions."""
     ceiling_f1, ceiling_steps, source_f1 = [], [], []
-    for seed in seeds:
+    for seed in range(ceiling_seeds):
         rows = read_rounds(folder / CEILING / f"seed_{seed}" / "rounds.csv")
         kept = max((r for r in rows if int(r["round"]) >= 0), key=lambda r: float(r["val_macro_f1"]))
         ceiling_f1.append(float(kept["test_macro_f1"]))
         ceiling_steps.append(sum(int(r["steps"]) for r in rows))
         source_f1.append(float(rows[0]["test_macro_f1"]))
     ceiling = float(np.mean(ceiling_f1))
-    curves = {s: [read_curve(folder / s / f"seed_{seed}", pool) for seed in seeds] for s in strategies}
+    curves = {s: [read_curve(folder / s / f"seed_{k}", pool) for k in range(n)] for s, n in seeds.items()}
     al_steps = max(sum(int(r["steps"]) for r in rows) for runs in curves.values() for _, rows in runs)
     table = {}
     for strategy, runs in curves.items():
-        reach = np.array([analysis.labels_to_reach(c, ceiling - 0.01) for c, _ in runs])
+        stay = np.array([analysis.labels_to_stay(c, ceiling - 0.01) for c, _ in runs])
         area = np.array([analysis.area_under_curve(c) for c, _ in runs])
         table[strategy] = {
-            "reach_mean": float(np.nanmean(reach)) if (~np.isnan(reach)).any() else float("nan"),
-            "reach_sd": float(np.nanstd(reach)) if (~np.isnan(reach)).any() else float("nan"),
-            "reached": int((~np.isnan(reach)).sum()), "seeds": len(runs),
+            "stay_mean": float(np.nanmean(stay)) if (~np.isnan(stay)).any() else float("nan"),
+            "stay_sd": float(np.nanstd(stay)) if (~np.isnan(stay)).any() else float("nan"),
+            "stays": stay.tolist(), "stayed": int((~np.isnan(stay)).sum()), "seeds": len(runs),
             "aulc": float(area.mean()), "aulc_sd": float(area.std()), "areas": area.tolist(),
             **{f"f1_at_{int(p * 100)}": float(np.mean([analysis.f1_at(c, p) for c, _ in runs]))
                for p in (0.10, 0.25, 0.50)},
         }
-    if "random" in table:
-        for strategy, entry in table.items():
-            entry["vs_random"] = analysis.paired_interval(np.array(entry["areas"]), np.array(table["random"]["areas"]))
+    for strategy, entry in table.items():
+        shared = min(entry["seeds"], table["random"]["seeds"])
+        entry["vs_random"] = analysis.paired_interval(np.array(entry["areas"][:shared]),
+                                                      np.array(table["random"]["areas"][:shared]))
     grid = np.linspace(0, 1, 101)
     means = {s: analysis.mean_curve([c for c, _ in runs], grid) for s, runs in curves.items()}
-    return {"ceiling": ceiling, "ceiling_sd": float(np.std(ceiling_f1)), "ceiling_steps": float(np.mean(ceiling_steps)),
-            "al_steps_max": al_steps, "source_f1": float(np.mean(source_f1)), "seeds": len(seeds),
-            "table": table, "grid": grid.tolist(),
+    return {"ceiling": ceiling, "ceiling_sd": float(np.std(ceiling_f1)), "ceiling_seeds": ceiling_seeds,
+            "ceiling_steps": float(np.mean(ceiling_steps)), "al_steps_max": al_steps,
+            "source_f1": float(np.mean(source_f1)), "table": table, "grid": grid.tolist(),
             "curves": {s: [m.tolist(), sd.tolist()] for s, (m, sd) in means.items()}}
 
 
 def write_report(out: Path, results: dict, pool: int, minutes: float) -> None:
-    lines = [f"Target pool {pool} tiles; wall time of the whole experiment {minutes:.0f} min.", ""]
-    for mode, r in results.items():
-        rounds = r["rounds"]
-        lines += [
-            f"### {mode}: {'frozen source backbone, head fine-tuned' if mode == 'head' else 'whole network fine-tuned'}"
-            f" ({r['seeds']} seeds, {r['budget']} tiles per round, {rounds} rounds)", "",
-            f"Source model on the target test split: macro F1 {r['source_f1']:.3f}. "
-            f"Fair ceiling (100% of the pool, {rounds + 1} successive fine-tunes, {r['ceiling_steps']:.0f} gradient "
-            f"steps against at most {r['al_steps_max']} for an active-learning run; model kept by validation F1): "
-            f"{r['ceiling']:.3f} ± {r['ceiling_sd']:.3f}.", "",
-            "| strategy | labels to reach ceiling − 1 pt | seeds reaching | AULC | AULC − random (95% CI) "
-            "| F1 @10% | F1 @25% | F1 @50% |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for strategy, e in sorted(r["table"].items(), key=lambda kv: -kv[1]["aulc"]):
-            reach = "never" if math.isnan(e["reach_mean"]) else f"{e['reach_mean']:.0%} ± {e['reach_sd']:.0%}"
-            diff = "—" if strategy == "random" or "vs_random" not in e else \
-                "{:+.3f} ({:+.3f}, {:+.3f})".format(*e["vs_random"])
-            lines.append(f"| {strategy} | {reach} | {e['reached']}/{e['seeds']} | {e['aulc']:.3f} ± {e['aulc_sd']:.3f} "
-                         f"| {diff} | {e['f1_at_10']:.3f} | {e['f1_at_25']:.3f} | {e['f1_at_50']:.3f} |")
-        lines.append("")
+    selection = results["selection"]
+    lines = [f"Target pool {pool} tiles; wall time of the whole experiment {minutes:.0f} min.", "",
+             "Selection (harder shift, head mode): mean validation AULC "
+             + ", ".join(f"{s} {v:.3f}" for s, v in sorted(selection.items(), key=lambda kv: -kv[1]))
+             + f"; chosen: {', '.join(results['chosen'])}.", ""]
+    for shift, modes in results["shifts"].items():
+        for mode, r in modes.items():
+            rounds = r["rounds"]
+            lines += [
+                f"### {shift}, {mode}: {'frozen source backbone, head fine-tuned' if mode == 'head' else 'whole network fine-tuned'}"
+                f" ({r['budget']} tiles per round, {rounds} rounds)", "",
+                f"Source model on the target test split: macro F1 {r['source_f1']:.3f}. "
+                f"Fair ceiling ({r['ceiling_seeds']} seeds; 100% of the pool, {rounds + 1} successive fine-tunes, "
+                f"{r['ceiling_steps']:.0f} gradient steps against at most {r['al_steps_max']} for an active-learning "
+                f"run; model kept by validation F1): {r['ceiling']:.3f} ± {r['ceiling_sd']:.3f}.", "",
+                "| strategy | seeds | labels from which F1 stays ≥ ceiling − 1 pt | seeds that stay | AULC "
+                "| AULC − random (95% CI) | F1 @10% | F1 @25% | F1 @50% |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for strategy, e in sorted(r["table"].items(), key=lambda kv: -kv[1]["aulc"]):
+                stay = "never" if math.isnan(e["stay_mean"]) else f"{e['stay_mean']:.0%} ± {e['stay_sd']:.0%}"
+                diff = "—" if strategy == "random" else "{:+.3f} ({:+.3f}, {:+.3f})".format(*e["vs_random"])
+                lines.append(f"| {strategy} | {e['seeds']} | {stay} | {e['stayed']}/{e['seeds']} "
+                             f"| {e['aulc']:.3f} ± {e['aulc_sd']:.3f} | {diff} | {e['f1_at_10']:.3f} "
+                             f"| {e['f1_at_25']:.3f} | {e['f1_at_50']:.3f} |")
+            lines.append("")
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "learning_curves.png")
 
 
 def plot(results: dict, path: Path) -> None:
-    fig = plots.Figure(figsize=(6.5 * len(results), 4.8))
-    axes = fig.subplots(1, len(results), squeeze=False)
-    for ax, (mode, r) in zip(axes[0], results.items()):
+    panels = [(shift, mode, r) for shift, modes in results["shifts"].items() for mode, r in modes.items()]
+    fig = plots.Figure(figsize=(6.2 * len(panels), 4.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (shift, mode, r) in zip(axes[0], panels):
         grid = np.array(r["grid"])
         for strategy, (mean, sd) in r["curves"].items():
             mean, sd = np.array(mean, float), np.array(sd, float)
-            line, = ax.plot(grid * 100, mean, label=strategy, lw=1.6 if strategy != "random" else 2.4,
-                            color="black" if strategy == "random" else None)
+            line, = ax.plot(grid * 100, mean, label=f"{strategy} ({r['table'][strategy]['seeds']})",
+                            lw=1.6 if strategy != "random" else 2.4, color="black" if strategy == "random" else None)
             ax.fill_between(grid * 100, mean - sd, mean + sd, color=line.get_color(), alpha=0.12, lw=0)
         ax.axhspan(r["ceiling"] - 0.01, r["ceiling"], color="tab:green", alpha=0.25,
                    label=f"fair ceiling − 1 pt ({r['ceiling']:.3f})")
@@ -315,11 +443,11 @@ def plot(results: dict, path: Path) -> None:
         ax.axvline(59, color="grey", ls="--", lw=0.8, label="the paper's 59%")
         ax.set_xlabel("target pool labelled (%)")
         ax.set_ylabel("test macro F1")
-        ax.set_title(f"{mode} fine-tuning, mean ± sd over {r['seeds']} seeds")
+        ax.set_title(f"{shift}, {mode} fine-tuning: mean ± sd over (seeds)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    plots.save(fig, path, dpi=110)
+    plots.save(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ vectors, so the concentrations are OD times the inverse stain matrix. The
 target lab is simulated by scaling and shifting the concentrations and
 recomposing the image; a scanner or protocol change moves stains in much this
 way, and unlike a hue rotation it keeps unstained glass white.
+
+A second, harder lab also scans differently: :func:`scan_again` blurs and
+JPEG-compresses the re-stained image, which changes texture as well as colour.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 #: Rows: optical density of haematoxylin, eosin and DAB per unit of stain (R, G, B).
@@ -26,3 +30,13 @@ def shift_stains(rgb: np.ndarray, scale: tuple[float, float, float], shift: tupl
     hed = np.where(stained, hed * np.asarray(scale) + np.asarray(shift), hed)
     out = 255.0 * np.power(10.0, -(hed @ RGB_FROM_HED))
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def scan_again(rgb: np.ndarray, blur_sigma: float, jpeg_quality: int) -> np.ndarray:
+    """uint8 RGB as a softer-focused scanner with lossy compression would give
+    it: a Gaussian blur of ``blur_sigma`` px, then JPEG at ``jpeg_quality``."""
+    blurred = cv2.GaussianBlur(rgb, (0, 0), blur_sigma)
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(blurred[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1]

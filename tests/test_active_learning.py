@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist
+from sklearn.neighbors import NearestNeighbors
 
 from utils.active_learning import Pool, bald, class_ratio_allocation, entropy, select
 
@@ -109,3 +113,70 @@ def test_the_registry_is_what_the_script_offers_and_what_select_knows():
         select("coreset_typo", 1, pool_of(np.full((2, 2), 0.5)), np.random.default_rng(0))
     assert [n for n, s in STRATEGIES.items() if s.mc_passes] == ["bald"]
     assert [n for n, s in STRATEGIES.items() if not s.needs_predictions] == ["class_ratio", "random"]
+    assert [n for n, s in STRATEGIES.items() if s.embeddings] == ["coreset", "typiclust", "diverse_entropy"]
+
+
+# -- strategies that weigh picks against each other, checked against scipy / scikit-learn ------
+def embedded_pool(embeddings: np.ndarray, labelled=None, probs=None, penultimate=None) -> Pool:
+    n = len(embeddings)
+    pool = pool_of(probs if probs is not None else np.full((n, 2), 0.5))
+    pool.embeddings, pool.labelled_embeddings, pool.penultimate = embeddings, labelled, penultimate
+    return pool
+
+
+def test_coreset_is_greedy_k_centre_within_twice_the_optimal_radius():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(14, 2))
+    labelled = points[:1] + 0.01
+    chosen, scores = select("coreset", 3, embedded_pool(points, labelled), np.random.default_rng(0))
+    np.testing.assert_allclose(scores, cdist(points, labelled).min(axis=1))
+    assert chosen[0] == np.argmax(cdist(points, labelled).min(axis=1)), "first the farthest from the labelled set"
+    centres = np.vstack([labelled, points[chosen]])
+    radius = cdist(points, centres).min(axis=1).max()
+    optimal = min(cdist(points, np.vstack([labelled, points[list(c)]])).min(axis=1).max()
+                  for c in itertools.combinations(range(len(points)), 3))
+    assert optimal <= radius <= 2 * optimal + 1e-9, "greedy k-centre's guarantee"
+    assert len(set(chosen.tolist())) == 3
+
+
+def test_badge_first_picks_the_longest_gradient_then_spreads_over_groups():
+    rng = np.random.default_rng(2)
+    # Three groups of near-identical tiles; the confident group's gradients are all zero.
+    probs = np.r_[np.tile([0.5, 0.5, 0.0], (10, 1)), np.tile([0.2, 0.3, 0.5], (10, 1)), np.tile([1.0, 0, 0], (10, 1))]
+    hidden = np.r_[rng.normal(1, 0.01, (10, 4)), rng.normal(-1, 0.01, (10, 4)), rng.normal(3, 0.01, (10, 4))]
+    explicit = np.einsum("nc,nh->nch", probs - np.eye(3)[probs.argmax(1)], hidden).reshape(30, -1)
+    for seed in range(5):
+        chosen, scores = select("badge", 3, embedded_pool(hidden, probs=probs, penultimate=hidden),
+                                np.random.default_rng(seed))
+        np.testing.assert_allclose(scores, np.linalg.norm(explicit, axis=1))
+        assert chosen[0] == np.argmax(np.linalg.norm(explicit, axis=1))
+        assert sorted(chosen // 10) == [0, 1, 2], "k-means++ on the explicit gradients: one pick per group"
+
+
+def test_typiclust_takes_the_densest_tile_of_the_largest_clusters_without_labels():
+    rng = np.random.default_rng(3)
+    centres = np.array([[0, 0], [50, 0], [0, 50], [50, 50]], float)
+    sizes = [60, 45, 30, 25]  # each larger than the 20 neighbours of typicality
+    points = np.vstack([c + rng.normal(size=(n, 2)) for c, n in zip(centres, sizes)])
+    group = np.repeat(np.arange(4), sizes)
+    labelled = centres[:1] + 0.1  # the largest cluster already has a label
+    chosen, scores = select("typiclust", 2, embedded_pool(points, labelled), np.random.default_rng(0))
+    assert sorted(group[chosen]) == [1, 2], "the largest clusters that hold no labelled tile"
+    for i in chosen:  # the most typical tile of its cluster, by scikit-learn's neighbours
+        members = np.flatnonzero(group == group[i])
+        distances, _ = NearestNeighbors(n_neighbors=21).fit(points[members]).kneighbors(points[members])
+        typical = 1 / distances[:, 1:].mean(axis=1)
+        assert members[np.argmax(typical)] == i
+        np.testing.assert_allclose(scores[members], typical, rtol=1e-6)
+
+
+def test_diverse_entropy_spreads_uncertain_picks_over_embedding_clusters():
+    # Ten very uncertain tiles that look alike, ten slightly less uncertain elsewhere.
+    probs = np.r_[np.full((10, 2), 0.5), np.full((10, 2), [0.55, 0.45])]
+    embeddings = np.r_[np.random.default_rng(4).normal(0, 0.01, (10, 3)), np.random.default_rng(5).normal(9, 0.01, (10, 3))]
+    plain, _ = select("entropy", 2, pool_of(probs), np.random.default_rng(0))
+    assert set(plain // 10) == {0}
+    chosen, scores = select("diverse_entropy", 2, embedded_pool(embeddings, probs=probs), np.random.default_rng(0))
+    assert sorted(chosen // 10) == [0, 1], "one pick per cluster, the most uncertain of each"
+    assert chosen[chosen < 10][0] == np.argmax(scores[:10]) and chosen[chosen >= 10][0] == 10 + np.argmax(scores[10:])
+

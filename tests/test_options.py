@@ -23,6 +23,7 @@ ORIGINAL_TRAINING = {
     "optimizer": "sgd", "learning_rate": 1.5e-5, "batch_size": 128, "epochs": 10, "patience": 3,
     "initial": 25000, "rounds": 4, "budget": 20000, "strategy": "class_ratio", "slide_class_cap": 1000,
     "cap_eval_per_slide": True, "eval_cap": 2500, "augment": False, "model_selection": "val_loss", "repeats": 4,
+    "oracle_classes": True,
 }
 ORIGINAL_SPEC = {"backbone": "vgg16", "head_units": 4096, "dropout": 0.4, "input_scaling": "raw"}
 #: Annotation names of the paper's database and the class the original code gave them.
@@ -51,7 +52,7 @@ def test_the_original_preset_resolves_to_the_original_codes_values():
     # The defaults differ exactly where the README's table says they do.
     default_options, default_config = active_learning_train.resolve(active_learning_train.parse_args(train_args()))
     differing = {key for key in ORIGINAL_TRAINING if getattr(default_options, key) != ORIGINAL_TRAINING[key]}
-    assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats"}
+    assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats", "oracle_classes"}
     assert default_options.spec.scaling == "caffe", "VGG16's own: BGR minus the ImageNet means"
     assert (default_config.tissue_method, default_config.tissue_fraction) == ("otsu", 0.5)
 

@@ -242,11 +242,23 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     np.testing.assert_array_equal(cached["ids"], direct["ids"][order])
     np.testing.assert_allclose(cached["probs"], direct["probs"][order], atol=1e-5)
     assert cached["labels"].tolist() == direct["labels"][order].tolist()
+    # The embeddings the diversity strategies read: the same from the cache as from the model.
+    embedded = training_data.predict(training.Predictor(model), run.dataset(ids, with_ids=True), embeddings=True)
+    from_cache = run.cache.predict(ids, 32, embeddings=True)
+    for key in ("embeddings", "penultimate", "probs"):
+        np.testing.assert_allclose(from_cache[key], embedded[key][order], atol=1e-5)
+    assert embedded["penultimate"].shape[1] == 32, "the last dense layer's units"
 
     backbone = [w.copy() for w in model.get_layer("backbone_mag_40x").get_weights()]
     head = [w.copy() for w in model.get_layer("fc1").get_weights()]
-    rows = training.fit(model, run, run.initial_labelled(), 0)
+    rows = training.fit(model, run, run.initial_labelled(), 0, seed=0)
     assert len(rows) == 2
+    # The head's own training loop reports Keras's loss: the best epoch's weights are restored.
+    compiled = run.cache.head
+    compiled.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss, accuracy = compiled.evaluate(run.cache.of(run.val_ids), run.cache.labels[run.val_ids], verbose=0)
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert (best["val_loss"], best["val_accuracy"]) == pytest.approx((loss, accuracy), abs=1e-4)
     for before, after in zip(backbone, model.get_layer("backbone_mag_40x").get_weights()):
         np.testing.assert_array_equal(before, after)
     assert any(not np.array_equal(b, a) for b, a in zip(head, model.get_layer("fc1").get_weights()))

@@ -275,8 +275,9 @@ def check_compatible(model: keras.Model, config: Config) -> None:
 HEAD_LAYERS = ("fc1", "dropout1", "fc2", "dropout2", "predictions")
 
 
-def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
-    """(backbones up to the pooled features, head from features to probabilities).
+def split_model(model: keras.Model, with_penultimate: bool = False) -> tuple[keras.Model, keras.Model]:
+    """(backbones up to the pooled features, head from features to probabilities;
+    with ``with_penultimate`` the head also returns the last layer's input).
 
     Both share the model's layers, so training the head trains the model's
     head. ``head(h, training=True)`` keeps dropout on (Monte-Carlo passes).
@@ -288,8 +289,9 @@ def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     features = keras.Model(model.inputs, feature_layer.output, name="features")
     h = inputs = keras.Input(feature_layer.output.shape[1:], name="features")
     for name in HEAD_LAYERS:
+        penultimate = h
         h = model.get_layer(name)(h)
-    return features, keras.Model(inputs, h, name="head")
+    return features, keras.Model(inputs, [penultimate, h] if with_penultimate else h, name="head")
 
 
 class Predictor:
@@ -308,7 +310,7 @@ class Predictor:
         # tile's probabilities must not depend on which slide came first.
         signature = {t.name.split(":")[0]: tf.TensorSpec([None, *t.shape[1:]], tf.float32) for t in model.inputs}
         self._predict = tf.function(lambda x: model(x, training=False), input_signature=[signature])
-        self._mc = None
+        self._mc = self._embed = None
 
     def _build_mc(self):
         features, head = split_model(self.model)
@@ -317,6 +319,20 @@ class Predictor:
 
     def probabilities(self, inputs: dict[str, tf.Tensor]) -> np.ndarray:
         return self._predict(inputs).numpy()
+
+    def embed(self, inputs: dict[str, tf.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pooled backbone features, the last layer's input, probabilities), in inference mode."""
+        if self._embed is None:
+            features, head = split_model(self.model, with_penultimate=True)
+
+            @tf.function(reduce_retracing=True)
+            def embed(x):
+                h = features(x, training=False)
+                penultimate, probs = head(h, training=False)
+                return h, penultimate, probs
+
+            self._embed = embed
+        return tuple(t.numpy() for t in self._embed(inputs))
 
     def mc_probabilities(self, inputs: dict[str, tf.Tensor], passes: int) -> np.ndarray:
         """Shape (passes, batch, classes)."""

@@ -110,6 +110,13 @@ class TrainOptions:
     query_only: bool = option(
         False, "annotation mode: fit on all labelled tiles, write the next queries for the pool and stop",
         "active learning")
+    warm_start: float = option(
+        0.0, "until this fraction of the training tiles is labelled, draw at random with equal shares per predicted "
+             "class, then use --strategy (against the cold start of uncertainty strategies)", "active learning",
+        metavar="F")
+    oracle_classes: bool = option(
+        False, "simulation only: split class budgets by the pool tiles' true labels, as the original code did, "
+               "instead of by their predicted classes as real use must", "active learning")
     epochs: int = option(10, "maximum epochs per round", "fitting")
     batch_size: int = option(128, "tiles per training step", "fitting")
     optimizer: str = option("sgd", "sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch",
@@ -121,6 +128,9 @@ class TrainOptions:
                   "validation loss (the original code's)", "fitting", choices=MODEL_SELECTIONS)
     augment: bool = option(True, "no flips or 90-degree rotations", "fitting", flag="--no-augment")
     colour_jitter: bool = option(False, "also jitter brightness, saturation and hue", "fitting")
+    figures: bool = option(
+        True, "no figures after each round (learning and training curves, confusion matrix, contact sheets): for "
+              "many simulated runs, read from rounds.csv", "output", flag="--no-figures")
     seed: int = option(0, "seed of the split, the samples, shuffles and dropout", "data")
     repeats: int = option(
         1, "run N times with seeds seed, seed+1, ... into OUTPUT/repeat_<k>/ and report the mean and spread of the "
@@ -148,6 +158,10 @@ class TrainOptions:
             least = 0 if name in ("rounds", "budget") else 1  # budget 0 refits the same set (a ceiling)
             if getattr(self, name) < least:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
+        if not 0 <= self.warm_start <= 1:
+            raise InputError(f"warm-start is a fraction of the training tiles, from 0 to 1, not {self.warm_start}")
+        if self.oracle_classes and self.query_only:
+            raise InputError("--oracle-classes needs the pool's labels, which --query-only does not have")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
                              f"{list(self.split_fractions)}")
@@ -175,15 +189,13 @@ def gpu_devices() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def compile_fresh(model: keras.Model, options: TrainOptions) -> None:
+def new_optimizer(options: TrainOptions) -> keras.optimizers.Optimizer:
     """A new optimizer every round: state from an earlier round must not leak in."""
     if options.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(options.learning_rate, momentum=0.9, nesterov=True)
-    elif options.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(options.learning_rate)
-    else:
-        raise InputError(f"unknown optimizer {options.optimizer!r}; choose sgd or adam")
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return keras.optimizers.SGD(options.learning_rate, momentum=0.9, nesterov=True)
+    if options.optimizer == "adam":
+        return keras.optimizers.Adam(options.learning_rate)
+    raise InputError(f"unknown optimizer {options.optimizer!r}; choose sgd or adam")
 
 
 def evaluate(predictor: Predictor, run: TrainingData, ids: np.ndarray) -> dict[str, Any]:
@@ -215,40 +227,56 @@ def evaluate(predictor: Predictor, run: TrainingData, ids: np.ndarray) -> dict[s
 @dataclass
 class Selection:
     """What one query chose: pool records, with the scores and predicted
-    classes that annotators are shown, and the size of the pool scored."""
+    classes that annotators are shown, the size of the pool scored, and the
+    strategy that chose them (the warm start's, early on)."""
 
     ids: np.ndarray
     scores: np.ndarray | None
     predicted: np.ndarray | None
     pool_size: int
+    strategy: str = ""
+
+
+#: What ``--warm-start`` draws with: the class-ratio rule with equal shares, by predicted class.
+WARM_START = "class-balanced random (warm start)"
 
 
 def query(run: TrainingData, predictor: Predictor, labelled: np.ndarray, misclassified: np.ndarray) -> Selection:
     """Choose the next ``budget`` tiles from the pool. Writes nothing
-    (:func:`write_queries` does); draws from ``run.rng`` only."""
+    (:func:`write_queries` does); draws from ``run.rng`` only.
+
+    Class budgets (``class_ratio``, the warm start) go by the model's
+    predicted class of each pool tile, as they must in real use; only
+    ``--oracle-classes`` lets a simulation use the true labels."""
     o = run.options
     pool_ids = np.setdiff1d(run.pool_ids, labelled)
+    warm = len(labelled) < o.warm_start * len(np.union1d(run.pool_ids, labelled))
     if o.pool_sample and len(pool_ids) > o.pool_sample:
         pool_ids = np.sort(run.rng.choice(pool_ids, size=o.pool_sample, replace=False))
     if len(pool_ids) == 0:
         return Selection(pool_ids, None, None, 0)
-    strategy = get_strategy(o.strategy)
-    needs_model = strategy.needs_predictions or o.query_only
-    scored = run.predict(predictor, pool_ids, o.mc_passes if strategy.mc_passes else 0) if needs_model else None
+    name = "class_ratio" if warm else o.strategy
+    strategy = get_strategy(name)
+    needs_model = strategy.needs_predictions or strategy.class_ratio and not o.oracle_classes or o.query_only
+    scored = run.predict(predictor, pool_ids, o.mc_passes if strategy.mc_passes else 0,
+                         embeddings=strategy.embeddings or strategy.gradients) if needs_model else None
+    pool = Pool(run.index.slide[pool_ids], run.index.x[pool_ids], run.index.y[pool_ids], run.index.label[pool_ids])
     if scored is not None:
         order = np.argsort(scored["ids"])
         pool_ids = scored["ids"][order]
-        probs = scored["probs"][order]
-        mc_probs = scored["mc_probs"][:, order] if "mc_probs" in scored else None
-    else:
-        probs = mc_probs = None
-    classes = probs.argmax(axis=1) if o.query_only else run.index.label[pool_ids]
-    pool = Pool(run.index.slide[pool_ids], run.index.x[pool_ids], run.index.y[pool_ids], classes, probs, mc_probs)
+        pool = Pool(run.index.slide[pool_ids], run.index.x[pool_ids], run.index.y[pool_ids],
+                    run.index.label[pool_ids] if o.oracle_classes else scored["probs"][order].argmax(axis=1),
+                    **{key: (scored[key][:, order] if key == "mc_probs" else scored[key][order])
+                       for key in ("probs", "mc_probs", "embeddings", "penultimate") if key in scored})
+    if strategy.embeddings and len(labelled):
+        pool.labelled_embeddings = run.predict(predictor, labelled, embeddings=True)["embeddings"]
     stride = float(np.median(list(run.strides.values()))) if run.strides else 1.0
-    positions, scores = select(o.strategy, o.budget, pool, run.rng, misclassified, run.config.num_classes,
+    shares = np.zeros(run.config.num_classes) if warm else misclassified
+    positions, scores = select(name, o.budget, pool, run.rng, shares, run.config.num_classes,
                                stride=stride, spacing=o.spacing)
     return Selection(pool_ids[positions], scores[positions] if scores is not None else None,
-                     probs[positions].argmax(axis=1) if probs is not None else None, len(pool_ids))
+                     pool.probs[positions].argmax(axis=1) if pool.probs is not None else None, len(pool_ids),
+                     WARM_START if warm else o.strategy)
 
 
 def write_queries(run: TrainingData, selection: Selection, round_number: int) -> None:
@@ -271,7 +299,7 @@ def write_queries(run: TrainingData, selection: Selection, round_number: int) ->
                             run.config.undefined["color"], name=f"round {round_number} #{k}")
                     for k in members]
         write_feature_collection(folder / f"{slide}.geojson", features)
-    shown = ids[:CONTACT_SHEET_TILES]
+    shown = ids[:CONTACT_SHEET_TILES] if run.options.figures else ids[:0]
     triplets, captions = [], []
     position = {int(i): k for k, i in enumerate(ids)}
     for inputs, _, gid in run.dataset(shown, with_ids=True):
@@ -281,7 +309,8 @@ def write_queries(run: TrainingData, selection: Selection, round_number: int) ->
             triplets.append([a[j] for a in arrays])
             caption = names[predicted[k]] if predicted is not None else names[index.label[i]]
             captions.append(f"{caption} {scores[k]:.2f}" if scores is not None else caption)
-    plots.contact_sheet(triplets, captions, folder / "contact_sheet.png")
+    if run.options.figures:
+        plots.contact_sheet(triplets, captions, folder / "contact_sheet.png")
 
 
 @dataclass
@@ -347,24 +376,19 @@ class RunState:
         self.labelled = np.union1d(self.labelled, new)
 
 
-def fit(model: keras.Model, run: TrainingData, labelled: np.ndarray, round_number: int) -> list[dict]:
+def fit(model: keras.Model, run: TrainingData, labelled: np.ndarray, round_number: int, seed: int) -> list[dict]:
     """Fit from the current weights with a fresh optimizer and early stopping
-    on the validation loss (best epoch kept); one history row per epoch."""
+    on the validation loss (best epoch restored); one history row per epoch."""
     o = run.options
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
     if run.cache is not None:
-        cache = run.cache
-        compile_fresh(cache.head, o)
-        history = cache.head.fit(cache.of(labelled), cache.labels[labelled], batch_size=o.batch_size,
-                                 epochs=o.epochs, callbacks=[stop], shuffle=True, verbose=0 if quiet() else 2,
-                                 validation_data=(cache.of(run.val_ids), cache.labels[run.val_ids]))
-    else:
-        compile_fresh(model, o)
-        history = model.fit(run.dataset(labelled, train=True), validation_data=run.dataset(run.val_ids),
-                            epochs=o.epochs, callbacks=[stop], verbose=0 if quiet() else 2)
-    epochs = history.history
-    return [{"round": round_number, **{k: float(v[e]) for k, v in epochs.items()}}
-            for e in range(len(epochs["loss"]))]
+        epochs = run.cache.fit(labelled, run.val_ids, lambda: new_optimizer(o), o.batch_size, o.epochs, o.patience, seed)
+        return [{"round": round_number, **row} for row in epochs]
+    model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
+    history = model.fit(run.dataset(labelled, train=True), validation_data=run.dataset(run.val_ids),
+                        epochs=o.epochs, callbacks=[stop], verbose=0 if quiet() else 2).history
+    return [{"round": round_number, **{k: float(v[e]) for k, v in history.items()}}
+            for e in range(len(history["loss"]))]
 
 
 def record(run: TrainingData, model: keras.Model, state: RunState, round_number: int, val: dict, test: dict,
@@ -391,12 +415,15 @@ def record(run: TrainingData, model: keras.Model, state: RunState, round_number:
         state.best = {"round": round_number, "val_macro_f1": val["macro_f1"], "val_loss": val["loss"]}
         shutil.copyfile(out / checkpoint, out / "model.tmp.keras")
         (out / "model.tmp.keras").replace(out / "model.keras")
-        plots.confusion_matrix_plot(test["confusion"], config.class_names, out / "confusion_matrix.png",
-                                    f"test set, round {round_number}")
+        if options.figures:
+            plots.confusion_matrix_plot(test["confusion"], config.class_names, out / "confusion_matrix.png",
+                                        f"test set, round {round_number}")
     else:
         model.set_weights(load_model(out / "model.keras").get_weights())
-    plots.learning_curve({options.strategy: state.rows, **_other_runs(options.compare)}, out / "learning_curve.png")
-    plots.training_curves(state.history, out / "training_curves.png")
+    if options.figures:
+        plots.learning_curve({options.strategy: state.rows, **_other_runs(options.compare)},
+                             out / "learning_curve.png")
+        plots.training_curves(state.history, out / "training_curves.png")
     state.round = round_number
     state.save(run)
 
@@ -407,17 +434,18 @@ def play_round(run: TrainingData, model: keras.Model, predictor: Predictor, stat
     with the round: a resumed run repeats exactly what the uninterrupted run
     would have done."""
     started = time.perf_counter()
-    reseed(model, int(np.random.SeedSequence([run.options.seed, round_number]).generate_state(1)[0]))
+    round_seed = int(np.random.SeedSequence([run.options.seed, round_number]).generate_state(1)[0])
+    reseed(model, round_seed)
     selection = None
     if round_number > 0 and not run.options.query_only:
         selection = query(run, predictor, state.labelled, state.misclassified)
         state.label(selection.ids, round_number)
-        info(f"round {round_number}: {run.options.strategy} chose {len(selection.ids)} of {selection.pool_size} "
+        info(f"round {round_number}: {selection.strategy} chose {len(selection.ids)} of {selection.pool_size} "
              f"pool tiles -> {len(state.labelled)} labelled")
     seconds = {"query": time.perf_counter() - started}
     if len(state.labelled) == 0:
         raise InputError("the labelled training set is empty; check the split and the class counts")
-    state.history += fit(model, run, state.labelled, round_number)
+    state.history += fit(model, run, state.labelled, round_number, round_seed)
     seconds["fit"] = time.perf_counter() - started - seconds["query"]
     val, test = evaluate(predictor, run, run.val_ids), evaluate(predictor, run, run.test_ids)
     seconds["round"] = time.perf_counter() - started

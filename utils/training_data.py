@@ -105,10 +105,11 @@ class TrainingData:
         ids = np.unique(np.concatenate([self.candidates, self.pool_ids, self.val_ids, self.test_ids]))
         self.cache = EmbeddingCache(model, self.dataset(ids, with_ids=True), ids, self.index.label)
 
-    def predict(self, predictor: Predictor, ids: np.ndarray, mc_passes: int = 0) -> dict[str, np.ndarray]:
+    def predict(self, predictor: Predictor, ids: np.ndarray, mc_passes: int = 0,
+                embeddings: bool = False) -> dict[str, np.ndarray]:
         if self.cache is not None:
-            return self.cache.predict(ids, self.options.batch_size, mc_passes)
-        return predict(predictor, self.dataset(ids, with_ids=True), mc_passes)
+            return self.cache.predict(ids, self.options.batch_size, mc_passes, embeddings)
+        return predict(predictor, self.dataset(ids, with_ids=True), mc_passes, embeddings)
 
     def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False) -> tf.data.Dataset:
         o = self.options
@@ -146,21 +147,27 @@ def _slide_grids(data: Path, config: Config) -> dict[str, SlideGrid]:
     return grids
 
 
-def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0) -> dict[str, np.ndarray]:
-    """Probabilities (and MC-dropout passes) of every record of a ``with_ids`` dataset."""
-    ids, labels, probs, mc = [], [], [], []
+def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0,
+            embeddings: bool = False) -> dict[str, np.ndarray]:
+    """Probabilities of every record of a ``with_ids`` dataset; with
+    ``mc_passes``, the Monte-Carlo dropout passes too (``mc_probs``); with
+    ``embeddings``, the pooled backbone features (``embeddings``) and the last
+    layer's input (``penultimate``)."""
+    parts: dict[str, list[np.ndarray]] = {"ids": [], "labels": [], "probs": []}
     for inputs, label, gid in dataset:
-        ids.append(gid.numpy())
-        labels.append(label.numpy())
+        parts["ids"].append(gid.numpy())
+        parts["labels"].append(label.numpy())
         if mc_passes:
             passes = predictor.mc_probabilities(inputs, mc_passes)
-            mc.append(passes)
-            probs.append(passes.mean(axis=0))
+            parts.setdefault("mc_probs", []).append(passes)
+            parts["probs"].append(passes.mean(axis=0))
+        elif embeddings:
+            features, penultimate, probs = predictor.embed(inputs)
+            parts.setdefault("embeddings", []).append(features)
+            parts.setdefault("penultimate", []).append(penultimate)
+            parts["probs"].append(probs)
         else:
-            probs.append(predictor.probabilities(inputs))
-    if not ids:
+            parts["probs"].append(predictor.probabilities(inputs))
+    if not parts["ids"]:
         return {"ids": np.zeros(0, np.int64), "labels": np.zeros(0, np.int64), "probs": np.zeros((0, 0))}
-    result = {"ids": np.concatenate(ids), "labels": np.concatenate(labels), "probs": np.concatenate(probs)}
-    if mc_passes:
-        result["mc_probs"] = np.concatenate(mc, axis=1)
-    return result
+    return {key: np.concatenate(value, axis=1 if key == "mc_probs" else 0) for key, value in parts.items()}
