@@ -64,6 +64,7 @@ from experiments import analysis  # noqa: E402
 from experiments.stain import scan_again, shift_stains  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
+from utils.config import load_config  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
@@ -115,8 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--initial", type=int, default=5, help="initial labelled tiles per class (default 5)")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="tiles per round in head mode, as a fraction of the pool (default 0.05)")
-    parser.add_argument("--full-budget", type=float, default=0.15,
-                        help="tiles per round in full mode, as a fraction of the pool (default 0.15)")
+    parser.add_argument("--full-budget", type=float, default=0.2,
+                        help="tiles per round in full mode, as a fraction of the pool (default 0.2)")
     parser.add_argument("--images-per-class", type=int, default=None,
                         help="use at most this many images per class and lab (default all)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
@@ -261,6 +262,7 @@ def stain_examples(kather: Path, path: Path) -> None:
     """One tile per class (top row), then the same tile in each target lab's
     scan, with the lab on the left and the class on top."""
     folders = sorted(p for p in kather.iterdir() if p.is_dir())
+    config = load_config(ROOT / "experiments" / "kather.yaml")
     firsts = [cv2.imread(str(min(p for p in f.iterdir() if p.suffix.lower() == ".png")), cv2.IMREAD_COLOR)[..., ::-1]
               for f in folders]
     rows = {"source lab": firsts, **{f"target: {shift}": [target_lab(t, shift) for t in firsts] for shift in SHIFTS}}
@@ -273,7 +275,7 @@ def stain_examples(kather: Path, path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(re.sub(r"^\d+_", "", folders[c].name).lower(), fontsize=9)
+                ax.set_title(config.class_names[config.class_for_annotation(folders[c].name)], fontsize=9)
             if c == 0:
                 ax.set_ylabel(lab.replace(": ", ":\n"), fontsize=8)
     fig.tight_layout()

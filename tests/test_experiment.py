@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
 
+import cv2
 from experiments import analysis
+from experiments import kather_domain_adaptation as experiment
 from experiments.kather_domain_adaptation import stratified_split
-from experiments.stain import shift_stains
+from experiments.stain import scan_again, shift_stains
+from tests.conftest import shared_file
+from utils.training import read_rounds
 
 
 def test_curve_statistics():
     curve = analysis.Curve(np.array([0.0, 0.5, 1.0]), np.array([0.2, 0.7, 0.6]))
     assert analysis.area_under_curve(curve) == pytest.approx((0.5 * (0.2 + 0.7) / 2 + 0.5 * (0.7 + 0.6) / 2))
-    assert analysis.labels_to_reach(curve, 0.65) == 0.5, "the first round at or above the target"
-    assert np.isnan(analysis.labels_to_reach(curve, 0.8))
+    assert np.isnan(analysis.labels_to_stay(curve, 0.65)), "the last round is below the target"
+    assert analysis.labels_to_stay(curve, 0.55) == 0.5
+    assert analysis.labels_to_stay(curve, 0.1) == 0.0
+    lucky = analysis.Curve(np.linspace(0, 1, 5), np.array([0.5, 0.8, 0.6, 0.8, 0.8]))
+    assert analysis.labels_to_stay(lucky, 0.75) == 0.75, "one early round above the target does not count"
     assert analysis.f1_at(curve, 0.25) == pytest.approx(0.45)
     assert np.isnan(analysis.f1_at(curve, 1.5))
     mean, sd = analysis.mean_curve([curve, analysis.Curve(np.array([0.0, 1.0]), np.array([0.4, 0.4]))],
@@ -51,3 +60,49 @@ def test_images_are_split_per_class_by_fraction(tmp_path):
     for folder in ("a", "b"):
         counts = {s: sum(1 for p, v in split.items() if p.parent.name == folder and v == s) for s in ("train", "val", "test")}
         assert counts == {"train": 10, "val": 2, "test": 8}
+
+
+def test_the_harder_lab_blurs_and_compresses():
+    rgb = cv2.imread(str(sorted(shared_file("kather").glob("01_TUMOR/*.png"))[0]))[..., ::-1]
+    sharpness = {shift: cv2.Laplacian(cv2.cvtColor(experiment.target_lab(rgb, shift), cv2.COLOR_RGB2GRAY),
+                                      cv2.CV_64F).var() for shift in experiment.SHIFTS}
+    assert sharpness[experiment.HARD] < 0.5 * sharpness[experiment.EASY]
+    scanned = scan_again(rgb, 1.2, 60)
+    _, encoded = cv2.imencode(".jpg", cv2.GaussianBlur(rgb, (0, 0), 1.2)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 60])
+    np.testing.assert_array_equal(scanned, cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def test_strategy_names_with_suffixes_become_flags():
+    assert experiment.strategy_flags("class_ratio+oracle") == ["--strategy", "class_ratio", "--oracle-classes"]
+    assert experiment.strategy_flags("margin+warm") == ["--strategy", "margin", "--warm-start",
+                                                        str(experiment.WARM_START)]
+    with pytest.raises(SystemExit, match="unknown strategy 'margin\\+cold'"):
+        experiment.strategy_flags("margin+cold")
+
+
+def test_the_quick_experiment_runs_every_stage(tmp_path):
+    """``--quick`` end to end (about 10 minutes): the tables agree with the runs' own rounds.csv."""
+    out = tmp_path / "quick"
+    experiment.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(out), "--jobs", "1"])
+    results = json.loads((out / "results.json").read_text())
+    quick = experiment.QUICK
+    assert len(results["chosen"]) == 2 and set(results["chosen"]) <= set(quick["candidates"])
+    assert results["chosen"] == sorted(quick["candidates"], key=lambda s: -results["selection"][s])[:2]
+    assert set(results["shifts"]) == {experiment.HARD, experiment.EASY}
+    pool = experiment.pool_size(out / "records" / f"target_{experiment.HARD}", out / "staged" / "target_split.json")
+    for shift, mode in ((experiment.HARD, "head"), (experiment.HARD, "full"), (experiment.EASY, "head")):
+        r = results["shifts"][shift][mode]
+        assert set(r["table"]) >= {"random", "class_ratio", *results["chosen"]}
+        rows = read_rounds(out / shift / mode / "random" / "seed_0" / "rounds.csv")
+        f1 = np.array([float(row["test_macro_f1"]) for row in rows if int(row["round"]) >= 0])
+        assert int(rows[-1]["labelled"]) == pool, "every run labels the whole pool"
+        fractions = np.array([int(row["labelled"]) / pool for row in rows if int(row["round"]) >= 0])
+        curve = analysis.Curve(fractions, f1)
+        assert r["table"]["random"]["areas"][0] == pytest.approx(analysis.area_under_curve(curve))
+        expected = analysis.labels_to_stay(curve, r["ceiling"] - 0.01)
+        stays = r["table"]["random"]["stays"][0]
+        assert (np.isnan(expected) and np.isnan(stays)) or stays == pytest.approx(expected)
+    assert "class_ratio+oracle" in results["shifts"][experiment.HARD]["head"]["table"]
+    report = (out / "results.md").read_text()
+    assert "chosen: " + ", ".join(results["chosen"]) in report
+    assert (out / "learning_curves.png").exists() and (out / "stain_examples.png").exists()

@@ -4,6 +4,7 @@ builder, and a real-texture learning check on the Kather tiles."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 import active_learning_train
 import tfrecord_generator
 from tests.conftest import ROOT, shared_file, wait_for
+from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
@@ -97,6 +99,41 @@ def test_rounds_grow_the_labelled_set_and_resume_after_a_kill(tiles, tmp_path, c
         assert ring.max(axis=0)[0] - ring.min(axis=0)[0] == TILE
     metadata = read_metadata(run / "model.keras")
     assert metadata["config"]["tile_size"] == TILE and metadata["backbone"] == "small"
+
+
+def test_class_budgets_go_by_predicted_classes_unless_the_oracle_is_asked_for(tiles, tmp_path, monkeypatch):
+    from utils import training
+
+    config = load_config(tile_size=TILE)
+    options = TrainOptions(data=tiles, output=tmp_path, spec=ModelSpec("small", 32), backbone_weights=None,
+                           budget=30, initial=5, slide_class_cap=60, eval_cap=40)
+    run = TrainingData(options, config)
+    labelled = run.initial_labelled()
+    truth = run.index.label
+
+    def predicted_as(c: int):  # a model that calls every tile class c
+        def predict(predictor, ids, mc_passes=0, embeddings=False):
+            return {"ids": ids, "labels": truth[ids], "probs": np.eye(config.num_classes)[np.full(len(ids), c)]}
+        return predict
+
+    equal = np.zeros(config.num_classes)
+    monkeypatch.setattr(run, "predict", predicted_as(2))
+    chosen = training.query(run, None, labelled, equal)
+    assert len(chosen.ids) == 30 and (chosen.predicted == 2).all()
+    assert len(set(truth[chosen.ids])) > 1, "all of the budget went to the one predicted class, whatever the truth"
+
+    run.options = dataclasses.replace(options, oracle_classes=True)
+    oracle = training.query(run, None, labelled, equal)
+    counts = np.bincount(truth[oracle.ids], minlength=config.num_classes)
+    available = np.bincount(truth[np.setdiff1d(run.pool_ids, labelled)], minlength=config.num_classes)
+    np.testing.assert_array_equal(counts, class_ratio_allocation(30, equal, available))
+
+    # The warm start draws class-balanced by predicted class, then hands over to the strategy.
+    run.options = dataclasses.replace(options, strategy="entropy", warm_start=0.5)
+    monkeypatch.setattr(run, "predict", predicted_as(1))
+    assert training.query(run, None, labelled, equal).strategy == training.WARM_START
+    most = np.union1d(labelled, run.pool_ids[: int(0.6 * len(run.pool_ids))])
+    assert training.query(run, None, most, equal).strategy == "entropy"
 
 
 def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_path):
@@ -196,7 +233,7 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
     truth = np.array([1, 1, 2, 2, 3, 3, 4, 5])
     guess = np.array([1, 2, 2, 2, 3, 5, 4, 5])
     probs = np.eye(config.num_classes)[guess]
-    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0: {
+    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0, embeddings=False: {
         "ids": np.arange(len(truth)), "labels": truth, "probs": probs})
     result = training.evaluate(None, run, np.arange(len(truth)))
     assert result["accuracy"] == pytest.approx(6 / 8)
@@ -205,7 +242,7 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
     np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
     assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]
     soft = np.random.default_rng(0).dirichlet(np.ones(config.num_classes), size=len(truth)).astype(np.float32)
-    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0: {
+    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0, embeddings=False: {
         "ids": np.arange(len(truth)), "labels": truth, "probs": soft})
     loss = training.evaluate(None, run, np.arange(len(truth)))["loss"]
     assert loss == pytest.approx(log_loss(truth, soft.astype(np.float64), labels=range(config.num_classes)), rel=1e-6)

@@ -112,7 +112,7 @@ class TrainOptions:
         "active learning")
     warm_start: float = option(
         0.0, "until this fraction of the training tiles is labelled, draw at random with equal shares per predicted "
-             "class, then use --strategy (against the cold start of uncertainty strategies)", "active learning",
+             "class, then the query strategy (against the cold start of uncertainty strategies)", "active learning",
         metavar="F")
     oracle_classes: bool = option(
         False, "simulation only: split class budgets by the pool tiles' true labels, as the original code did, "
