@@ -426,6 +426,8 @@ def write_report(out: Path, results: dict, pool: int, minutes: float) -> None:
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "learning_curves.png")
+    hard_head = results["shifts"][HARD]["head"]["table"]
+    class_counts_plot(out / HARD / "head", {s: e["seeds"] for s, e in hard_head.items()}, out / "class_counts.png")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -448,6 +450,28 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(f"{shift}, {mode} fine-tuning: mean ± sd over (seeds)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    plots.save(fig, path, dpi=100)
+
+
+def class_counts_plot(folder: Path, seeds: dict[str, int], path: Path, rounds: int = 6) -> None:
+    """What each strategy labelled in its first rounds: the mean labelled tiles
+    per class over seeds, one panel per strategy."""
+    fig = plots.Figure(figsize=(3.1 * len(seeds), 3.4))
+    axes = fig.subplots(1, len(seeds), squeeze=False, sharey=True)
+    names = load_config(ROOT / "experiments" / "kather.yaml").class_names
+    for ax, (strategy, count) in zip(axes[0], seeds.items()):
+        runs = [[r for r in read_rounds(folder / strategy / f"seed_{k}" / "rounds.csv") if 0 <= int(r["round"]) < rounds]
+                for k in range(count)]
+        labelled = np.mean([[int(r["labelled"]) for r in rows] for rows in runs], axis=0)
+        for name in names:
+            ax.plot(labelled, np.mean([[int(r[f"labelled_{name}"]) for r in rows] for rows in runs], axis=0),
+                    marker=".", label=name)
+        ax.set_title(f"{strategy} ({count} seeds)", fontsize=9)
+        ax.set_xlabel("labelled tiles")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("labelled tiles of the class")
+    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     plots.save(fig, path, dpi=100)
 
