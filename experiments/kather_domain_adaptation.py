@@ -18,7 +18,8 @@ shift. Then, through the project's own scripts:
 5. strategies, from the same initial labelled set per seed (``--initial``
    tiles per class), until the whole pool is labelled.
 
-The design, chosen to fit 100 minutes on 2 CPU cores with ``--jobs 2``:
+The design (sized for 100 minutes on 2 CPU cores with ``--jobs 2``; measured, it takes
+about 2.5 hours, most of it the full mode's 5 seeds):
 - selection (harder shift, head mode, ``--selection-seeds``): every candidate
   strategy; the two with the best mean *validation* AULC go on, so the test
   split chooses nothing;
@@ -38,8 +39,9 @@ everything, as in the paper. The outputs are OUTPUT/results.md (the tables),
 results.json and learning_curves.png; runs stay in OUTPUT/<shift>/<mode>/, and
 a rerun of the same command skips finished runs and resumes killed ones.
 
-    python experiments/kather_domain_adaptation.py           # about 100 minutes on 2 CPU cores
-    python experiments/kather_domain_adaptation.py --quick   # about 10 minutes: does it still run?
+    python experiments/kather_domain_adaptation.py                  # about 2.5 hours on 2 CPU cores
+    python experiments/kather_domain_adaptation.py --full-seeds 1   # about 1.2 hours
+    python experiments/kather_domain_adaptation.py --quick          # about 15 minutes: does it still run?
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ MODE_FLAGS = {
     "head": ["--freeze-backbone", "--learning-rate", "1e-3", "--epochs", "40", "--patience", "5", "--batch-size", "128"],
     "full": ["--learning-rate", "2e-4", "--epochs", "5", "--patience", "2", "--batch-size", "32"],
 }
-#: ``--quick``: enough to show that every stage still runs, in about 10 minutes.
+#: ``--quick``: enough to show that every stage still runs, in about 15 minutes.
 QUICK = {"images_per_class": 40, "selection_seeds": 1, "seeds": 2, "ceiling_seeds": 1, "full_seeds": 1,
          "candidates": ["typiclust", "margin+warm"], "budget": 0.2, "full_budget": 0.34}
 

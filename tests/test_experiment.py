@@ -81,7 +81,7 @@ def test_strategy_names_with_suffixes_become_flags():
 
 
 def test_the_quick_experiment_runs_every_stage(tmp_path):
-    """``--quick`` end to end (about 10 minutes): the tables agree with the runs' own rounds.csv."""
+    """``--quick`` end to end (about 15 minutes): the tables agree with the runs' own rounds.csv."""
     out = tmp_path / "quick"
     experiment.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(out), "--jobs", "2"])
     results = json.loads((out / "results.json").read_text())
