@@ -67,9 +67,10 @@ class EmbeddingCache:
             result["mc_probs"] = np.stack([batched(self._mc_head) for _ in range(mc_passes)])
             result["probs"] = result["mc_probs"].mean(axis=0)
         elif embeddings:
+            parts = [self._embed_head(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
             result["embeddings"] = x
-            result["penultimate"] = batched(lambda h: self._embed_head(h)[0])
-            result["probs"] = batched(self._head)
+            result["penultimate"] = np.concatenate([p.numpy() for p, _ in parts])
+            result["probs"] = np.concatenate([q.numpy() for _, q in parts])
         else:
             result["probs"] = batched(self._head)
         return result
