@@ -47,6 +47,7 @@ a rerun of the same command skips finished runs and resumes killed ones.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -189,8 +190,10 @@ class Design:
         self.selection: dict[str, float] = {}
 
     def rounds(self, mode: str) -> tuple[int, int]:
+        """Tiles per round, and the rounds that label the pool after the initial set (no refit at 100%)."""
         budget = max(1, round((self.args.budget if mode == "head" else self.args.full_budget) * self.pool))
-        return budget, math.ceil(self.pool / budget)
+        initial = self.args.initial * load_config(ROOT / "experiments" / "kather.yaml").num_classes
+        return budget, math.ceil((self.pool - initial) / budget)
 
     def execute(self, shift: str, mode: str, seeds: dict[str, int]) -> None:
         budget, rounds = self.rounds(mode)
@@ -430,6 +433,7 @@ def write_report(out: Path, results: dict, pool: int, minutes: float) -> None:
     plot(results, out / "learning_curves.png")
     hard_head = results["shifts"][HARD]["head"]["table"]
     class_counts_plot(out / HARD / "head", {s: e["seeds"] for s, e in hard_head.items()}, out / "class_counts.png")
+    picks_plot(out, [s for s in hard_head if s != ORACLE], out / "picks.png")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -475,6 +479,52 @@ def class_counts_plot(folder: Path, seeds: dict[str, int], path: Path, rounds: i
     axes[0][0].set_ylabel("labelled tiles of the class")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
+    plots.save(fig, path, dpi=100)
+
+
+def picks_plot(out: Path, strategies: list[str], path: Path, rounds: int = 3, seed: int = 0) -> None:
+    """Where each strategy's first ``rounds`` picks (harder shift, head mode,
+    one seed) fall among the target pool, on a t-SNE map of the source
+    backbone's pooled features: the space that head mode keeps frozen and
+    that coreset and typiclust cluster. The pool is coloured by true class."""
+    # TensorFlow only here, after the runs: the process that launches them stays light.
+    from matplotlib.lines import Line2D
+    from sklearn.manifold import TSNE
+
+    from utils.model import Predictor, load_model
+    from utils.records import read_index, record_files, triplet_dataset
+    from utils.training_data import predict
+
+    config = load_config(ROOT / "experiments" / "kather.yaml")
+    index = read_index(record_files(out / "records" / f"target_{HARD}"))
+    train = json.loads((out / "staged" / "target_split.json").read_text())["train"]
+    ids = np.flatnonzero(np.isin(index.slide, train) & (index.label >= 0))
+    tile_size = json.loads(next((out / "records" / f"target_{HARD}").glob("*.summary.json")).read_text())["tile_size"]
+    dataset = triplet_dataset(index, ids, config.magnifications, tile_size, 128, with_ids=True)
+    features = predict(Predictor(load_model(out / "source_model" / "model.keras")), dataset, embeddings=True)
+    xy = TSNE(2, init="pca", random_state=0).fit_transform(features["embeddings"])
+    where = {(index.slide[i], int(index.x[i]), int(index.y[i])): k for k, i in enumerate(features["ids"])}
+    labels = features["labels"]
+    colours = np.array([c["color"] for c in config.classes])
+    fig = plots.Figure(figsize=(3.4 * len(strategies), 3.9))
+    axes = fig.subplots(1, len(strategies), squeeze=False)
+    for ax, strategy in zip(axes[0], strategies):
+        picked = {}
+        with (out / HARD / "head" / strategy / f"seed_{seed}" / "labelled.csv").open() as handle:
+            for row in csv.DictReader(handle):
+                if 1 <= int(row["round"]) <= rounds:
+                    picked[where[(row["slide"], int(row["x"]), int(row["y"]))]] = int(row["round"])
+        chosen = np.array(sorted(picked), int)
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, c=colours[labels], alpha=0.25, lw=0)
+        ax.scatter(xy[chosen, 0], xy[chosen, 1], s=16, c=colours[labels[chosen]], edgecolors="black", lw=0.5)
+        ax.set_title(f"{strategy}: rounds 1-{rounds} ({len(chosen)} tiles)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Line2D([], [], ls="", marker="o", color=colours[c], label=name)
+               for c, name in enumerate(config.class_names)]
+    fig.suptitle(f"Picks (outlined) among the target pool (faint), seed {seed}, coloured by true class", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), frameon=False)
     plots.save(fig, path, dpi=100)
 
 
