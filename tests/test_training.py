@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import shapely.geometry
 import yaml
 
 import active_learning_train
@@ -92,7 +93,7 @@ def test_rounds_grow_the_labelled_set_and_resume_after_a_kill(tiles, tmp_path, c
     for k in (1, 2):
         folder = run / "queries" / f"round_{k}"
         queries = rows_of(folder / "queries.csv")
-        assert len(queries) == 40 and (folder / "contact_sheet.png").exists()
+        assert len(queries) == 40 and (folder / "contact_sheet_1.png").exists()
         assert {q["slide"] for q in queries} <= set(split["train"])
         geojson = json.loads((folder / f"{queries[0]['slide']}.geojson").read_text())
         ring = np.array(geojson["features"][0]["geometry"]["coordinates"][0])
@@ -136,14 +137,60 @@ def test_class_budgets_go_by_predicted_classes_unless_the_oracle_is_asked_for(ti
     assert training.query(run, None, most, equal).strategy == "entropy"
 
 
+def qupath_reads(feature: dict) -> dict:
+    """A feature as QuPath's GeoJSON reader (PathObjectTypeAdapters in qupath-core)
+    takes it, with every type it insists on checked: a Feature with a geometry,
+    ``objectType`` naming a known object, ``classification`` as {name, color
+    [r, g, b]}, ``name`` a string, ``isLocked`` a boolean and ``measurements``
+    an object of numbers (read into a Map<String, Double>)."""
+    assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+    properties = feature["properties"]
+    assert properties["objectType"] == "annotation"
+    classification = properties["classification"]
+    assert isinstance(classification["name"], str) and len(classification["color"]) == 3
+    assert all(isinstance(v, int) and 0 <= v <= 255 for v in classification["color"])
+    assert isinstance(properties["name"], str) and isinstance(properties["isLocked"], bool)
+    measurements = properties["measurements"]
+    assert isinstance(measurements, dict)
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in measurements.values())
+    return {"class": classification["name"], "colour": tuple(classification["color"]), "name": properties["name"],
+            "measurements": measurements, "roi": shapely.geometry.shape(feature["geometry"])}
+
+
 def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_path):
     run = tmp_path / "annotate"
     assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--query-only",
-                                       "--strategy", "entropy", *FAST]) == 0
-    queries = rows_of(run / "queries" / "round_1" / "queries.csv")
+                                       "--strategy", "margin", *FAST]) == 0
+    folder = run / "queries" / "round_1"
+    queries = rows_of(folder / "queries.csv")
     assert len(queries) == 40
     assert all(q["label"] == "" for q in queries), "queries come from the unlabelled pool"
     assert all(q["predicted"] for q in queries) and len(rows_of(run / "rounds.csv")) == 1
+    assert [int(q["number"]) for q in queries] == list(range(1, 41))
+    assert sorted(p.name for p in folder.glob("contact_sheet_*.png")) == ["contact_sheet_1.png", "contact_sheet_2.png"]
+
+    config = load_config(tile_size=TILE)
+    colours = {c["name"]: tuple(int(c["color"][k:k + 2], 16) for k in (1, 3, 5)) for c in config.classes}
+    stride = {json.loads(p.read_text())["slide"]: json.loads(p.read_text())["stride_level0"]
+              for p in tiles.glob("*.summary.json")}
+    by_number = {f"round 1 #{q['number']}": q for q in queries}
+    read = [qupath_reads(f) for path in folder.glob("*.geojson") for f in json.loads(path.read_text())["features"]]
+    assert sorted(r["name"] for r in read) == sorted(by_number)
+    for square in read:
+        query = by_number[square["name"]]
+        assert square["class"] == query["predicted"] and square["colour"] == colours[query["predicted"]]
+        side = stride[query["slide"]]
+        assert square["roi"].is_valid and square["roi"].area == pytest.approx(side * side)
+        assert (square["roi"].centroid.x, square["roi"].centroid.y) == pytest.approx((float(query["x"]),
+                                                                                      float(query["y"])))
+        m = square["measurements"]
+        assert (m["centre x (px)"], m["centre y (px)"]) == (float(query["x"]), float(query["y"]))
+        first, second = m[f"P({query['predicted']})"], m[f"P({query['second']})"]
+        assert 1.0 >= first >= second >= 0.0 and first == pytest.approx(float(query["probability"]), abs=1e-6)
+        assert m["margin"] == pytest.approx(first - second, abs=1e-5), "the margin reads as the gap, not its negative"
+        assert m["rank in pool"] == int(query["rank"]) >= 1
+    ranks = [int(q["rank"]) for q in queries]
+    assert len(set(ranks)) == 40 and min(ranks) == 1, "each query's place among the pool's scores"
 
 
 def test_source_weights_load_by_name_and_missing_layers_are_listed(tmp_path):

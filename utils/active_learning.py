@@ -131,7 +131,10 @@ class Strategy:
     chooses a whole batch at once, returning the positions and a score per
     pool tile, for strategies that weigh the picks against each other.
     ``mc_passes``, ``embeddings`` and ``gradients`` say which predictions of
-    the pool the strategy reads (``embeddings`` also of the labelled set)."""
+    the pool the strategy reads (``embeddings`` also of the labelled set).
+    A higher score is always a stronger claim to be labelled; annotators are
+    shown it under ``score_name``, times ``score_sign`` (so a margin reads as
+    the gap between the two likeliest classes, not as its negative)."""
 
     name: str
     score: Callable[[Pool], np.ndarray] | None
@@ -140,6 +143,8 @@ class Strategy:
     pick: Callable[[Pool, int, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None
     embeddings: bool = False
     gradients: bool = False
+    score_name: str = ""
+    score_sign: float = 1.0
 
     @property
     def needs_predictions(self) -> bool:
@@ -149,18 +154,19 @@ class Strategy:
 #: Every strategy by name; ``--strategy`` offers these.
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("class_ratio", None, class_ratio=True),
-    Strategy("entropy", lambda pool: entropy(pool.probs)),
-    Strategy("margin", lambda pool: margin_uncertainty(pool.probs)),
-    Strategy("least_confidence", lambda pool: least_confidence(pool.probs)),
-    Strategy("bald", lambda pool: bald(pool.mc_probs), mc_passes=True),
+    Strategy("entropy", lambda pool: entropy(pool.probs), score_name="entropy"),
+    Strategy("margin", lambda pool: margin_uncertainty(pool.probs), score_name="margin", score_sign=-1.0),
+    Strategy("least_confidence", lambda pool: least_confidence(pool.probs), score_name="1 - top probability"),
+    Strategy("bald", lambda pool: bald(pool.mc_probs), mc_passes=True, score_name="BALD"),
     Strategy("random", None),
-    Strategy("class_ratio_uncertainty", lambda pool: entropy(pool.probs), class_ratio=True),
+    Strategy("class_ratio_uncertainty", lambda pool: entropy(pool.probs), class_ratio=True, score_name="entropy"),
     Strategy("coreset", None, pick=lambda pool, k, rng: k_centre(pool.embeddings, pool.labelled_embeddings, k, rng),
-             embeddings=True),
-    Strategy("badge", None, pick=lambda pool, k, rng: badge(pool.probs, pool.penultimate, k, rng), gradients=True),
-    Strategy("typiclust", None, embeddings=True,
+             embeddings=True, score_name="distance to labelled"),
+    Strategy("badge", None, pick=lambda pool, k, rng: badge(pool.probs, pool.penultimate, k, rng), gradients=True,
+             score_name="gradient norm"),
+    Strategy("typiclust", None, embeddings=True, score_name="typicality",
              pick=lambda pool, k, rng: typiclust(pool.embeddings, pool.labelled_embeddings, k, rng)),
-    Strategy("diverse_entropy", None, embeddings=True,
+    Strategy("diverse_entropy", None, embeddings=True, score_name="entropy",
              pick=lambda pool, k, rng: diverse_uncertainty(entropy(pool.probs), pool.embeddings, k, rng)),
 )}
 

@@ -25,6 +25,8 @@ import yaml
 from utils.errors import ConfigError
 from utils.io import atomic_write_text
 
+#: QuPath's built-in class for objects to leave out: a query square set to it stays unlabelled.
+QUPATH_IGNORE = r"ignore\*"
 #: µm/px of a "1x" objective; 40x is then 0.25 µm/px, the usual scanner convention.
 MICRONS_PER_PIXEL_AT_1X = 10.0
 
@@ -138,15 +140,23 @@ class Config:
             raise ConfigError(f"unknown class {name!r}; classes are {self.class_names}") from None
 
     def class_for_annotation(self, annotation_name: str) -> int | None:
-        """Class index for an annotation name by the first matching rule, or None."""
+        """Class index for an annotation name, or None. A configured class name
+        (in any case, so QuPath's built-in "Stroma" is "stroma") is that class,
+        as the query squares and the maps write it; other names take the first
+        matching rule."""
+        name = annotation_name.strip().casefold()
+        for index, class_name in enumerate(self.class_names):
+            if class_name.casefold() == name:
+                return index
         for pattern, class_name in self.rules:
             if _matches(pattern, annotation_name):
                 return self.class_index(class_name)
         return None
 
     def annotation_role(self, annotation_name: str) -> str:
-        """"ignore", "exclude", "class" (a rule maps it) or "unmatched", in that order of precedence."""
-        if any(_matches(p, annotation_name) for p in self.ignore):
+        """"ignore", "exclude", "class" (a rule maps it) or "unmatched", in that
+        order of precedence. QuPath's built-in ``Ignore*`` class is always ignored."""
+        if any(_matches(p, annotation_name) for p in (QUPATH_IGNORE, *self.ignore)):
             return "ignore"
         if any(_matches(p, annotation_name) for p in self.exclude):
             return "exclude"

@@ -16,9 +16,12 @@ from typing import Any
 import cv2
 import numpy as np
 import tensorflow as tf
+from matplotlib.patches import Patch
 
+from utils import plots
 from utils.batch import Progress
 from utils.config import Config, hex_to_rgb, scale_name
+from utils.errors import ConfigError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path, atomic_write_json
 from utils.model import Predictor
@@ -31,6 +34,7 @@ from utils.tissue import tile_fractions, tissue_grid
 
 OUTPUT_FILES = ("tissue_map.png", "tissue_map_legend.png", "overlay.png", "probabilities.npz",
                 "tissue_map.geojson", "summary.json")
+OVERLAY_STYLES = ("fill", "outline")
 #: Longest side of the map and overlay images in pixels (cells are enlarged to it).
 MAP_IMAGE_SIDE = 1600
 
@@ -51,6 +55,13 @@ class InferenceOptions:
     batch_size: int = option(512, "tiles per model call", "inference")
     smooth: bool = option(
         False, "3x3 majority smoothing of the map (also erodes structures one cell wide)", "inference")
+    overlay: str = option(
+        "fill", "overlay.png: 'fill' blends the class colours into the slide at 40%; 'outline' draws the class "
+                "boundaries on the unaltered slide", "inference", choices=OVERLAY_STYLES)
+
+    def __post_init__(self) -> None:
+        if self.overlay not in OVERLAY_STYLES:
+            raise ConfigError(f"overlay must be one of {', '.join(OVERLAY_STYLES)}, not {self.overlay!r}")
 
 
 def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarray:
@@ -140,7 +151,8 @@ def inference_settings(slide: SlideFile, *, config: Config, options: InferenceOp
     """What a slide's maps depend on: configuration (thresholds included), the
     model file's content, the µm/px override and smoothing."""
     return normalised({"configuration": config.map_settings(), "model_sha256": options.model_sha256,
-                       "mpp": options.mpp.for_slide(slide.name), "smooth": options.smooth})
+                       "mpp": options.mpp.for_slide(slide.name), "smooth": options.smooth,
+                       "overlay": options.overlay})
 
 
 def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, predictor: Predictor,
@@ -162,7 +174,7 @@ def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, pr
             classes = smooth_classes(classes, tissue, config.num_classes + 1)
         scale = max(1, MAP_IMAGE_SIDE // max(1, max(tissue.shape)))
         thumbnail = _map_aligned_thumbnail(slide, geometry.stride, tissue.shape, scale)
-        write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail)
+        write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail, options.overlay)
     seconds = time.perf_counter() - started
     summary = _summary(slide_file.path, slide, config, geometry, tissue, classes, result, seconds, model_info,
                        options)
@@ -181,17 +193,18 @@ def _map_aligned_thumbnail(slide: Slide, stride: float, grid: tuple[int, int], s
     return cv2.resize(covered, (cols * scale, rows * scale), interpolation=cv2.INTER_AREA)
 
 
-def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail) -> None:
+def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail, style="fill") -> None:
     colours = label_colours(config)
     names = label_names(config)
     rgb = colours[classes]
     big = np.kron(rgb, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else rgb
     _write_png(folder / "tissue_map.png", big)
     _legend_png(folder / "tissue_map_legend.png", big, names, colours, classes)
-    tissue_big = np.kron(tissue, np.ones((scale, scale), bool)) if scale > 1 else tissue
-    overlay = thumbnail.copy()
-    overlay[tissue_big] = (0.6 * thumbnail[tissue_big] + 0.4 * big[tissue_big]).astype(np.uint8)
-    _write_png(folder / "overlay.png", overlay)
+    overlay = overlay_image(thumbnail, classes, tissue, colours, scale, style)
+    shown = np.unique(classes[tissue]).tolist()
+    framed = plots.framed_map(overlay, f"{slide.stem}: tissue map ({style})", geometry.stride * slide.mpp / scale,
+                              [(names[i], tuple(colours[i])) for i in shown])
+    _write_png(folder / "overlay.png", framed)
     with atomic_path(folder / "probabilities.npz") as tmp:
         with tmp.open("wb") as handle:
             np.savez_compressed(
@@ -210,16 +223,32 @@ def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale
     write_feature_collection(folder / "tissue_map.geojson", features)
 
 
+def overlay_image(thumbnail: np.ndarray, classes: np.ndarray, tissue: np.ndarray, colours: np.ndarray,
+                  scale: int, style: str) -> np.ndarray:
+    """The slide with its tissue map on top: ``fill`` blends each tissue
+    cell's class colour in at 40%; ``outline`` leaves the slide as it is and
+    draws the boundary of each class's cells in its colour."""
+    cells = np.ones((scale, scale), np.uint8)
+    overlay = thumbnail.copy()
+    if style == "fill":
+        tissue_big = np.kron(tissue, cells).astype(bool)
+        coloured = np.kron(colours[classes], cells[..., None])
+        overlay[tissue_big] = (0.6 * thumbnail[tissue_big] + 0.4 * coloured[tissue_big]).astype(np.uint8)
+        return overlay
+    width = max(1, min(3, scale // 2))
+    for index in np.unique(classes[tissue]):
+        mask = np.kron((classes == index) & tissue, cells).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(overlay, contours, -1, tuple(int(v) for v in colours[index]), width)
+    return overlay
+
+
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes())
 
 
 def _legend_png(path: Path, image: np.ndarray, names: list[str], colours: np.ndarray, classes: np.ndarray) -> None:
-    from matplotlib.patches import Patch
-
-    from utils import plots  # matplotlib takes a second to import: only when a legend is drawn
-
     height, width = image.shape[:2]
     fig = plots.Figure(figsize=(8, 8 * height / max(width, 1) + 0.8))
     ax = fig.subplots()

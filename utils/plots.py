@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from utils.io import atomic_path
 
@@ -74,19 +75,92 @@ def confusion_matrix_plot(matrix: np.ndarray, class_names: list[str], path: str 
     save(fig, path)
 
 
-def contact_sheet(triplets: list[list[np.ndarray]], captions: list[str], path: str | Path, columns: int = 4) -> None:
-    """A grid of tiles, every scale side by side, each with a caption underneath."""
+def contact_sheet(triplets: list[list[np.ndarray]], captions: list[list[str]], heads: list[str], title: str,
+                  path: str | Path, columns: int = 4) -> None:
+    """A page of tiles, every scale side by side under its column head
+    (``heads``, e.g. "40x"), each tile's caption lines underneath, and the
+    page's ``title`` on top. Tiles smaller than ``SHEET_TILE_SIDE`` are enlarged
+    (nearest neighbour) so that a printed page stays readable."""
     if not triplets:
         return
     size = triplets[0][0].shape[0]
-    cell_w, cell_h = size * len(triplets[0]) + 8, size + 18
+    shown = max(size, SHEET_TILE_SIDE)
+    font, bold = sheet_font(15), sheet_font(17)
+    line, gap = 20, 4
+    step = shown + gap
+    cell_w = step * len(triplets[0]) + 20
+    cell_h = line + shown + line * max(len(c) for c in captions) + 16
+    header = 2 * line + 12
     rows = -(-len(triplets) // columns)
-    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    sheet = Image.new("RGB", (columns * cell_w, header + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    for k, (scales, caption) in enumerate(zip(triplets, captions)):
-        x, y = (k % columns) * cell_w, (k // columns) * cell_h
+    draw.text((8, 6), title, fill="black", font=bold)
+    for c in range(min(columns, len(triplets))):
+        for s, head in enumerate(heads):
+            draw.text((c * cell_w + s * step + shown // 2, header - 6), head, fill="black", font=bold, anchor="mb")
+    for k, (scales, lines) in enumerate(zip(triplets, captions)):
+        x, y = (k % columns) * cell_w, header + (k // columns) * cell_h
         for s, tile in enumerate(scales):
-            sheet.paste(Image.fromarray(tile), (x + s * size, y))
-        draw.text((x + 2, y + size + 3), caption, fill="black")
+            image = Image.fromarray(tile)
+            if shown != size:
+                image = image.resize((shown, shown), Image.NEAREST)
+            sheet.paste(image, (x + s * step, y))
+        for n, text in enumerate(lines):
+            draw.text((x + 2, y + shown + 4 + n * line), text, fill="black", font=bold if n == 0 else font)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
+
+
+#: Smallest side a tile is shown at on a contact sheet, in pixels.
+SHEET_TILE_SIDE = 128
+
+
+def sheet_font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib ships, so text reads the same on every machine."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def framed_map(image: np.ndarray, title: str, microns_per_pixel: float,
+               legend: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """A map image as a pathologist reads it on its own: ``title`` above, a
+    scale bar in its lower left corner, and a legend of ``(name, rgb)`` below."""
+    height, width = image.shape[:2]
+    font, bold = sheet_font(15), sheet_font(17)
+    swatch, gap = 16, 14
+    entries = [(name, rgb, int(font.getlength(name))) for name, rgb in legend]
+    lines, x = [[]], 0
+    for entry in entries:
+        step = swatch + 6 + entry[2] + gap
+        if x + step > width and lines[-1]:
+            lines.append([])
+            x = 0
+        lines[-1].append(entry)
+        x += step
+    top, bottom = 30, 12 + 24 * len(lines)
+    page = Image.new("RGB", (width, top + height + bottom), "white")
+    page.paste(Image.fromarray(np.ascontiguousarray(image)), (0, top))
+    draw = ImageDraw.Draw(page)
+    draw.text((6, 5), title, fill="black", font=bold)
+    _scale_bar(draw, 12, top + height - 14, width, microns_per_pixel, font)
+    for row, entries_of_row in enumerate(lines):
+        x, y = 6, top + height + 8 + 24 * row
+        for name, rgb, text_width in entries_of_row:
+            draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(v) for v in rgb), outline="grey")
+            draw.text((x + swatch + 6, y), name, fill="black", font=font)
+            x += swatch + 6 + text_width + gap
+    return np.asarray(page)
+
+
+def _scale_bar(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, microns_per_pixel: float,
+               font: ImageFont.FreeTypeFont) -> None:
+    """A bar of 1, 2 or 5 x 10^k µm, about a fifth of the image wide, black on a white box."""
+    target = width / 5 * microns_per_pixel
+    if not np.isfinite(target) or target <= 0:
+        return
+    power = 10 ** np.floor(np.log10(target))
+    length = max(m * power for m in (1, 2, 5) if m * power <= target)
+    label = f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm"
+    pixels = int(round(length / microns_per_pixel))
+    draw.rectangle((x - 6, y - 26, x + max(pixels, int(font.getlength(label))) + 6, y + 8), fill="white")
+    draw.rectangle((x, y, x + pixels, y + 4), fill="black")
+    draw.text((x, y - 4), label, fill="black", font=font, anchor="ls")

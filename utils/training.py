@@ -58,10 +58,9 @@ from utils.model import (
     save_model,
 )
 from utils.options import option
-from utils.qupath import feature, square, write_feature_collection
+from utils.queries import Selection, score_ranks, write_queries
 from utils.training_data import TrainingData
 
-CONTACT_SHEET_TILES = 48
 #: How the kept model is chosen among the rounds (see :func:`improves`).
 MODEL_SELECTIONS = ("val_f1", "val_loss")
 
@@ -224,19 +223,6 @@ def evaluate(predictor: Predictor, run: TrainingData, ids: np.ndarray) -> dict[s
     }
 
 
-@dataclass
-class Selection:
-    """What one query chose: pool records, with the scores and predicted
-    classes that annotators are shown, the size of the pool scored, and the
-    strategy that chose them (the warm start's, early on)."""
-
-    ids: np.ndarray
-    scores: np.ndarray | None
-    predicted: np.ndarray | None
-    pool_size: int
-    strategy: str = ""
-
-
 #: What ``--warm-start`` draws with: the class-ratio rule with equal shares, by predicted class.
 WARM_START = "class-balanced random (warm start)"
 
@@ -274,43 +260,11 @@ def query(run: TrainingData, predictor: Predictor, labelled: np.ndarray, misclas
     shares = np.zeros(run.config.num_classes) if warm else misclassified
     positions, scores = select(name, o.budget, pool, run.rng, shares, run.config.num_classes,
                                stride=stride, spacing=o.spacing)
-    return Selection(pool_ids[positions], scores[positions] if scores is not None else None,
-                     pool.probs[positions].argmax(axis=1) if pool.probs is not None else None, len(pool_ids),
-                     WARM_START if warm else o.strategy)
-
-
-def write_queries(run: TrainingData, selection: Selection, round_number: int) -> None:
-    """``queries/round_<k>/``: queries.csv, a contact sheet, one QuPath GeoJSON per slide."""
-    folder = run.out / "queries" / f"round_{round_number}"
-    names = run.config.class_names
-    index = run.index
-    ids, scores, predicted = selection.ids, selection.scores, selection.predicted
-    rows = []
-    for k, i in enumerate(ids):
-        score = f"{scores[k]:.5f}" if scores is not None else ""
-        pred = names[predicted[k]] if predicted is not None else ""
-        label = names[index.label[i]] if index.label[i] >= 0 else ""
-        rows.append([index.slide[i], index.x[i], index.y[i], score, pred, label])
-    atomic_write_csv(folder / "queries.csv", ["slide", "x", "y", "score", "predicted", "label"], rows)
-    for slide in sorted(set(index.slide[ids])):
-        members = [k for k, i in enumerate(ids) if index.slide[i] == slide]
-        side = run.strides.get(slide, float(run.config.tile_size))
-        features = [feature(square(index.x[ids[k]], index.y[ids[k]], side), "Polygon", "Query",
-                            run.config.undefined["color"], name=f"round {round_number} #{k}")
-                    for k in members]
-        write_feature_collection(folder / f"{slide}.geojson", features)
-    shown = ids[:CONTACT_SHEET_TILES] if run.options.figures else ids[:0]
-    triplets, captions = [], []
-    position = {int(i): k for k, i in enumerate(ids)}
-    for inputs, _, gid in run.dataset(shown, with_ids=True):
-        arrays = [inputs[name].numpy().astype(np.uint8) for name in inputs]
-        for j, i in enumerate(gid.numpy()):
-            k = position[int(i)]
-            triplets.append([a[j] for a in arrays])
-            caption = names[predicted[k]] if predicted is not None else names[index.label[i]]
-            captions.append(f"{caption} {scores[k]:.2f}" if scores is not None else caption)
-    if run.options.figures:
-        plots.contact_sheet(triplets, captions, folder / "contact_sheet.png")
+    probs = pool.probs[positions] if pool.probs is not None else None
+    return Selection(pool_ids[positions], strategy.score_sign * scores[positions] if scores is not None else None,
+                     probs.argmax(axis=1) if probs is not None else None, len(pool_ids),
+                     WARM_START if warm else o.strategy, probs,
+                     score_ranks(scores)[positions] if scores is not None else None, strategy.score_name or "score")
 
 
 @dataclass
