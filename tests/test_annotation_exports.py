@@ -9,6 +9,7 @@ cells shapely puts inside the polygons.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -385,3 +386,21 @@ def test_csv_outputs_keep_commas_quotes_and_any_letters(tmp_path):
     atomic_write_csv(tmp_path / "t.csv", ["one", "two", "three"], rows)
     back = read_csv(tmp_path / "t.csv")
     assert [[row["one"], row["two"], row["three"]] for row in back] == rows
+
+
+def test_class_names_in_any_case_are_their_class_and_qupath_ignore_is_ignored():
+    """Query squares come back named like the configured classes, or with
+    QuPath's own built-in classes ("Stroma", "Ignore*"): no rule is needed for them."""
+    config = load_config()
+    assert not any(re.fullmatch(p, "damaged", re.IGNORECASE) for p, _ in config.rules), "no rule names it"
+    for name, class_name in [("damaged", "damaged"), ("Damaged", "damaged"), ("Stroma", "stroma"),
+                             (" urothelium ", "urothelium")]:
+        assert config.annotation_role(name) == "class", name
+        assert config.class_names[config.class_for_annotation(name)] == class_name, name
+    assert config.annotation_role("Ignore*") == "ignore" and config.annotation_role("ignore*") == "ignore"
+    custom = load_config(ignore=[])
+    assert custom.annotation_role("Ignore*") == "ignore", "whatever the configuration's own ignore list"
+    square = np.array([[0, 0], [80, 0], [80, 80], [0, 80]], float)
+    cells = rasterize_regions([Region("Damaged", [Polygon(square)]), Region("Ignore*", [Polygon(square)])],
+                              config, (10, 10), 8.0)
+    assert not cells.unmatched and cells.ignored == {"Ignore*": 1}

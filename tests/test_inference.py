@@ -104,6 +104,54 @@ def test_geojson_round_trips_to_the_same_cells(mapped):
         np.testing.assert_array_equal(per_cell, classes == names.index(region.name), err_msg=region.name)
 
 
+def test_overlays_fill_and_outline_agree_and_carry_a_legend_and_a_true_scale_bar(mapped, synthetic_slide,
+                                                                                   model_path, tmp_path):
+    """The outline overlay leaves the slide as it is inside each class, so the
+    fill overlay must be 0.6 of it plus 0.4 of the class colour there; across
+    a class boundary the outline takes one of the two classes' colours. Below
+    the map, the legend holds the colour of every class on the map and of no
+    other; in its lower left corner, a bar of 1, 2 or 5 x 10^k µm."""
+    assert active_learning_inference.main(["--slides", str(synthetic_slide[0]), "--model", str(model_path),
+                                           "--output", str(tmp_path), "--batch-size", "64",
+                                           "--overlay", "outline"]) == 0
+    config = load_config(tile_size=TILE)
+    classes = decode_map(mapped, config)
+    colours = label_colours(config).astype(int)
+    height, width = cv2.imread(str(mapped / "tissue_map.png")).shape[:2]
+    scale = height // ROWS
+    fill, outline = (cv2.imread(str(folder / "overlay.png"))[..., ::-1].astype(int)
+                     for folder in (mapped, tmp_path / "known"))
+    assert fill.shape == outline.shape and fill.shape[1] == width
+    top = next(r for r in range(fill.shape[0]) if (fill[r] != outline[r]).any())  # the title differs
+    top = next(r for r in range(top, fill.shape[0]) if (fill[r, :, :] != 255).sum() > width)  # first map row
+    tissue = np.load(mapped / "probabilities.npz")["tissue"]
+    for r, c in zip(*np.nonzero(tissue)):
+        y, x = top + r * scale + scale // 2, c * scale + scale // 2
+        if y > top + height - 50 and x < width // 2:
+            continue  # under the scale bar
+        expected = (0.6 * outline[y, x] + 0.4 * colours[classes[r, c]]).astype(int)
+        assert np.abs(fill[y, x] - expected).max() <= 1, (r, c)
+    edges = 0
+    for r, c in zip(*np.nonzero(tissue[:, :-1] & tissue[:, 1:] & (classes[:, :-1] != classes[:, 1:]))):
+        pixel = outline[top + r * scale + scale // 2, (c + 1) * scale - 1]
+        assert any((pixel == colours[k]).all() for k in (classes[r, c], classes[r, c + 1])), (r, c)
+        edges += 1
+    assert edges > 0
+    legend = fill[top + height:]
+    solid = np.ones((9, 9), np.uint8)  # a swatch, not a letter or a swatch's frame
+    shown = {k for k, colour in enumerate(colours)
+             if cv2.erode((legend == colour).all(axis=-1).astype(np.uint8), solid).any()}
+    assert shown == set(np.unique(classes[tissue]).tolist())
+    summary = json.loads((mapped / "summary.json").read_text())
+    um_per_px = summary["cell_size_level0"] * summary["base_mpp"] / scale
+    corner = outline[top + height - 40: top + height, : width // 2]
+    runs = [np.diff(np.flatnonzero(np.diff(np.r_[0, (row == 0).all(axis=-1), 0]))) for row in corner]
+    bar_um = max(int(run[::2].max()) for run in runs if len(run)) * um_per_px
+    power = 10 ** np.floor(np.log10(bar_um))
+    assert min(abs(bar_um - m * power) for m in (1, 2, 5)) <= um_per_px
+    assert width / 12 <= bar_um / um_per_px <= width / 5
+
+
 def test_summary_areas(mapped):
     summary = json.loads((mapped / "summary.json").read_text())
     cell_mm2 = (TILE * 0.25 / 1000) ** 2

@@ -3,8 +3,9 @@
 The `python` commands are read from the README itself, in order, so the text and
 the test cannot drift apart; only sizes are shrunk by appending flags (small
 tiles, the small backbone for the source model, one short round). A simulated
-pathologist labels the query squares that lie inside a known region and
-deletes the others; the labelled set must grow by exactly those squares.
+pathologist corrects the pre-classified query squares that lie inside a known
+region, confirms one, sets one to Ignore* and deletes the others; the labelled
+set must grow by exactly the squares left with a class, with those classes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 import shlex
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -69,16 +71,56 @@ def regions(i: int) -> list[SyntheticRegion]:
     return out
 
 
-def relabel(square: dict, known: list[SyntheticRegion]) -> dict | None:
-    """The simulated pathologist: the square's class when a known region holds
-    it whole, else None (the square is deleted)."""
+def truth(square: dict, known: list[SyntheticRegion]) -> str | None:
+    """The class of the known region that holds the square whole, as a
+    pathologist would pick it in QuPath: "tumour", or QuPath's built-in
+    "Stroma" (which differs from the configured "stroma" only in case)."""
     (ring,) = square["geometry"]["coordinates"]
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
     for region in known:
         (x0, y0), (x1, y1) = region.exterior[0], region.exterior[2]
         if x0 <= min(xs) and max(xs) <= x1 and y0 <= min(ys) and max(ys) <= y1:
-            return {**square, "properties": {"objectType": "annotation", "classification": {"name": region.name}}}
+            return "tumour" if region.name == "Tumour" else "Stroma"
     return None
+
+
+def centre(square: dict) -> tuple[str, str]:
+    (ring,) = square["geometry"]["coordinates"]
+    return (str(int((min(p[0] for p in ring) + max(p[0] for p in ring)) / 2)),
+            str(int((min(p[1] for p in ring) + max(p[1] for p in ring)) / 2)))
+
+
+def label_in_qupath(queries: Path, annotations: Path) -> dict[str, dict]:
+    """The simulated pathologist, square by square, on what QuPath imported:
+    the first square they can judge is left as predicted (a confirmation),
+    the second is set to Ignore*, the others get their true class; squares
+    they cannot judge are deleted. Everything is then exported together with
+    the earlier annotations, as QuPath writes them (with an id per object).
+    Returns the expected label name of every square that should count."""
+    expected, judged = {}, 0
+    for path in sorted(queries.glob("*.geojson")):
+        known = regions(int(path.stem[1:]))
+        kept = []
+        for square in json.loads(path.read_text())["features"]:
+            true_class = truth(square, known)
+            if true_class is None:
+                continue  # deleted
+            judged += 1
+            key = (path.stem, *centre(square))
+            classification = square["properties"]["classification"]
+            if judged == 1:
+                expected[key] = classification["name"]
+            elif judged == 2:
+                classification = {"name": "Ignore*", "color": [180, 180, 180]}
+            else:
+                classification = {"name": true_class, "color": [200, 0, 200]}
+                expected[key] = true_class.lower()
+            kept.append({**square, "id": str(uuid.uuid4()),
+                         "properties": {**square["properties"], "classification": classification}})
+        earlier = json.loads((annotations / path.name).read_text())["features"]
+        (annotations / path.name).write_text(json.dumps({"type": "FeatureCollection", "features": earlier + kept}))
+    assert judged >= 3, "some queries lie inside the unannotated tissue"
+    return expected
 
 
 def keys(rows: list[dict]) -> set[tuple[str, str, str]]:
@@ -119,27 +161,19 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     run(4)
     first = read_csv("runs/lab2/labelled.csv")
     queries = Path("runs/lab2/queries/round_1")
-    assert (queries / "queries.csv").exists() and (queries / "contact_sheet.png").exists()
+    assert (queries / "queries.csv").exists() and (queries / "contact_sheet_1.png").exists()
 
-    relabelled = set()
-    for path in sorted(queries.glob("*.geojson")):  # step 7, in QuPath
-        annotations = Path("lab2/annotations") / path.name
-        earlier = json.loads(annotations.read_text())["features"]
-        squares = [s for s in (relabel(f, regions(int(path.stem[1:]))) for f in json.loads(path.read_text())
-                               ["features"]) if s is not None]
-        for square in squares:
-            (ring,) = square["geometry"]["coordinates"]
-            x = (min(p[0] for p in ring) + max(p[0] for p in ring)) / 2
-            y = (min(p[1] for p in ring) + max(p[1] for p in ring)) / 2
-            relabelled.add((path.stem, str(int(x)), str(int(y))))
-        annotations.write_text(json.dumps({"type": "FeatureCollection", "features": earlier + squares}))
-    assert relabelled, "some queries lie inside the unannotated tissue"
+    expected = label_in_qupath(queries, Path("lab2/annotations"))  # step 7, in QuPath
 
     run(5)
     run(6)
     second = read_csv("runs/lab2/labelled.csv")
-    assert keys(second) - keys(first) == relabelled, "the labelled set grows by exactly the relabelled squares"
-    assert {r["round"] for r in second if (r["slide"], r["x"], r["y"]) in relabelled} == {"1"}
+    added = {(r["slide"], r["x"], r["y"]): r for r in second if (r["slide"], r["x"], r["y"]) not in keys(first)}
+    assert set(added) == set(expected), "the labelled set grows by exactly the squares left with a class"
+    names = readme_config()["classes"]
+    assert {key: names[int(r["label"])]["name"] for key, r in added.items()} == expected, \
+        "a corrected square has its new class, one left unchanged the predicted class"
+    assert {r["round"] for r in added.values()} == {"1"}
     assert Path("runs/lab2/queries/round_2/queries.csv").exists()
     run(7)
     assert {"tissue_map.geojson", "overlay.png", "summary.json"} <= set(p.name for p in Path("maps/new").iterdir())
