@@ -88,11 +88,14 @@ def contact_sheet(triplets: list[list[np.ndarray]], captions: list[list[str]], h
     font, bold = sheet_font(15), sheet_font(17)
     line, gap = 20, 4
     step = shown + gap
-    cell_w = step * len(triplets[0]) + 20
+    widest = max(bold.getlength(text) if n == 0 else font.getlength(text)
+                 for lines in captions for n, text in enumerate(lines))
+    cell_w = int(max(step * len(triplets[0]), widest + 8)) + 20
     cell_h = line + shown + line * max(len(c) for c in captions) + 16
     header = 2 * line + 12
     rows = -(-len(triplets) // columns)
-    sheet = Image.new("RGB", (columns * cell_w, header + rows * cell_h), "white")
+    sheet = Image.new("RGB", (max(columns * cell_w, int(bold.getlength(title)) + 16), header + rows * cell_h),
+                      "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 6), title, fill="black", font=bold)
     for c in range(min(columns, len(triplets))):

@@ -67,18 +67,18 @@ def query_rows(run: "TrainingData", selection: Selection) -> list[dict[str, Any]
     names, index = run.config.class_names, run.index
     rows = []
     for k, i in enumerate(selection.ids):
-        row: dict[str, Any] = {"number": k + 1, "slide": str(index.slide[i]), "x": float(index.x[i]),
-                               "y": float(index.y[i]), "predicted": "", "probability": None, "second": "",
+        row: dict[str, Any] = {"number": k + 1, "slide": str(index.slide[i]), "x": index.x[i].item(),
+                               "y": index.y[i].item(), "predicted": "", "probability": None, "second": "",
                                "second_probability": None, "score_name": "", "score": None, "rank": None,
                                "label": names[index.label[i]] if index.label[i] >= 0 else ""}
         if selection.probs is not None:
             first, second = np.argsort(-selection.probs[k], kind="stable")[:2]
-            row.update(predicted=names[first], probability=float(selection.probs[k][first]),
-                       second=names[second], second_probability=float(selection.probs[k][second]))
+            row.update(predicted=names[first], probability=round(float(selection.probs[k][first]), 6),
+                       second=names[second], second_probability=round(float(selection.probs[k][second]), 6))
         elif selection.predicted is not None:
             row["predicted"] = names[selection.predicted[k]]
         if selection.scores is not None and np.isfinite(selection.scores[k]):
-            row.update(score_name=selection.score_name, score=float(selection.scores[k]))
+            row.update(score_name=selection.score_name, score=round(float(selection.scores[k]), 6))
             if selection.ranks is not None:
                 row["rank"] = int(selection.ranks[k])
         rows.append(row)
@@ -91,13 +91,13 @@ def query_feature(row: dict[str, Any], side: float, round_number: int, colours: 
     predicted), with numeric measurements only, as QuPath stores them."""
     measurements: dict[str, float] = {}
     if row["score"] is not None:
-        measurements[row["score_name"]] = round(row["score"], 6)
+        measurements[row["score_name"]] = row["score"]
     if row["rank"] is not None:
         measurements["rank in pool"] = row["rank"]
     for name, probability in ((row["predicted"], row["probability"]), (row["second"], row["second_probability"])):
         if probability is not None:
-            measurements[f"P({name})"] = round(probability, 6)
-    measurements["centre x (px)"], measurements["centre y (px)"] = row["x"], row["y"]
+            measurements[f"P({name})"] = probability
+    measurements["centre x (px)"], measurements["centre y (px)"] = float(row["x"]), float(row["y"])
     properties = {"name": f"round {round_number} #{row['number']}", "isLocked": True, "measurements": measurements}
     if row["predicted"]:
         return feature(square(row["x"], row["y"], side), "Polygon", row["predicted"], colours[row["predicted"]],
