@@ -128,8 +128,9 @@ def framed_map(image: np.ndarray, title: str, microns_per_pixel: float,
     """A map image as a pathologist reads it on its own: ``title`` above, a
     scale bar in its lower left corner, and a legend of ``(name, rgb)`` below."""
     height, width = image.shape[:2]
-    font, bold = sheet_font(15), sheet_font(17)
-    swatch, gap = 16, 14
+    size = max(14, width // 90)  # text that stays legible when the whole image is viewed at once
+    font, bold = sheet_font(size), sheet_font(size + 2)
+    swatch, gap = size + 1, size
     entries = [(name, rgb, int(font.getlength(name))) for name, rgb in legend]
     lines, x = [[]], 0
     for entry in entries:
@@ -139,14 +140,15 @@ def framed_map(image: np.ndarray, title: str, microns_per_pixel: float,
             x = 0
         lines[-1].append(entry)
         x += step
-    top, bottom = 30, 12 + 24 * len(lines)
+    top, row_height = 2 * size, int(1.6 * size)
+    bottom = 12 + row_height * len(lines)
     page = Image.new("RGB", (width, top + height + bottom), "white")
     page.paste(Image.fromarray(np.ascontiguousarray(image)), (0, top))
     draw = ImageDraw.Draw(page)
-    draw.text((6, 5), title, fill="black", font=bold)
+    draw.text((6, size // 4), title, fill="black", font=bold)
     _scale_bar(draw, 12, top + height - 14, width, microns_per_pixel, font)
     for row, entries_of_row in enumerate(lines):
-        x, y = 6, top + height + 8 + 24 * row
+        x, y = 6, top + height + 8 + row_height * row
         for name, rgb, text_width in entries_of_row:
             draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(v) for v in rgb), outline="grey")
             draw.text((x + swatch + 6, y), name, fill="black", font=font)
@@ -164,6 +166,6 @@ def _scale_bar(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, microns_pe
     length = max(m * power for m in (1, 2, 5) if m * power <= target)
     label = f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm"
     pixels = int(round(length / microns_per_pixel))
-    draw.rectangle((x - 6, y - 26, x + max(pixels, int(font.getlength(label))) + 6, y + 8), fill="white")
+    draw.rectangle((x - 6, y - 2 * font.size, x + max(pixels, int(font.getlength(label))) + 6, y + 8), fill="white")
     draw.rectangle((x, y, x + pixels, y + 4), fill="black")
     draw.text((x, y - 4), label, fill="black", font=font, anchor="ls")
