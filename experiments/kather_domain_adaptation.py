@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                        out / "logs" / f"extract_{domain.name}.txt")
             (out / "records" / domain.name / "done.json").write_text("{}")
     source_model = train_source_model(args, out)
-    pool = pool_size(out / "records" / f"target_{HARD}", out / "staged" / "target_split.json")
-    design = Design(args, out, source_model, pool)
+    per_class = pool_class_counts(out / "records" / f"target_{HARD}", out / "staged" / "target_split.json")
+    design = Design(args, out, source_model, per_class)
     chosen = design.select_strategies()
     print(f"chosen on validation AULC: {', '.join(chosen)}", flush=True)
     compared = [*BASELINES, *chosen]
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     results["shifts"][HARD]["full"] = design.run(HARD, "full", {s: args.full_seeds for s in compared})
     results["shifts"][EASY]["head"] = design.run(EASY, "head", {s: args.ceiling_seeds for s in compared})
     minutes = (time.perf_counter() - started) / 60
-    write_report(out, results, pool, minutes)
+    write_report(out, results, design.pool, minutes)
     print(f"\n{(out / 'results.md').read_text()}\nfigure: {out / 'learning_curves.png'}")
 
 
@@ -185,15 +185,16 @@ def strategy_flags(name: str) -> list[str]:
 class Design:
     """The runs of the experiment: which, with how many seeds, in parallel."""
 
-    def __init__(self, args: argparse.Namespace, out: Path, source_model: Path, pool: int) -> None:
-        self.args, self.out, self.source_model, self.pool = args, out, source_model, pool
+    def __init__(self, args: argparse.Namespace, out: Path, source_model: Path, per_class: dict[str, int]) -> None:
+        self.args, self.out, self.source_model = args, out, source_model
+        self.pool = sum(per_class.values())
+        self.initial = sum(min(args.initial, n) for n in per_class.values())
         self.selection: dict[str, float] = {}
 
     def rounds(self, mode: str) -> tuple[int, int]:
         """Tiles per round, and the rounds that label the pool after the initial set (no refit at 100%)."""
         budget = max(1, round((self.args.budget if mode == "head" else self.args.full_budget) * self.pool))
-        initial = self.args.initial * load_config(ROOT / "experiments" / "kather.yaml").num_classes
-        return budget, math.ceil((self.pool - initial) / budget)
+        return budget, math.ceil((self.pool - self.initial) / budget)
 
     def execute(self, shift: str, mode: str, seeds: dict[str, int]) -> None:
         budget, rounds = self.rounds(mode)
@@ -305,10 +306,21 @@ def stratified_split(paths: list[Path], fractions: dict[str, float], seed: int) 
     return assignment
 
 
-def pool_size(records: Path, split_file: Path) -> int:
+def pool_class_counts(records: Path, split_file: Path) -> dict[str, int]:
+    """Labelled tiles per class in the training split: the pool of a simulated run."""
     train = set(json.loads(split_file.read_text())["train"])
-    return sum(json.loads(p.read_text())["tiles"] for p in records.glob("*.summary.json")
-               if json.loads(p.read_text())["slide"] in train)
+    classes = load_config(ROOT / "experiments" / "kather.yaml").class_names
+    counts = dict.fromkeys(classes, 0)
+    for path in records.glob("*.summary.json"):
+        summary = json.loads(path.read_text())
+        if summary["slide"] in train:
+            for name in classes:
+                counts[name] += summary["tiles_per_class"].get(name, 0)
+    return counts
+
+
+def pool_size(records: Path, split_file: Path) -> int:
+    return sum(pool_class_counts(records, split_file).values())
 
 
 # -- runs -------------------------------------------------------------------------------
