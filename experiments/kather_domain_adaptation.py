@@ -36,7 +36,9 @@ picks by predicted class until ``WARM_START`` of the pool is labelled) or
 records of an image always share a split. ``head`` mode freezes the source
 backbone and fine-tunes the head on cached features; ``full`` fine-tunes
 everything, as in the paper. The outputs are OUTPUT/results.md (the tables),
-results.json and learning_curves.png; runs stay in OUTPUT/<shift>/<mode>/, and
+results.json, learning_curves.png, class_counts.png (labelled tiles per class
+in the first rounds) and picks.png (the first picks on a t-SNE map of the
+source features); runs stay in OUTPUT/<shift>/<mode>/, and
 a rerun of the same command skips finished runs and resumes killed ones.
 
     python experiments/kather_domain_adaptation.py                  # about 2.5 hours on 2 CPU cores
