@@ -19,6 +19,7 @@ from utils.geometry import slide_geometry
 from utils.inference import classify, label_colours
 from utils.labels import rasterize_regions
 from utils.model import ModelSpec, build_model, save_model
+from utils.qupath import qupath_class_name
 from utils.slide import Slide
 from utils.synthetic import GLASS, TEXTURES, make_slide, truth_grid
 from utils.tissue import tile_fractions, tissue_grid
@@ -96,12 +97,16 @@ def test_geojson_round_trips_to_the_same_cells(mapped):
     regions = read_annotations(mapped / "tissue_map.geojson")
     collection = json.loads((mapped / "tissue_map.geojson").read_text())
     assert all(f["properties"]["objectType"] == "annotation" for f in collection["features"])
-    assert {r.name for r in regions} == {names[c] for c in np.unique(classes)} - {"background"}
+    written = {qupath_class_name(n): n for n in names}
+    assert {r.name for r in regions} == {qupath_class_name(names[c]) for c in np.unique(classes)} - {"background"}
+    assert "Stroma" in written, "the configured 'stroma' in QuPath's built-in spelling"
     any_rule = load_config(rules=[[".*", "stroma"]])
     for region in regions:
         cells = rasterize_regions([region], any_rule, (ROWS * 8, COLS * 8), TILE / 8).classes >= 0
         per_cell = cells.reshape(ROWS, 8, COLS, 8).all(axis=(1, 3))
-        np.testing.assert_array_equal(per_cell, classes == names.index(region.name), err_msg=region.name)
+        np.testing.assert_array_equal(per_cell, classes == names.index(written[region.name]), err_msg=region.name)
+        assert config.class_for_annotation(region.name) in (names.index(written[region.name]), None), \
+            "read back as the configured class (undefined is not one)"
 
 
 def test_overlays_fill_and_outline_agree_and_carry_a_legend_and_a_true_scale_bar(mapped, synthetic_slide,

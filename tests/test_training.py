@@ -24,6 +24,7 @@ from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
+from utils.qupath import qupath_class_name
 from utils.records import read_index, record_files
 from utils.synthetic import make_slide, random_layout
 from utils import training_data
@@ -175,10 +176,14 @@ def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_pa
               for p in tiles.glob("*.summary.json")}
     by_number = {f"round 1 #{q['number']}": q for q in queries}
     read = [qupath_reads(f) for path in folder.glob("*.geojson") for f in json.loads(path.read_text())["features"]]
+    assert "stroma" in {q["predicted"] for q in queries}
+    assert "Stroma" in {r["class"] for r in read} and "stroma" not in {r["class"] for r in read}, \
+        "the configured 'stroma' in QuPath's built-in spelling, so that QuPath gets no second stroma class"
     assert sorted(r["name"] for r in read) == sorted(by_number)
     for square in read:
         query = by_number[square["name"]]
-        assert square["class"] == query["predicted"] and square["colour"] == colours[query["predicted"]]
+        assert square["class"] == qupath_class_name(query["predicted"])
+        assert square["colour"] == colours[query["predicted"]]
         side = stride[query["slide"]]
         assert square["roi"].is_valid and square["roi"].area == pytest.approx(side * side)
         assert (square["roi"].centroid.x, square["roi"].centroid.y) == pytest.approx((float(query["x"]),

@@ -96,7 +96,8 @@ def label_in_qupath(queries: Path, annotations: Path) -> dict[str, dict]:
     the second is set to Ignore*, the others get their true class; squares
     they cannot judge are deleted. Everything is then exported together with
     the earlier annotations, as QuPath writes them (with an id per object).
-    Returns the expected label name of every square that should count."""
+    Returns the expected class of every square that should count, casefolded
+    (QuPath's "Stroma" is the configured "stroma")."""
     expected, judged = {}, 0
     for path in sorted(queries.glob("*.geojson")):
         known = regions(int(path.stem[1:]))
@@ -109,12 +110,12 @@ def label_in_qupath(queries: Path, annotations: Path) -> dict[str, dict]:
             key = (path.stem, *centre(square))
             classification = square["properties"]["classification"]
             if judged == 1:
-                expected[key] = classification["name"]
+                expected[key] = classification["name"].casefold()
             elif judged == 2:
                 classification = {"name": "Ignore*", "color": [180, 180, 180]}
             else:
                 classification = {"name": true_class, "color": [200, 0, 200]}
-                expected[key] = true_class.lower()
+                expected[key] = true_class.casefold()
             kept.append({**square, "id": str(uuid.uuid4()),
                          "properties": {**square["properties"], "classification": classification}})
         earlier = json.loads((annotations / path.name).read_text())["features"]
@@ -171,7 +172,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     added = {(r["slide"], r["x"], r["y"]): r for r in second if (r["slide"], r["x"], r["y"]) not in keys(first)}
     assert set(added) == set(expected), "the labelled set grows by exactly the squares left with a class"
     names = readme_config()["classes"]
-    assert {key: names[int(r["label"])]["name"] for key, r in added.items()} == expected, \
+    assert {key: names[int(r["label"])]["name"].casefold() for key, r in added.items()} == expected, \
         "a corrected square has its new class, one left unchanged the predicted class"
     assert {r["round"] for r in added.values()} == {"1"}
     assert Path("runs/lab2/queries/round_2/queries.csv").exists()

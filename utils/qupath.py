@@ -19,13 +19,28 @@ from utils.config import hex_to_rgb
 from utils.io import atomic_write_text
 
 
+#: QuPath's built-in classes (``PathClass.StandardPathClasses``). QuPath tells
+#: classes apart by their exact name, so a configured class that differs from
+#: one of these only in case ("stroma") is written in QuPath's spelling
+#: ("Stroma"): an import reuses the built-in class instead of adding a second
+#: one, and the project reads either spelling as the configured class.
+QUPATH_CLASSES = ("Tumor", "Stroma", "Immune cells", "Necrosis", "Other", "Region*", "Ignore*", "Positive",
+                  "Negative")
+
+
+def qupath_class_name(name: str) -> str:
+    """The name QuPath shows for a configured class: its built-in spelling, if it has one."""
+    return next((builtin for builtin in QUPATH_CLASSES if builtin.casefold() == name.casefold()), name)
+
+
 def feature(coordinates: list, kind: str, class_name: str, color: str, **properties: Any) -> dict[str, Any]:
+    """A QuPath annotation of the configured class ``class_name`` (written as :func:`qupath_class_name`)."""
     return {
         "type": "Feature",
         "geometry": {"type": kind, "coordinates": coordinates},
         "properties": {
             "objectType": "annotation",
-            "classification": {"name": class_name, "color": list(hex_to_rgb(color))},
+            "classification": {"name": qupath_class_name(class_name), "color": list(hex_to_rgb(color))},
             **properties,
         },
     }
