@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 #: Tiles per contact sheet page.
 SHEET_CELLS = 24
+#: The columns of queries.csv.
+COLUMNS = ("number", "slide", "x", "y", "predicted", "probability", "second", "second_probability", "score_name",
+           "score", "rank", "label")
 
 
 @dataclass
@@ -67,16 +70,14 @@ def query_rows(run: "TrainingData", selection: Selection) -> list[dict[str, Any]
     names, index = run.config.class_names, run.index
     rows = []
     for k, i in enumerate(selection.ids):
-        row: dict[str, Any] = {"number": k + 1, "slide": str(index.slide[i]), "x": index.x[i].item(),
-                               "y": index.y[i].item(), "predicted": "", "probability": None, "second": "",
-                               "second_probability": None, "score_name": "", "score": None, "rank": None,
+        row: dict[str, Any] = {**dict.fromkeys(COLUMNS, ""), "number": k + 1, "slide": str(index.slide[i]),
+                               "x": index.x[i].item(), "y": index.y[i].item(), "probability": None,
+                               "second_probability": None, "score": None, "rank": None,
                                "label": names[index.label[i]] if index.label[i] >= 0 else ""}
         if selection.probs is not None:
             first, second = np.argsort(-selection.probs[k], kind="stable")[:2]
             row.update(predicted=names[first], probability=round(float(selection.probs[k][first]), 6),
                        second=names[second], second_probability=round(float(selection.probs[k][second]), 6))
-        elif selection.predicted is not None:
-            row["predicted"] = names[selection.predicted[k]]
         if selection.scores is not None and np.isfinite(selection.scores[k]):
             row.update(score_name=selection.score_name, score=round(float(selection.scores[k]), 6))
             if selection.ranks is not None:
@@ -110,9 +111,10 @@ def caption(row: dict[str, Any]) -> list[str]:
     """The lines under a tile of the contact sheet."""
     lines = [f"#{row['number']}  {row['slide']}", f"x {row['x']:.0f}, y {row['y']:.0f}"]
     if row["probability"] is not None:
-        lines.append(f"{row['predicted']} {row['probability']:.2f}, then {row['second']} {row['second_probability']:.2f}")
-    elif row["predicted"] or row["label"]:
-        lines.append(row["predicted"] or f"label: {row['label']}")
+        lines.append(f"{row['predicted']} {row['probability']:.2f}, "
+                     f"then {row['second']} {row['second_probability']:.2f}")
+    elif row["label"]:
+        lines.append(f"label: {row['label']}")
     if row["score"] is not None:
         lines.append(f"{row['score_name']} {row['score']:.3g}" + (f", rank {row['rank']}" if row["rank"] else ""))
     return lines
@@ -123,8 +125,7 @@ def write_queries(run: "TrainingData", selection: Selection, round_number: int) 
     unless ``--no-figures``, the contact sheet pages."""
     folder = run.out / "queries" / f"round_{round_number}"
     rows = query_rows(run, selection)
-    atomic_write_csv(folder / "queries.csv", list(rows[0]) if rows else ["number"],
-                     [[r[key] for key in r] for r in rows])
+    atomic_write_csv(folder / "queries.csv", list(COLUMNS), [[r[key] for key in COLUMNS] for r in rows])
     colours = {c["name"]: c["color"] for c in run.config.classes}
     for slide in sorted({r["slide"] for r in rows}):
         side = run.strides.get(slide, float(run.config.tile_size))
