@@ -129,7 +129,7 @@ def test_overlays_fill_and_outline_agree_and_carry_a_legend_and_a_true_scale_bar
     assert fill.shape == outline.shape and fill.shape[1] == width
     top = next(r for r in range(fill.shape[0]) if (fill[r] != outline[r]).any())  # the title differs
     top = next(r for r in range(top, fill.shape[0]) if (fill[r, :, :] != 255).sum() > width)  # first map row
-    tissue = np.load(mapped / "probabilities.npz")["tissue"]
+    tissue = np.load(mapped / "probabilities.npz", allow_pickle=False)["tissue"]
     for r, c in zip(*np.nonzero(tissue)):
         y, x = top + r * scale + scale // 2, c * scale + scale // 2
         if y > top + height - 50 and x < width // 2:
