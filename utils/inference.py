@@ -149,7 +149,7 @@ def summary_path(output: Path, slide: SlideFile) -> Path:
 
 def inference_settings(slide: SlideFile, *, config: Config, options: InferenceOptions) -> dict[str, Any]:
     """What a slide's maps depend on: configuration (thresholds included), the
-    model file's content, the µm/px override and smoothing."""
+    model file's content, the µm/px override, smoothing and the overlay style."""
     return normalised({"configuration": config.map_settings(), "model_sha256": options.model_sha256,
                        "mpp": options.mpp.for_slide(slide.name), "smooth": options.smooth,
                        "overlay": options.overlay})
