@@ -16,7 +16,6 @@ from typing import Any
 import cv2
 import numpy as np
 import tensorflow as tf
-from matplotlib.patches import Patch
 
 from utils import plots
 from utils.batch import Progress
@@ -199,12 +198,14 @@ def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale
     rgb = colours[classes]
     big = np.kron(rgb, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else rgb
     _write_png(folder / "tissue_map.png", big)
-    _legend_png(folder / "tissue_map_legend.png", big, names, colours, classes)
+    microns_per_pixel = geometry.stride * slide.mpp / scale
+    listed = sorted(set(np.unique(classes).tolist()) | set(range(len(names) - 1)))  # undefined only when used
+    _write_png(folder / "tissue_map_legend.png", plots.framed_map(
+        big, f"{slide.stem}: tissue map", microns_per_pixel, [(names[i], tuple(colours[i])) for i in listed]))
     overlay = overlay_image(thumbnail, classes, tissue, colours, scale, style)
-    shown = np.unique(classes[tissue]).tolist()
-    framed = plots.framed_map(overlay, f"{slide.stem}: tissue map ({style})", geometry.stride * slide.mpp / scale,
-                              [(names[i], tuple(colours[i])) for i in shown])
-    _write_png(folder / "overlay.png", framed)
+    _write_png(folder / "overlay.png", plots.framed_map(
+        overlay, f"{slide.stem}: tissue map ({style})", microns_per_pixel,
+        [(names[i], tuple(colours[i])) for i in np.unique(classes[tissue])]))
     with atomic_path(folder / "probabilities.npz") as tmp:
         with tmp.open("wb") as handle:
             np.savez_compressed(
@@ -246,19 +247,6 @@ def overlay_image(thumbnail: np.ndarray, classes: np.ndarray, tissue: np.ndarray
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes())
-
-
-def _legend_png(path: Path, image: np.ndarray, names: list[str], colours: np.ndarray, classes: np.ndarray) -> None:
-    height, width = image.shape[:2]
-    fig = plots.Figure(figsize=(8, 8 * height / max(width, 1) + 0.8))
-    ax = fig.subplots()
-    ax.imshow(image, interpolation="nearest")
-    ax.axis("off")
-    present = sorted(set(np.unique(classes).tolist()) | set(range(len(names) - 1)))
-    handles = [Patch(facecolor=colours[i] / 255.0, edgecolor="grey", label=names[i]) for i in present]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(4, len(handles)),
-              frameon=False)
-    plots.save(fig, path, dpi=110)
 
 
 def _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info, options) -> dict:
