@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 
 from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
-                       prepare_output, resolve_config)
-from utils.config import read_config_file
+                       prepare_output, resolve_config, start)
 from utils.failures import exit_on_input_error
 from utils.inference import InferenceOptions, infer_slide, inference_settings, summary_path
 from utils.log import info
@@ -33,6 +31,7 @@ from utils.model import Predictor, check_compatible, load_model, read_metadata
 from utils.options import add_option_arguments, resolve_options
 from utils.provenance import check_stale, file_digest
 from utils.setup import setup_process
+from utils.summaries import MapSummary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,9 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     paths.add_argument("--model", type=Path, required=True, help="model.keras saved by active_learning_train.py")
     paths.add_argument("--output", type=Path, required=True, help="folder for one sub-folder per slide")
     add_config_arguments(parser, defaults_from="the model's", section="inference")
-    add_slide_arguments(parser, workers=min(8, os.cpu_count() or 1),
-                        workers_help="threads reading and decoding slide blocks (default: cores, at most 8)")
-    add_option_arguments(parser, InferenceOptions, {})
+    add_option_arguments(parser, InferenceOptions, {"slides": add_slide_arguments(parser)})
     add_message_arguments(parser)
     return parser.parse_args(argv)
 
@@ -52,14 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    file_keys, section = start(args, "inference")
     setup_process()
     metadata = read_metadata(args.model)
-    config = resolve_config(args, base=metadata["config"])
+    config = resolve_config(args, file_keys, base=metadata["config"])
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
-    section = read_config_file(args.config, "inference") if args.config else {}
     options = resolve_options(InferenceOptions, args, section, f"{args.config}: inference", output=args.output,
                               model_path=args.model, model_sha256=file_digest(args.model), mpp=mpp,
-                              threads=args.workers, overwrite=args.overwrite)
+                              overwrite=args.overwrite)
     check_stale(slides, functools.partial(summary_path, args.output),
                 functools.partial(inference_settings, config=config, options=options), args.overwrite, args.output)
     model = load_model(args.model)
@@ -70,15 +67,13 @@ def main(argv: list[str] | None = None) -> int:
                              model_info=model_info)
     outcomes = run_per_slide(task, slides, workers=1, unit="tiles")
     for outcome in outcomes:
-        result = outcome.result
-        if result and result["status"] == "done":
-            tissue = result["classes"]
-            top = sorted(((v["percent_of_tissue"], k) for k, v in tissue.items() if k != "background"), reverse=True)
-            listing = ", ".join(f"{name} {pct:.1f}%" for pct, name in top if pct > 0)
-            info(f"{result['slide']}: {result['tissue_mm2']:.2f} mm² tissue ({listing}); "
-                 f"{result['tiles_per_second']} tiles/s -> {args.output / result['slide']}")
-        elif result:
-            info(f"{result['slide']}: {result['status']}")
+        summary: MapSummary | None = outcome.result
+        if summary and summary.done:
+            listing = ", ".join(f"{name} {pct:.1f}%" for name, pct in summary.tissue_shares(config.background_class))
+            info(f"{summary.slide}: {summary.tissue_mm2:.2f} mm² tissue ({listing}); "
+                 f"{summary.tiles_per_second} tiles/s -> {args.output / summary.slide}")
+        elif summary:
+            info(f"{summary.slide}: {summary.status}")
     return report(outcomes)
 
 

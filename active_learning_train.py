@@ -26,14 +26,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config
-from utils.config import Config, read_config_file
+from utils.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config, start
+from utils.config import Config
 from utils.failures import exit_on_input_error
 from utils.log import info
 from utils.model import check_fits_source, source_metadata, source_spec
 from utils.options import add_option_arguments, resolve_options
 from utils.setup import setup_process
-from utils.training import TrainOptions, run_repeats, run_training
+from utils.train_options import TrainOptions
+from utils.training import run_repeats, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,14 +61,14 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
     --config file's training: section < flags. Configuration: the defaults <
     the --weights model's < the data's extraction_config.json < --config <
     flags. The architecture is the flags', else the source model's."""
-    section = read_config_file(args.config, "training") if args.config else {}
+    file_keys, section = start(args, "training")
     options = resolve_options(TrainOptions, args, section, f"{args.config}: training", data=args.data,
                               output=args.output, resume=args.resume, compare=tuple(args.compare))
     source = source_metadata(options.weights)
     extraction = args.data / "extraction_config.json"
     base = dict(source["config"]) if source and "config" in source else {}
     base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
-    config = resolve_config(args, base=base, uncapped_classes=args.uncapped)
+    config = resolve_config(args, file_keys, base=base, uncapped_classes=args.uncapped)
     options = replace(options, spec=source_spec(source, options.backbone, options.head_units, options.input_scaling))
     if source and not options.allow_partial_weights:
         check_fits_source(options.weights, source, options.spec, config)
@@ -76,14 +77,13 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    options, config = resolve(parse_args(argv))
     setup_process()
-    options, config = resolve(args)
     if options.repeats > 1:
         run_repeats(options, config)
         return 0
     last = run_training(options, config).rows[-1]
-    info(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {args.output / 'model.keras'}")
+    info(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {options.output / 'model.keras'}")
     return 0
 
 

@@ -31,17 +31,19 @@ from pathlib import Path
 
 from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
-                       prepare_output, resolve_config)
+                       prepare_output, resolve_config, start)
 from utils.config import Config, save_config
 from utils.errors import InputError
 from utils.extract import (ExtractOptions, check_output_configuration, extract_slide, extraction_settings,
                            summary_path)
 from utils.failures import exit_on_input_error
 from utils.log import info, warn
+from utils.options import add_option_arguments, resolve_options
 from utils.provenance import check_stale
 from utils.setup import setup_process
 from utils.slide import parse_mpp
-from utils.tile_folders import TileFolderOptions, extract_tile_folders
+from utils.summaries import ShardSummary
+from utils.tile_folders import extract_tile_folders
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,76 +54,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--tiles", type=Path, help="folder of labelled tiles, one sub-folder per class (needs --mpp, one value)")
     paths.add_argument("--annotations", type=Path, help="folder of annotation files named like the slides")
     paths.add_argument("--output", type=Path, required=True, help="folder for the TFRecord shards")
-    add_config_arguments(parser)
-    add_slide_arguments(parser, workers=1, workers_help="slides processed in parallel")
-    extraction = parser.add_argument_group("extraction")
-    extraction.add_argument("--encoding", choices=["png", "jpeg"], default="png", help="tile encoding")
-    extraction.add_argument("--unlabeled", action="store_true",
-                            help="also write every unlabelled tissue tile (label -1), the active-learning pool; "
-                                 "slides without annotation file are then pooled whole")
-    extraction.add_argument("--strict", action="store_true",
-                            help="fail a slide whose annotation names match no rule (with --tiles: stop on a class "
-                                 "folder that matches no rule)")
-    extraction.add_argument("--allow-upsampling", action="store_true",
-                            help="allow magnifications above the scan's by resampling up")
-    extraction.add_argument("--slide-pattern", default=TileFolderOptions.slide_pattern,
-                            help="with --tiles: regular expression whose first group, searched in a file name, "
-                                 "is the tile's slide (default: the name up to the first '.' or '_')")
+    configuration = add_config_arguments(parser, section="extraction")
+    configuration.add_argument("--allow-upsampling", action="store_true", default=None,
+                                           help="allow magnifications above the scan's by resampling up "
+                                                "(the configuration's allow_upsampling)")
+    add_option_arguments(parser, ExtractOptions, {"slides": add_slide_arguments(parser)})
     add_message_arguments(parser)
     args = parser.parse_args(argv)
     if args.tiles is not None:
         if args.mpp is None:
             parser.error("--tiles needs --mpp, the µm/px of the tiles")
-        if args.shard or args.workers != 1 or args.unlabeled or args.annotations:
+        if args.shard or args.workers not in (None, 1) or args.unlabeled or args.annotations:
             parser.error("--shard, --workers, --unlabeled and --annotations apply to --slides only")
-    elif args.annotations is None and not args.unlabeled:
-        parser.error("--annotations is required unless --unlabeled is given")
     return args
 
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    file_keys, section = start(args, "extraction")
     setup_process()
-    config = resolve_config(args, allow_upsampling=args.allow_upsampling or None)
+    config = resolve_config(args, file_keys, allow_upsampling=args.allow_upsampling)
     if args.tiles is not None:
-        return extract_tiles(args, config)
+        mpp = parse_mpp(args.mpp).value
+        if mpp is None:
+            raise InputError("--tiles needs one µm/px for all tiles, not a file")
+        options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
+                                  overwrite=args.overwrite)
+        return extract_tiles(args.tiles, mpp, config, options)
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
-    options = ExtractOptions(
-        annotations=args.annotations, output=args.output, mpp=mpp, encoding=args.encoding,
-        unlabeled=args.unlabeled, strict=args.strict, overwrite=args.overwrite,
-    )
+    options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
+                              annotations=args.annotations, mpp=mpp, overwrite=args.overwrite)
+    if options.annotations is None and not options.unlabeled:
+        raise InputError("--annotations is required unless --unlabeled is given")
     check_output_configuration(args.output, config, args.overwrite, slides)
     check_stale(slides, functools.partial(summary_path, args.output),
                 functools.partial(extraction_settings, config=config, options=options), args.overwrite, args.output)
     prepare_output(args.output)
     save_config(config, args.output / "extraction_config.json")
     task = functools.partial(extract_slide, config=config, options=options)
-    outcomes = run_per_slide(task, slides, args.workers, unit="tiles")
+    outcomes = run_per_slide(task, slides, options.workers, unit="tiles")
     for outcome in outcomes:
         if outcome.result:
             print_summary(outcome.result)
     return report(outcomes)
 
 
-def extract_tiles(args: argparse.Namespace, config: Config) -> int:
-    prepare_output(args.output)
-    check_output_configuration(args.output, config, args.overwrite)
-    save_config(config, args.output / "extraction_config.json")
-    mpp = parse_mpp(args.mpp).value
-    if mpp is None:
-        raise InputError("--tiles needs one µm/px for all tiles, not a file")
-    options = TileFolderOptions(output=args.output, mpp=mpp, slide_pattern=args.slide_pattern,
-                                encoding=args.encoding, overwrite=args.overwrite, strict=args.strict)
-    for summary in extract_tile_folders(args.tiles, config, options):
+def extract_tiles(tiles: Path, mpp: float, config: Config, options: ExtractOptions) -> int:
+    prepare_output(options.output)
+    check_output_configuration(options.output, config, options.overwrite)
+    save_config(config, options.output / "extraction_config.json")
+    for summary in extract_tile_folders(tiles, mpp, config, options):
         print_summary(summary)
     return 0
 
 
-def print_summary(summary: dict) -> None:
-    detail = f"{summary['tiles']} tiles {summary['tiles_per_class']}" if summary["status"] == "done" else ""
-    info(f"{summary['slide']}: {summary['status']} {detail}".rstrip())
-    for line in summary.get("warnings", []):
+def print_summary(summary: ShardSummary) -> None:
+    detail = f"{summary.tiles} tiles {summary.tiles_per_class}" if summary.done else ""
+    info(f"{summary.slide}: {summary.status} {detail}".rstrip())
+    for line in summary.warnings:
         warn(line)
 
 

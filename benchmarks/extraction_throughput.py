@@ -33,7 +33,7 @@ def run(slide: Path, annotations: Path | None, output: Path, config, unlabeled: 
                              overwrite=True)
     started = time.perf_counter()
     summary = extract_slide(SlideFile(slide.stem, slide), lambda n: None, config=config, options=options)
-    return summary["tiles"], time.perf_counter() - started
+    return summary.tiles, time.perf_counter() - started
 
 
 def main() -> None:

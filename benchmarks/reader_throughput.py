@@ -98,7 +98,7 @@ def inference(slide_path: str, tile: int) -> tuple[float, float]:
     config, _, _, _, _ = _grid(slide_path, tile)
     predictor = Predictor(build_model(config, ModelSpec("small"), None))
     slide = Slide(slide_path)
-    options = InferenceOptions(output=Path("."), model_path=Path("."), batch_size=256, threads=1)
+    options = InferenceOptions(output=Path("."), model_path=Path("."), batch_size=256, workers=1)
     started = time.process_time()
     result = predict_slide(slide, config, predictor, options, lambda n: None)
     return result["tiles"] / (time.process_time() - started), _peak_mb()

@@ -70,6 +70,7 @@ from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import read_csv  # noqa: E402
+from utils.summaries import ShardSummary  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
@@ -132,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile-size", default="64", help="tile side in px (default 64: 4 tiles per image)")
     parser.add_argument("--source-learning-rate", default="1e-3",
                         help="Adam step for the source model (default 1e-3; 1e-4 from ImageNet weights)")
+    parser.add_argument("--source-epochs", default="40", help="most epochs of the source model (default 40)")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -314,10 +316,10 @@ def pool_class_counts(records: Path, split_file: Path) -> dict[str, int]:
     classes = load_config(ROOT / "experiments" / "kather.yaml").class_names
     counts = dict.fromkeys(classes, 0)
     for path in records.glob("*.summary.json"):
-        summary = json.loads(path.read_text())
-        if summary["slide"] in train:
+        summary = ShardSummary.read(path)
+        if summary.slide in train:
             for name in classes:
-                counts[name] += summary["tiles_per_class"].get(name, 0)
+                counts[name] += summary.tiles_per_class.get(name, 0)
     return counts
 
 
@@ -344,7 +346,8 @@ def train_source_model(args: argparse.Namespace, out: Path) -> Path:
             "--split", str(out / "staged" / "source_split.json"), "--rounds", "0", "--initial", "1000000",
             "--backbone", args.backbone, "--backbone-weights", args.backbone_weights,
             "--head-units", args.head_units, "--optimizer", "adam", "--learning-rate", args.source_learning_rate,
-            "--epochs", "40", "--patience", "6", "--batch-size", "32", "--slide-class-cap", "0", "--seed", "0",
+            "--epochs", args.source_epochs, "--patience", "6", "--batch-size", "32", "--slide-class-cap", "0",
+            "--seed", "0",
         ], out / "logs" / "source_model.txt")
     return run / "model.keras"
 
@@ -507,13 +510,13 @@ def picks_plot(out: Path, strategies: list[str], path: Path, rounds: int = 3, se
 
     from utils.model import Predictor, load_model
     from utils.records import read_index, record_files, triplet_dataset
-    from utils.training_data import predict
+    from utils.learners import predict
 
     config = load_config(ROOT / "experiments" / "kather.yaml")
     index = read_index(record_files(out / "records" / f"target_{HARD}"))
     train = json.loads((out / "staged" / "target_split.json").read_text())["train"]
     ids = np.flatnonzero(np.isin(index.slide, train) & (index.label >= 0))
-    tile_size = json.loads(next((out / "records" / f"target_{HARD}").glob("*.summary.json")).read_text())["tile_size"]
+    tile_size = ShardSummary.read(next((out / "records" / f"target_{HARD}").glob("*.summary.json"))).tile_size
     dataset = triplet_dataset(index, ids, config.magnifications, tile_size, 128, with_ids=True)
     features = predict(Predictor(load_model(out / "source_model" / "model.keras")), dataset, embeddings=True)
     xy = TSNE(2, init="pca", random_state=0).fit_transform(features["embeddings"])

@@ -12,10 +12,10 @@ import pytest
 import active_learning_inference
 import active_learning_train
 from tests.conftest import ROOT
-from utils.config import Config, ConfigError, load_config
+from utils.config import Config, ConfigError, load_config, read_settings
 from utils.inference import InferenceOptions
 from utils.options import declared, resolve_options
-from utils.training import TrainOptions
+from utils.train_options import TrainOptions
 
 #: The original code's settings, read from its active_learning_train.py and
 #: my_constants.py (Biomedical-Data-Analysis-Laboratory/ActiveLearning_TissueSegmentation).
@@ -137,3 +137,30 @@ def test_a_class_list_of_ones_own_keeps_the_paper_exemption_only_where_it_has_th
     del saved["uncapped_classes"]
     assert load_config(**saved).uncapped_classes == ["blood"]
     assert load_config(classes=two, rules=[], priority=[], uncapped_classes=["stroma"]).uncapped_classes == ["stroma"]
+
+
+def test_extraction_options_come_from_the_dataclass_and_the_file_is_read_once(tmp_path, monkeypatch):
+    import tfrecord_generator
+    from utils import cli
+    from utils.extract import ExtractOptions
+
+    settings = tmp_path / "lab.yaml"
+    settings.write_text("tile_size: 64\nextraction:\n  encoding: jpeg\n  unlabeled: true\n  workers: 3\n")
+    reads = []
+    monkeypatch.setattr(cli, "read_settings", lambda path: reads.append(path) or read_settings(path))
+    bare = tfrecord_generator.parse_args(["--slides", "s", "--output", "o"])
+    for field in declared(ExtractOptions):
+        assert getattr(bare, field.name) is None, f"--{field.name.replace('_', '-')} means 'not given' when absent"
+    args = tfrecord_generator.parse_args(["--slides", "s", "--output", "o", "--config", str(settings),
+                                          "--workers", "2"])
+    keys, section = cli.start(args, "extraction")
+    options = resolve_options(ExtractOptions, args, section, "extraction", output=Path("o"))
+    config = cli.resolve_config(args, keys)
+    assert (options.encoding, options.unlabeled, options.workers, config.tile_size) == ("jpeg", True, 2, 64)
+    assert reads == [str(settings)], "one read gives the configuration and the options"
+    assert ExtractOptions(output=Path("o")).encoding == "png", "the default stands on the dataclass only"
+    with pytest.raises(ConfigError, match="encoding"):
+        ExtractOptions(output=Path("o"), encoding="tiff")
+    train_args_ = active_learning_train.parse_args(train_args("--config", str(settings)))
+    active_learning_train.resolve(train_args_)
+    assert len(reads) == 2, "training reads the file once too"

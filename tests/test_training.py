@@ -23,12 +23,16 @@ from tests.conftest import ROOT, shared_file, wait_for
 from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
 from utils.errors import ModelError
-from utils.model import ModelSpec, build_model, check_compatible, load_weights_by_name, read_metadata, save_model
+from utils.model import (ModelSpec, Predictor, build_model, check_compatible, load_weights_by_name, read_metadata,
+                         save_model)
 from utils.qupath import qupath_class_name
 from utils.records import read_index, record_files
 from utils.synthetic import make_slide, random_layout
-from utils import training_data
-from utils.training import TrainOptions, run_training
+from utils import learners, queries
+from utils.learners import HeadOnFeatures
+from utils.run_state import RunState
+from utils.train_options import TrainOptions
+from utils.training import run_training
 from utils.training_data import TrainingData
 
 TILE = 32
@@ -103,39 +107,37 @@ def test_rounds_grow_the_labelled_set_and_resume_after_a_kill(tiles, tmp_path, c
     assert metadata["config"]["tile_size"] == TILE and metadata["backbone"] == "small"
 
 
-def test_class_budgets_go_by_predicted_classes_unless_the_oracle_is_asked_for(tiles, tmp_path, monkeypatch):
-    from utils import training
-
+def test_class_budgets_go_by_predicted_classes_unless_the_oracle_is_asked_for(tiles, tmp_path):
     config = load_config(tile_size=TILE)
     options = TrainOptions(data=tiles, output=tmp_path, spec=ModelSpec("small", 32), backbone_weights=None,
                            budget=30, initial=5, slide_class_cap=60, eval_cap=40)
-    run = TrainingData(options, config)
-    labelled = run.initial_labelled()
+    rng = np.random.default_rng(0)
+    run = TrainingData(options, config, rng)
+    state = RunState.initial(run, options.initial, False, rng)
+    labelled = state.labelled
     truth = run.index.label
 
-    def predicted_as(c: int):  # a model that calls every tile class c
-        def predict(predictor, ids, mc_passes=0, embeddings=False):
-            return {"ids": ids, "labels": truth[ids], "probs": np.eye(config.num_classes)[np.full(len(ids), c)]}
-        return predict
+    class PredictsOneClass:  # a learner that calls every tile class c
+        def __init__(self, c: int) -> None:
+            self.c = c
 
-    equal = np.zeros(config.num_classes)
-    monkeypatch.setattr(run, "predict", predicted_as(2))
-    chosen = training.query(run, None, labelled, equal)
+        def predict(self, ids, mc_passes=0, embeddings=False):
+            return {"ids": ids, "labels": truth[ids], "probs": np.eye(config.num_classes)[np.full(len(ids), self.c)]}
+
+    chosen = queries.query(run, PredictsOneClass(2), options, state)
     assert len(chosen.ids) == 30 and (chosen.predicted == 2).all()
     assert len(set(truth[chosen.ids])) > 1, "all of the budget went to the one predicted class, whatever the truth"
 
-    run.options = dataclasses.replace(options, oracle_classes=True)
-    oracle = training.query(run, None, labelled, equal)
+    oracle = queries.query(run, PredictsOneClass(2), dataclasses.replace(options, oracle_classes=True), state)
     counts = np.bincount(truth[oracle.ids], minlength=config.num_classes)
     available = np.bincount(truth[np.setdiff1d(run.pool_ids, labelled)], minlength=config.num_classes)
-    np.testing.assert_array_equal(counts, class_ratio_allocation(30, equal, available))
+    np.testing.assert_array_equal(counts, class_ratio_allocation(30, state.misclassified, available))
 
     # The warm start draws class-balanced by predicted class, then hands over to the strategy.
-    run.options = dataclasses.replace(options, strategy="entropy", warm_start=0.5)
-    monkeypatch.setattr(run, "predict", predicted_as(1))
-    assert training.query(run, None, labelled, equal).strategy == training.WARM_START
-    most = np.union1d(labelled, run.pool_ids[: int(0.6 * len(run.pool_ids))])
-    assert training.query(run, None, most, equal).strategy == "entropy"
+    warm = dataclasses.replace(options, strategy="entropy", warm_start=0.5)
+    assert queries.query(run, PredictsOneClass(1), warm, state).strategy == queries.WARM_START
+    state.labelled = np.union1d(labelled, run.pool_ids[: int(0.6 * len(run.pool_ids))])
+    assert queries.query(run, PredictsOneClass(1), warm, state).strategy == "entropy"
 
 
 def qupath_reads(feature: dict) -> dict:
@@ -275,28 +277,32 @@ def test_small_model_learns_real_kather_textures(tmp_path):
     assert last["test_accuracy"] > 2.5 * chance, last
 
 
-def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tmp_path, monkeypatch):
+def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tmp_path):
     from sklearn.metrics import f1_score, log_loss
 
     from utils import training
 
     config = load_config(tile_size=TILE)
-    run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config)
+    run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config,
+                       np.random.default_rng(0))
     truth = np.array([1, 1, 2, 2, 3, 3, 4, 5])
     guess = np.array([1, 2, 2, 2, 3, 5, 4, 5])
-    probs = np.eye(config.num_classes)[guess]
-    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0, embeddings=False: {
-        "ids": np.arange(len(truth)), "labels": truth, "probs": probs})
-    result = training.evaluate(None, run, np.arange(len(truth)))
+
+    class Answers:  # a learner whose predictions are given
+        def __init__(self, probs: np.ndarray) -> None:
+            self.probs = probs
+
+        def predict(self, ids, mc_passes=0, embeddings=False):
+            return {"ids": np.arange(len(truth)), "labels": truth, "probs": self.probs}
+
+    result = training.evaluate(Answers(np.eye(config.num_classes)[guess]), run, np.arange(len(truth)))
     assert result["accuracy"] == pytest.approx(6 / 8)
     assert result["macro_f1"] == pytest.approx(f1_score(truth, guess, average="macro"))
     assert np.isnan(result["per_class_f1"][0]), "background is absent: no F1, not 0"
     np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
     assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]
     soft = np.random.default_rng(0).dirichlet(np.ones(config.num_classes), size=len(truth)).astype(np.float32)
-    monkeypatch.setattr(training_data, "predict", lambda predictor, dataset, mc_passes=0, embeddings=False: {
-        "ids": np.arange(len(truth)), "labels": truth, "probs": soft})
-    loss = training.evaluate(None, run, np.arange(len(truth)))["loss"]
+    loss = training.evaluate(Answers(soft), run, np.arange(len(truth)))["loss"]
     assert loss == pytest.approx(log_loss(truth, soft.astype(np.float64), labels=range(config.num_classes)), rel=1e-6)
 
 
@@ -315,44 +321,43 @@ def test_the_kept_round_follows_model_selection():
 
 
 def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_backbone(tiles, tmp_path):
-    from utils import training
-
     config = load_config(tile_size=TILE)
     options = TrainOptions(data=tiles, output=tmp_path, spec=ModelSpec("small", 32), backbone_weights=None,
                            freeze_backbone=True, epochs=2, batch_size=32, optimizer="adam", learning_rate=1e-2,
                            slide_class_cap=60, eval_cap=40)
     model = build_model(config, options.spec, None, freeze_backbone=True)
-    run = TrainingData(options, config)
-    run.cache_features(model)
+    rng = np.random.default_rng(0)
+    run = TrainingData(options, config, rng)
+    learner = HeadOnFeatures(model, run, options)
     ids = run.val_ids
-    direct = training_data.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
+    direct = learners.predict(Predictor(model), run.dataset(ids, with_ids=True))
     order = np.argsort(direct["ids"])
-    cached = run.cache.predict(ids, 32)
+    cached = learner.predict(ids)
     np.testing.assert_array_equal(cached["ids"], direct["ids"][order])
     np.testing.assert_allclose(cached["probs"], direct["probs"][order], atol=1e-5)
     assert cached["labels"].tolist() == direct["labels"][order].tolist()
     # The embeddings the diversity strategies read: the same from the cache as from the model.
-    embedded = training_data.predict(training.Predictor(model), run.dataset(ids, with_ids=True), embeddings=True)
-    from_cache = run.cache.predict(ids, 32, embeddings=True)
+    embedded = learners.predict(Predictor(model), run.dataset(ids, with_ids=True), embeddings=True)
+    from_cache = learner.predict(ids, embeddings=True)
     for key in ("embeddings", "penultimate", "probs"):
         np.testing.assert_allclose(from_cache[key], embedded[key][order], atol=1e-5)
     assert embedded["penultimate"].shape[1] == 32, "the last dense layer's units"
 
     backbone = [w.copy() for w in model.get_layer("backbone_mag_40x").get_weights()]
     head = [w.copy() for w in model.get_layer("fc1").get_weights()]
-    rows = training.fit(model, run, run.initial_labelled(), 0, seed=0)
+    rows = learner.fit(RunState.initial(run, options.initial, False, rng).labelled, run.val_ids, seed=0)
     assert len(rows) == 2
     # The head's own training loop reports Keras's loss: the best epoch's weights are restored.
-    compiled = run.cache.head
+    compiled = learner.cache.head
     compiled.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss, accuracy = compiled.evaluate(run.cache.of(run.val_ids), run.cache.labels[run.val_ids], verbose=0)
+    loss, accuracy = compiled.evaluate(learner.cache.of(run.val_ids), learner.cache.labels[run.val_ids], verbose=0)
     best = min(rows, key=lambda r: r["val_loss"])
     assert (best["val_loss"], best["val_accuracy"]) == pytest.approx((loss, accuracy), abs=1e-4)
     for before, after in zip(backbone, model.get_layer("backbone_mag_40x").get_weights()):
         np.testing.assert_array_equal(before, after)
     assert any(not np.array_equal(b, a) for b, a in zip(head, model.get_layer("fc1").get_weights()))
-    refreshed = training_data.predict(training.Predictor(model), run.dataset(ids, with_ids=True))
-    np.testing.assert_allclose(run.cache.predict(ids, 32)["probs"],
+    refreshed = learners.predict(Predictor(model), run.dataset(ids, with_ids=True))
+    np.testing.assert_allclose(learner.predict(ids)["probs"],
                                refreshed["probs"][np.argsort(refreshed["ids"])], atol=1e-5)
 
 
@@ -407,7 +412,7 @@ def test_the_original_cap_per_slide_and_class_reaches_the_evaluation_sets_only_w
     counts = {}
     for per_slide in (False, True):
         run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=5,
-                                        cap_eval_per_slide=per_slide), config)
+                                        cap_eval_per_slide=per_slide), config, np.random.default_rng(0))
         for name, ids in (("train", run.candidates), ("val", run.val_ids), ("test", run.test_ids)):
             counts[per_slide, name] = Counter(zip(run.index.slide[ids].tolist(), run.index.label[ids].tolist()))
     for name in ("train", "val", "test"):

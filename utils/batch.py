@@ -22,14 +22,14 @@ from typing import Any
 
 
 from utils.errors import InputError
-from utils.failures import debugging, describe_os_error
-from utils.log import error, info, note_on_stderr, progress
+from utils.failures import describe_os_error
+from utils.log import debugging, error, info, note_on_stderr, progress
 from utils.provenance import UNCHANGED
 from utils.slide import MppOverride, parse_mpp
 from utils.slide_files import SlideFile, find_slides
 
 Progress = Callable[[int], None]
-SlideTask = Callable[[SlideFile, Progress], dict[str, Any]]
+SlideTask = Callable[[SlideFile, Progress], Any]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -81,8 +81,11 @@ def take_shard(slides: Sequence[SlideFile], shard: tuple[int, int] | None) -> li
 
 @dataclass
 class SlideOutcome:
+    """A slide's summary (a :class:`~utils.summaries.ShardSummary` or
+    :class:`~utils.summaries.MapSummary`, which both have a ``status``), or its error."""
+
     slide: SlideFile
-    result: dict[str, Any] | None
+    result: Any | None
     error: str | None
 
 
@@ -162,7 +165,7 @@ def report(outcomes: Sequence[SlideOutcome]) -> int:
     failed = [o for o in outcomes if o.error]
     for outcome in failed:
         error(outcome.error)
-    statuses = Counter(o.result["status"] for o in outcomes if o.result)
+    statuses = Counter(o.result.status for o in outcomes if o.result)
     parts = [f"{statuses.pop('done', 0)} done", f"{statuses.pop(UNCHANGED, 0)} {UNCHANGED}"]
     parts += [f"{n} {status}" for status, n in sorted(statuses.items())]
     info(f"{len(outcomes)} slide(s): {', '.join(parts)}, {len(failed)} failed")

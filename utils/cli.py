@@ -1,5 +1,6 @@
 """Command-line pieces the three scripts share: the help layout, the option
-groups they have in common, and the configuration those options resolve to."""
+groups they have in common, the settings file read once, and the
+configuration and options those resolve to."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from utils.config import Config, load_config, read_config_file
+from utils.config import Config, load_config, read_settings
 from utils.errors import ConfigError
 from utils.io import remove_stale_temporaries
-from utils.log import info
+from utils.log import info, set_messages
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -32,7 +33,8 @@ def make_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "", section: str = "") -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "",
+                         section: str = "") -> argparse._ArgumentGroup:
     """The "configuration" group. ``defaults_from`` says where unset values come
     from before the built-in defaults (e.g. "the model's"), so that --help
     does not promise a default that a saved configuration replaces;
@@ -49,19 +51,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "
                             f"({where}{' '.join(f'{m:g}' for m in default.magnifications)})")
     group.add_argument("--tile-size", type=int,
                        help=f"tile side in pixels at every scale ({where}{default.tile_size})")
+    return group
 
 
-def add_slide_arguments(parser: argparse.ArgumentParser, workers: int, workers_help: str) -> None:
-    """The "slides" group of the two scripts that read whole slides."""
+def add_slide_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "slides" group of the two scripts that read whole slides; each adds
+    its own ``--workers`` there, from its options."""
     group = parser.add_argument_group("slides")
     group.add_argument("--mpp", metavar="MPP|FILE",
                        help="base µm/px of level 0, overriding the slides' metadata: one value, or a CSV file of "
                             "slide,mpp rows (the slides it does not list use their metadata)")
-    group.add_argument("--workers", type=int, default=workers, help=workers_help)
     group.add_argument("--overwrite", action="store_true",
                        help="redo slides whose outputs exist; needed when they were made with other settings")
     group.add_argument("--shard", metavar="I/N",
                        help="process only share I of N of the sorted slides (0 <= I < N), e.g. for an array job")
+    return group
 
 
 def add_message_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,11 +91,22 @@ class _Versions(argparse.Action):
         parser.exit()
 
 
-def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None, **extra: Any) -> Config:
-    """Defaults < ``base`` (e.g. the configuration saved with a model) < --config < flags."""
-    values = dict(base or {})
-    if args.config:
-        values.update(read_config_file(args.config))
+def start(args: argparse.Namespace, section: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What every script does once its flags are parsed: pass ``--quiet`` and
+    ``--debug`` on, and read the ``--config`` file once, into its
+    configuration keys and the options of this script's ``section``."""
+    set_messages(args.quiet, args.debug)
+    if not args.config:
+        return {}, {}
+    keys, sections = read_settings(args.config)
+    return keys, sections[section]
+
+
+def resolve_config(args: argparse.Namespace, file_keys: dict[str, Any], base: dict[str, Any] | None = None,
+                   **extra: Any) -> Config:
+    """Defaults < ``base`` (e.g. the configuration saved with a model) < the
+    --config file's keys < flags."""
+    values = {**(base or {}), **file_keys}
     flags = dict(magnifications=args.magnifications, tile_size=args.tile_size, **extra)
     values.update({k: v for k, v in flags.items() if v is not None})
     try:

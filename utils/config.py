@@ -189,7 +189,7 @@ INFERENCE_ONLY = ("undefined", "undefined_threshold", "damaged_class", "damaged_
 TRAINING_ONLY = ("uncapped_classes",)
 #: Sections of a configuration file that hold a script's options rather than
 #: configuration keys (see :mod:`utils.options`).
-SECTIONS = ("training", "inference")
+SECTIONS = ("extraction", "training", "inference")
 
 
 def fingerprint(values: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +290,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
 
 def read_config_file(path: str | Path, section: str | None = None) -> dict[str, Any]:
     """The configuration keys a JSON or YAML file sets (JSON is valid YAML), or
-    with ``section`` ("training", "inference") the options that section sets."""
+    with ``section`` ("extraction", "training", "inference") the options that section sets."""
+    keys, sections = read_settings(path)
+    return keys if section is None else sections[section]
+
+
+def read_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A settings file read once: its configuration keys, and the options of
+    each section (empty for a section it does not have)."""
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -302,7 +309,7 @@ def read_config_file(path: str | Path, section: str | None = None) -> dict[str, 
     for name in SECTIONS:
         if not isinstance(loaded.get(name) or {}, dict):
             raise ConfigError(f"{path}: section {name} must be a mapping of option names to values")
-    return keys if section is None else dict(loaded.get(section) or {})
+    return keys, {name: dict(loaded.get(name) or {}) for name in SECTIONS}
 
 
 def _check_keys(values: dict[str, Any], source: str | Path) -> None:

@@ -20,28 +20,52 @@ from utils.batch import Progress
 from utils.config import Config, fingerprint, fingerprint_difference
 from utils.errors import ConfigError, SlideError
 from utils.geometry import read_triplets, slide_geometry
-from utils.io import atomic_path, atomic_write_json
+from utils.io import atomic_path
+from utils.options import option
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
                           report_unmatched)
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
 from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
 from utils.slide import MppOverride, Slide
 from utils.slide_files import SlideFile
+from utils.summaries import DONE, ShardSummary
 from utils.tissue import tile_fractions, tissue_grid
 
 SUMMARY_SUFFIX = ".summary.json"
 ENCODER_THREADS = 4
 
 
+#: How tiles are stored in the records.
+ENCODINGS = ("png", "jpeg")
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
-    annotations: Path | None
+    """Settings of an extraction run, from slides or from tile folders. The
+    fields declared with :func:`~utils.options.option` are also flags of
+    ``tfrecord_generator.py`` and keys of a configuration file's
+    ``extraction:`` section."""
+
     output: Path
+    annotations: Path | None = None
     mpp: MppOverride = MppOverride()
-    encoding: str = "png"
-    unlabeled: bool = False
-    strict: bool = False
     overwrite: bool = False
+    encoding: str = option("png", "tile encoding: png is lossless; jpeg (quality 90) is about 3x faster to write and 5x smaller",
+                           "extraction", choices=ENCODINGS)
+    unlabeled: bool = option(False, "also write every unlabelled tissue tile (label -1), the active-learning pool; "
+                                    "slides without annotation file are then pooled whole", "extraction")
+    strict: bool = option(False, "fail a slide whose annotation names match no rule (with --tiles: stop on a class "
+                                 "folder that matches no rule)", "extraction")
+    slide_pattern: str = option(
+        r"^(.+?)[._]", "with --tiles: regular expression whose first group, searched in a file name, is the tile's "
+                       "slide (default: the name up to the first '.' or '_')", "extraction")
+    workers: int = option(1, "slides processed in parallel", "slides")
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, not {self.encoding!r}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, not {self.workers}")
 
 
 def check_output_configuration(output: Path, config: Config, overwrite: bool,
@@ -78,8 +102,8 @@ def check_output_configuration(output: Path, config: Config, overwrite: bool,
 
 def _fingerprint_of(summary: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
+        return ShardSummary.read(summary).fingerprint
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
@@ -112,7 +136,7 @@ def extraction_settings(slide: SlideFile, *, config: Config, options: ExtractOpt
 
 
 def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
-                  options: ExtractOptions) -> dict[str, Any]:
+                  options: ExtractOptions) -> ShardSummary:
     """Write ``<name>.tfrecord`` and ``<name>.summary.json``; return the summary.
 
     The shard is written under a temporary name and renamed when complete; the
@@ -127,9 +151,9 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
     made_with = extraction_settings(slide_file, config=config, options=options, annotation=annotation_path)
     if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
                                               f"{stem}: its shard in {options.output}"):
-        return {"slide": stem, "status": UNCHANGED}
+        return ShardSummary(stem, UNCHANGED)
     if annotation_path is None and not options.unlabeled:
-        return {"slide": stem, "status": "skipped (no annotation file; --unlabeled pools its tiles)"}
+        return ShardSummary(stem, "skipped (no annotation file; --unlabeled pools its tiles)")
 
     with Slide(slide_path, mpp=options.mpp.for_slide(stem), name=stem) as slide:
         geometry = slide_geometry(slide, config)
@@ -154,36 +178,34 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
         rows, cols = np.nonzero(selected)
         counts = _write_shard(slide, geometry, rows, cols, labels, name_index, cells, options, record_path, progress)
 
-    summary = {
-        "slide": stem,
-        "status": "done",
-        "slide_path": str(slide_path),
-        "annotations": str(annotation_path) if annotation_path else None,
-        "tiles": int(sum(counts.values())),
-        "tiles_per_class": {
-            (config.class_names[c] if c >= 0 else "unlabeled"): n for c, n in sorted(counts.items())
-        },
-        "base_mpp": slide.mpp,
-        "mpp_source": slide.mpp_source.origin,
-        "fingerprint": config.fingerprint(),
-        "made_with": made_with,
-        "reader": {"vendor": slide.vendor, "backend": slide.backend},
-        "magnifications": config.magnifications,
-        "scale_mpp": [s.mpp for s in geometry.scales],
-        "scale_levels": [s.level for s in geometry.scales],
-        "tile_size": config.tile_size,
-        "stride_level0": geometry.stride,
-        "window_level0": config.tile_size * geometry.scales[-1].mpp / slide.mpp,
-        "grid_shape": list(geometry.grid_shape),
-        "encoding": options.encoding,
-        "unmatched_annotations": dict(cells.unmatched),
-        "ignored_annotations": dict(cells.ignored),
-        "coverage": class_coverage,
-        "warnings": warnings,
-        "seconds": round(time.perf_counter() - started, 2),
-        "config": config.to_dict(),
-    }
-    atomic_write_json(summary_path, summary)
+    summary = ShardSummary(
+        slide=stem,
+        status=DONE,
+        slide_path=str(slide_path),
+        annotations=str(annotation_path) if annotation_path else None,
+        tiles=int(sum(counts.values())),
+        tiles_per_class={(config.class_names[c] if c >= 0 else "unlabeled"): n for c, n in sorted(counts.items())},
+        base_mpp=slide.mpp,
+        mpp_source=slide.mpp_source.origin,
+        fingerprint=config.fingerprint(),
+        made_with=made_with,
+        reader={"vendor": slide.vendor, "backend": slide.backend},
+        magnifications=config.magnifications,
+        scale_mpps=[s.mpp for s in geometry.scales],
+        scale_levels=[s.level for s in geometry.scales],
+        tile_size=config.tile_size,
+        stride_level0=geometry.stride,
+        window_level0=config.tile_size * geometry.scales[-1].mpp / slide.mpp,
+        grid_shape=list(geometry.grid_shape),
+        encoding=options.encoding,
+        unmatched_annotations=dict(cells.unmatched),
+        ignored_annotations=dict(cells.ignored),
+        coverage=class_coverage,
+        warnings=warnings,
+        seconds=round(time.perf_counter() - started, 2),
+        config=config.to_dict(),
+    )
+    summary.write(summary_path)
     return summary
 
 

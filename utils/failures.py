@@ -9,44 +9,38 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from utils.errors import InputError
-from utils.log import error, set_quiet
-
-DEBUG_VARIABLE = "TISSUE_AL_DEBUG"
-
-
-def debugging() -> bool:
-    """Whether ``--debug`` was given (also seen by worker processes)."""
-    return os.environ.get(DEBUG_VARIABLE) == "1"
+from utils.log import debugging, error
 
 
 def exit_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
     """Turn bad input, disk trouble and Ctrl-C into one ``error:`` line: exit
-    status 2 for input, 3 for the disk, 130 for an interruption."""
+    status 2 for input, 3 for the disk, 130 for an interruption. With
+    ``--debug`` (which ``main`` passes to :func:`utils.log.set_messages` once
+    it has parsed its flags) the exception keeps its traceback."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _one_line_warning
-        arguments = sys.argv[1:] if argv is None else argv
-        set_quiet("--quiet" in arguments)
-        if "--debug" in arguments:
-            os.environ[DEBUG_VARIABLE] = "1"
-            return main(argv)
         try:
             return main(argv)
         except InputError as exc:
+            if debugging():
+                raise
             error(str(exc))
             return 2
         except OSError as exc:
+            if debugging():
+                raise
             error(describe_os_error(exc))
             return 3
         except KeyboardInterrupt:
+            if debugging():
+                raise
             error("interrupted; finished work is kept, rerun the same command to go on")
             return 130
 

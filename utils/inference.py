@@ -8,6 +8,7 @@ per 16x16 tiles) decoded in parallel threads and handed to the model through
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from utils.batch import Progress
 from utils.config import Config, hex_to_rgb, scale_name
 from utils.errors import ConfigError
 from utils.geometry import read_triplets, slide_geometry
-from utils.io import atomic_path, atomic_write_json
+from utils.io import atomic_path
 from utils.model import Predictor
 from utils.options import option
 from utils.provenance import UNCHANGED, keep_previous, normalised
 from utils.qupath import feature, mask_polygons, write_feature_collection
 from utils.slide import MppOverride, Slide
 from utils.slide_files import SlideFile
+from utils.summaries import DONE, ClassArea, MapSummary
 from utils.tissue import tile_fractions, tissue_grid
 
 OUTPUT_FILES = ("tissue_map.png", "tissue_map_legend.png", "overlay.png", "probabilities.npz",
@@ -49,8 +51,9 @@ class InferenceOptions:
     model_path: Path
     model_sha256: str = ""
     mpp: MppOverride = MppOverride()
-    threads: int = 2
     overwrite: bool = False
+    workers: int = option(min(8, os.cpu_count() or 1),
+                          "threads reading and decoding slide blocks (default: cores, at most 8)", "slides")
     batch_size: int = option(512, "tiles per model call", "inference")
     smooth: bool = option(
         False, "3x3 majority smoothing of the map (also erodes structures one cell wide)", "inference")
@@ -59,6 +62,8 @@ class InferenceOptions:
                 "boundaries on the unaltered slide", "inference", choices=OVERLAY_STYLES)
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if self.overlay not in OVERLAY_STYLES:
             raise ConfigError(f"overlay must be one of {', '.join(OVERLAY_STYLES)}, not {self.overlay!r}")
 
@@ -119,7 +124,7 @@ def predict_slide(slide: Slide, config: Config, predictor: Predictor, options: I
 
     def batches():
         buffer_idx, buffer_tiles = [], [[] for _ in names]
-        for indices, tiles in read_triplets(slide, geometry, rows, cols, threads=options.threads):
+        for indices, tiles in read_triplets(slide, geometry, rows, cols, threads=options.workers):
             buffer_idx.append(indices)
             for s, t in enumerate(tiles):
                 buffer_tiles[s].append(t)
@@ -155,7 +160,7 @@ def inference_settings(slide: SlideFile, *, config: Config, options: InferenceOp
 
 
 def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, predictor: Predictor,
-                options: InferenceOptions, model_info: dict[str, Any]) -> dict[str, Any]:
+                options: InferenceOptions, model_info: dict[str, Any]) -> MapSummary:
     """Write every output of one slide into ``OUTPUT/<name>/``; summary.json
     last. Finished maps made with the same settings are skipped; maps made
     with other settings are redone only with ``--overwrite``."""
@@ -164,7 +169,7 @@ def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, pr
     made_with = inference_settings(slide_file, config=config, options=options)
     if keep_previous(folder / "summary.json", made_with, options.overwrite,
                      f"{slide_file.name}: its map in {options.output}"):
-        return {"slide": slide_file.name, "status": UNCHANGED}
+        return MapSummary(slide_file.name, UNCHANGED)
     with Slide(slide_file.path, mpp=options.mpp.for_slide(slide_file.name), name=slide_file.name) as slide:
         result = predict_slide(slide, config, predictor, options, progress)
         geometry, tissue, probs = result["geometry"], result["tissue"], result["probs"]
@@ -177,8 +182,8 @@ def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, pr
     seconds = time.perf_counter() - started
     summary = _summary(slide_file.path, slide, config, geometry, tissue, classes, result, seconds, model_info,
                        options)
-    summary["made_with"] = made_with
-    atomic_write_json(folder / "summary.json", summary)
+    summary.made_with = made_with
+    summary.write(folder / "summary.json")
     return summary
 
 
@@ -249,7 +254,8 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes())
 
 
-def _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info, options) -> dict:
+def _summary(slide_path, slide, config, geometry, tissue, classes, result, seconds, model_info,
+             options) -> MapSummary:
     names = label_names(config)
     cell_mm2 = (geometry.stride * slide.mpp / 1000.0) ** 2
     counts = np.bincount(classes.ravel(), minlength=len(names))
@@ -257,30 +263,30 @@ def _summary(slide_path, slide, config, geometry, tissue, classes, result, secon
     areas = {}
     for index, name in enumerate(names):
         cells = int(counts[index])
-        areas[name] = {
-            "cells": cells,
-            "mm2": round(cells * cell_mm2, 6),
-            "percent_of_tissue": round(100.0 * int(((classes == index) & tissue).sum()) / tissue_cells, 3)
+        areas[name] = ClassArea(
+            cells=cells,
+            mm2=round(cells * cell_mm2, 6),
+            percent_of_tissue=round(100.0 * int(((classes == index) & tissue).sum()) / tissue_cells, 3)
             if tissue_cells else 0.0,
-        }
-    return {
-        "slide": slide.stem,
-        "status": "done",
-        "slide_path": str(slide_path),
-        "base_mpp": slide.mpp,
-        "mpp_source": slide.mpp_source.origin,
-        "grid_shape": list(tissue.shape),
-        "cell_size_level0": geometry.stride,
-        "cell_area_mm2": cell_mm2,
-        "tissue_tiles": tissue_cells,
-        "tissue_mm2": round(tissue_cells * cell_mm2, 6),
-        "classes": areas,
-        "model": str(options.model_path),
-        "reader": {"vendor": slide.vendor, "backend": slide.backend},
-        "model_info": model_info,
-        "smoothing": options.smooth,
-        "config": config.to_dict(),
-        "seconds": round(seconds, 2),
-        "predict_seconds": round(result["predict_seconds"], 2),
-        "tiles_per_second": round(result["tiles"] / result["predict_seconds"], 1) if result["tiles"] else None,
-    }
+        )
+    return MapSummary(
+        slide=slide.stem,
+        status=DONE,
+        slide_path=str(slide_path),
+        base_mpp=slide.mpp,
+        mpp_source=slide.mpp_source.origin,
+        grid_shape=list(tissue.shape),
+        cell_size_level0=geometry.stride,
+        cell_area_mm2=cell_mm2,
+        tissue_tiles=tissue_cells,
+        tissue_mm2=round(tissue_cells * cell_mm2, 6),
+        classes=areas,
+        model=str(options.model_path),
+        reader={"vendor": slide.vendor, "backend": slide.backend},
+        model_info=model_info,
+        smoothing=options.smooth,
+        config=config.to_dict(),
+        seconds=round(seconds, 2),
+        predict_seconds=round(result["predict_seconds"], 2),
+        tiles_per_second=round(result["tiles"] / result["predict_seconds"], 1) if result["tiles"] else None,
+    )

@@ -49,6 +49,13 @@ def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Seq
     atomic_write_text(path, buffer.getvalue())
 
 
+def write_table(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of metrics (dictionaries with the same keys) as CSV, floats to 4 decimals."""
+    columns = list(rows[0])
+    atomic_write_csv(path, columns,
+                     ([round(row[c], 4) if isinstance(row[c], float) else row[c] for c in columns] for row in rows))
+
+
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of a CSV file with a header line, as dictionaries."""
     with Path(path).open(encoding="utf-8", newline="") as handle:

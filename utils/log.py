@@ -2,8 +2,9 @@
 file both read well.
 
 Results and notes go to stdout; warnings and errors to stderr, one line each.
-``--quiet`` keeps warnings and errors only, in worker processes too (through
-an environment variable, as ``--debug``). Progress bars draw in place on a
+``--quiet`` keeps warnings and errors only and ``--debug`` shows tracebacks:
+each script passes its parsed flags to :func:`set_messages`, which keeps them
+in the environment so that the worker processes it spawns inherit them. Progress bars draw in place on a
 terminal; when stderr is a file or pipe they print one plain line at most
 every :data:`LOG_INTERVAL` seconds instead, with no carriage return or cursor
 code to garble the log.
@@ -19,19 +20,27 @@ from typing import Any
 from tqdm import tqdm
 
 QUIET_VARIABLE = "TISSUE_AL_QUIET"
+DEBUG_VARIABLE = "TISSUE_AL_DEBUG"
 #: Seconds between progress lines in a log file.
 LOG_INTERVAL = 30.0
 
 
-def set_quiet(on: bool) -> None:
-    if on:
-        os.environ[QUIET_VARIABLE] = "1"
-    else:
-        os.environ.pop(QUIET_VARIABLE, None)
+def set_messages(quiet: bool, debug: bool) -> None:
+    """What ``--quiet`` and ``--debug`` ask for, for this process and the workers it starts."""
+    for variable, on in ((QUIET_VARIABLE, quiet), (DEBUG_VARIABLE, debug)):
+        if on:
+            os.environ[variable] = "1"
+        else:
+            os.environ.pop(variable, None)
 
 
 def quiet() -> bool:
     return os.environ.get(QUIET_VARIABLE) == "1"
+
+
+def debugging() -> bool:
+    """Whether ``--debug`` was given: tracebacks instead of one-line errors."""
+    return os.environ.get(DEBUG_VARIABLE) == "1"
 
 
 def info(message: str) -> None:

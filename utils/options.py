@@ -1,7 +1,7 @@
 """Options declared once, on the dataclass a script fills.
 
 Each setting of training and inference is a field of its options dataclass
-(:class:`utils.training.TrainOptions`, :class:`utils.inference.InferenceOptions`)
+(:class:`utils.train_options.TrainOptions`, :class:`utils.inference.InferenceOptions`)
 declared with :func:`option`: its default, its help and its command-line
 group live there and nowhere else. :func:`add_option_arguments` derives the
 argparse flags from the fields, and :func:`resolve_options` layers the values:

@@ -1,4 +1,5 @@
-"""What a round asks the pathologist to label, in three forms that share one
+"""Which tiles a round asks the pathologist to label (:func:`query`), and the
+three forms it writes them in (:func:`write_queries`), which share one
 numbering ``#n`` (1 = the first pick):
 
 * ``queries.csv``: one row per queried tile;
@@ -20,22 +21,29 @@ whether it was corrected or left as predicted (a confirmation); QuPath's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from utils import plots
+from utils.active_learning import Pool, get_strategy, select
+from utils.config import Config
 from utils.io import atomic_write_csv
+from utils.learners import Learner
 from utils.qupath import feature, square, write_feature_collection
-
-if TYPE_CHECKING:
-    from utils.training_data import TrainingData
+from utils.records import RecordIndex
+from utils.run_state import RunState
+from utils.train_options import TrainOptions
+from utils.training_data import TrainingData
 
 #: Tiles per contact sheet page.
 SHEET_CELLS = 24
 #: The columns of queries.csv.
 COLUMNS = ("number", "slide", "x", "y", "predicted", "probability", "second", "second_probability", "score_name",
            "score", "rank", "label")
+#: What ``--warm-start`` draws with: the class-ratio rule with equal shares, by predicted class.
+WARM_START = "class-balanced random (warm start)"
 
 
 @dataclass
@@ -63,11 +71,52 @@ def score_ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def query_rows(run: "TrainingData", selection: Selection) -> list[dict[str, Any]]:
+def query(data: TrainingData, learner: Learner, options: TrainOptions, state: RunState) -> Selection:
+    """Choose the next ``budget`` tiles from the pool, given the labelled set
+    and the last round's validation errors of ``state``. Writes nothing
+    (:func:`write_queries` does); draws from ``state.rng`` only.
+
+    Class budgets (``class_ratio``, the warm start) go by the model's
+    predicted class of each pool tile, as they must in real use; only
+    ``--oracle-classes`` lets a simulation use the true labels."""
+    o, labelled = options, state.labelled
+    pool_ids = np.setdiff1d(data.pool_ids, labelled)
+    warm = len(labelled) < o.warm_start * len(np.union1d(data.pool_ids, labelled))
+    if o.pool_sample and len(pool_ids) > o.pool_sample:
+        pool_ids = np.sort(state.rng.choice(pool_ids, size=o.pool_sample, replace=False))
+    if len(pool_ids) == 0:
+        return Selection(pool_ids, None, None, 0)
+    name = "class_ratio" if warm else o.strategy
+    strategy = get_strategy(name)
+    needs_model = strategy.needs_predictions or strategy.class_ratio and not o.oracle_classes or o.query_only
+    scored = learner.predict(pool_ids, o.mc_passes if strategy.mc_passes else 0,
+                             embeddings=strategy.embeddings or strategy.gradients) if needs_model else None
+    pool = Pool(data.index.slide[pool_ids], data.index.x[pool_ids], data.index.y[pool_ids], data.index.label[pool_ids])
+    if scored is not None:
+        order = np.argsort(scored["ids"])
+        pool_ids = scored["ids"][order]
+        pool = Pool(data.index.slide[pool_ids], data.index.x[pool_ids], data.index.y[pool_ids],
+                    data.index.label[pool_ids] if o.oracle_classes else scored["probs"][order].argmax(axis=1),
+                    **{key: (scored[key][:, order] if key == "mc_probs" else scored[key][order])
+                       for key in ("probs", "mc_probs", "embeddings", "penultimate") if key in scored})
+    if strategy.embeddings and len(labelled):
+        pool.labelled_embeddings = learner.predict(labelled, embeddings=True)["embeddings"]
+    stride = float(np.median(list(data.strides.values()))) if data.strides else 1.0
+    shares = np.zeros(data.config.num_classes) if warm else state.misclassified
+    positions, scores = select(name, o.budget, pool, state.rng, shares, data.config.num_classes,
+                               stride=stride, spacing=o.spacing)
+    probs = pool.probs[positions] if pool.probs is not None else None
+    return Selection(pool_ids[positions], strategy.score_sign * scores[positions] if scores is not None else None,
+                     probs.argmax(axis=1) if probs is not None else None, len(pool_ids),
+                     WARM_START if warm else o.strategy, probs,
+                     score_ranks(scores)[positions] if scores is not None else None, strategy.score_name or "score")
+
+
+def query_rows(selection: Selection, index: RecordIndex, class_names: list[str]) -> list[dict[str, Any]]:
     """One dict per query, in pick order: number, place, prediction, the
     second likeliest class, the score under its name, its rank, and the known
     label (empty in real use)."""
-    names, index = run.config.class_names, run.index
+    names = class_names
     rows = []
     for k, i in enumerate(selection.ids):
         row: dict[str, Any] = {**dict.fromkeys(COLUMNS, ""), "number": k + 1, "slide": str(index.slide[i]),
@@ -120,31 +169,25 @@ def caption(row: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_queries(run: "TrainingData", selection: Selection, round_number: int) -> None:
-    """``queries/round_<k>/``: queries.csv, one QuPath GeoJSON per slide and,
-    unless ``--no-figures``, the contact sheet pages."""
-    folder = run.out / "queries" / f"round_{round_number}"
-    rows = query_rows(run, selection)
+def write_queries(folder: Path, selection: Selection, round_number: int, index: RecordIndex, config: Config,
+                  strides: dict[str, float], triplets: list[list[np.ndarray]] | None) -> None:
+    """``folder``: queries.csv, one QuPath GeoJSON per slide (squares as wide
+    as the slide's tile stride) and, when the tiles of every scale are given
+    (``triplets``, in the order of ``selection.ids``), the contact sheet pages."""
+    rows = query_rows(selection, index, config.class_names)
     atomic_write_csv(folder / "queries.csv", list(COLUMNS), [[r[key] for key in COLUMNS] for r in rows])
-    colours = {c["name"]: c["color"] for c in run.config.classes}
+    colours = {c["name"]: c["color"] for c in config.classes}
     for slide in sorted({r["slide"] for r in rows}):
-        side = run.strides.get(slide, float(run.config.tile_size))
+        side = strides.get(slide, float(config.tile_size))
         write_feature_collection(folder / f"{slide}.geojson",
                                  [query_feature(r, side, round_number, colours) for r in rows if r["slide"] == slide])
-    if not run.options.figures or not rows:
+    if triplets is None or not rows:
         return
-    position = {int(i): k for k, i in enumerate(selection.ids)}
-    triplets: list[list[np.ndarray]] = [[] for _ in rows]
-    for inputs, _, gid in run.dataset(selection.ids, with_ids=True):
-        arrays = [inputs[name].numpy().astype(np.uint8) for name in inputs]
-        for j, i in enumerate(gid.numpy()):
-            triplets[position[int(i)]] = [a[j] for a in arrays]
-    heads = [f"{m:g}x" for m in run.config.magnifications]
+    heads = [f"{m:g}x" for m in config.magnifications]
     pages = -(-len(rows) // SHEET_CELLS)
     for page in range(pages):
         cells = slice(page * SHEET_CELLS, (page + 1) * SHEET_CELLS)
-        title = (f"Round {round_number} queries ({selection.strategy or run.options.strategy}), page {page + 1} of "
+        title = (f"Round {round_number} queries ({selection.strategy}), page {page + 1} of "
                  f"{pages}: #n is the square 'round {round_number} #n' in QuPath")
         plots.contact_sheet(triplets[cells], [caption(r) for r in rows[cells]], heads, title,
                             folder / f"contact_sheet_{page + 1}.png")
-

@@ -24,7 +24,6 @@ import re
 import time
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +34,15 @@ import tensorflow as tf
 from utils.config import Config
 from utils.errors import InputError
 from utils.log import progress
-from utils.extract import shard_paths
+from utils.extract import ExtractOptions, shard_paths
 from utils.geometry import SNAP_TOLERANCE, scale_factor
-from utils.io import atomic_path, atomic_write_csv, atomic_write_json
+from utils.io import atomic_path, atomic_write_csv
 from utils.provenance import UNCHANGED, keep_previous, normalised
 from utils.records import encode_tile, make_example
+from utils.summaries import DONE, ShardSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
-
-@dataclass(frozen=True)
-class TileFolderOptions:
-    output: Path
-    mpp: float  # µm/px of the images
-    slide_pattern: str = r"^(.+?)[._]"
-    encoding: str = "png"
-    overwrite: bool = False
-    strict: bool = False
 
 
 def window_sides(config: Config, mpp: float) -> list[float]:
@@ -106,11 +97,12 @@ def class_folders(root: Path, config: Config, strict: bool = False) -> list[tupl
     return matched
 
 
-def extract_tile_folders(root: str | Path, config: Config, options: TileFolderOptions) -> list[dict[str, Any]]:
+def extract_tile_folders(root: str | Path, mpp: float, config: Config, options: ExtractOptions) -> list[ShardSummary]:
     """Write ``<slide>.tfrecord``, ``<slide>.index.csv`` and ``<slide>.summary.json``
-    for every slide the file names name; return the summaries."""
+    for every slide the file names name, from images at ``mpp`` µm/px; return
+    the summaries."""
     root = Path(root)
-    sides = window_sides(config, options.mpp)
+    sides = window_sides(config, mpp)
     pitch = max(sides)
     by_slide: dict[str, list[tuple[Path, int, str]]] = defaultdict(list)
     pattern = re.compile(options.slide_pattern)
@@ -127,24 +119,24 @@ def extract_tile_folders(root: str | Path, config: Config, options: TileFolderOp
     summaries = []
     with progress(total=sum(len(v) for v in by_slide.values()), unit="images", desc="tiles") as bar:
         for slide in sorted(by_slide):
-            summaries.append(_write_slide(slide, sorted(by_slide[slide]), config, options, sides, pitch, bar))
+            summaries.append(_write_slide(slide, sorted(by_slide[slide]), mpp, config, options, sides, pitch, bar))
     return summaries
 
 
-def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config, options: TileFolderOptions,
-                 sides: list[float], pitch: float, bar: Any) -> dict[str, Any]:
+def _write_slide(slide: str, images: list[tuple[Path, int, str]], mpp: float, config: Config,
+                 options: ExtractOptions, sides: list[float], pitch: float, bar: Any) -> ShardSummary:
     started = time.perf_counter()
     record_path, summary_path = shard_paths(options.output, slide)
     made_with = normalised({
-        "configuration": config.extraction_settings(), "mpp": options.mpp, "encoding": options.encoding,
+        "configuration": config.extraction_settings(), "mpp": mpp, "encoding": options.encoding,
         "images": hashlib.sha256("\n".join(f"{p.parent.name}/{p.name}\t{p.stat().st_size}"
                                            for p, _, _ in images).encode()).hexdigest(),
     })
     if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
                                               f"{slide}: its shard in {options.output}"):
         bar.update(len(images))
-        return {"slide": slide, "status": UNCHANGED}
-    mpps = [options.mpp * side / config.tile_size for side in sides]
+        return ShardSummary(slide, UNCHANGED)
+    mpps = [mpp * side / config.tile_size for side in sides]
     counts: Counter = Counter()
     index_rows: list[list] = []
     # Images of a slide may differ in size: each gets a canvas cell as wide as the widest grid.
@@ -175,13 +167,11 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], config: Config
                 counts[config.class_names[label]] += 1
             bar.update(1)
     atomic_write_csv(options.output / f"{slide}.index.csv", ["x", "y", "file", "label"], index_rows)
-    summary = {
-        "slide": slide, "status": "done", "source": "tile folder", "images": len(images),
-        "tiles": sum(counts.values()), "tiles_per_class": dict(sorted(counts.items())),
-        "fingerprint": config.fingerprint(), "made_with": made_with, "magnifications": config.magnifications,
-        "tile_size": config.tile_size, "base_mpp": options.mpp,
-        "scale_mpps": mpps, "stride_level0": pitch, "window_level0": pitch,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    atomic_write_json(summary_path, summary)
+    summary = ShardSummary(
+        slide=slide, status=DONE, source="tile folder", images=len(images), tiles=sum(counts.values()),
+        tiles_per_class=dict(sorted(counts.items())), fingerprint=config.fingerprint(), made_with=made_with,
+        magnifications=config.magnifications, tile_size=config.tile_size, base_mpp=mpp, scale_mpps=mpps,
+        stride_level0=pitch, window_level0=pitch, seconds=round(time.perf_counter() - started, 2),
+    )
+    summary.write(summary_path)
     return summary

@@ -1,0 +1,115 @@
+"""The two ways a round fits and predicts, behind one interface.
+
+* :class:`FullNetwork` fits the whole network with Keras on the streamed
+  triplets, augmented, and predicts by running every backbone.
+* :class:`HeadOnFeatures` (``--freeze-backbone``) computes each record's
+  pooled backbone features once (:class:`utils.embeddings.EmbeddingCache`)
+  and fits and predicts the head alone on them.
+
+:func:`make_learner` chooses once per run; the rounds, the queries and the
+evaluation then call :meth:`Learner.fit` and :meth:`Learner.predict` without
+knowing which they have.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utils.embeddings import EmbeddingCache
+from utils.errors import InputError
+from utils.log import quiet
+from utils.model import Predictor
+from utils.train_options import TrainOptions
+from utils.training_data import TrainingData
+
+
+class Learner(Protocol):
+    """What a round needs of the model: fit on labelled records, predict any."""
+
+    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
+        """Fit from the current weights with a fresh optimizer and early
+        stopping on the validation loss (best epoch restored); one row per
+        epoch: loss, accuracy, val_loss, val_accuracy."""
+
+    def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
+        """``ids``, ``labels`` and ``probs`` of the records (with ``mc_probs``,
+        or ``embeddings`` and ``penultimate``, when asked), in a consistent order."""
+
+
+def new_optimizer(options: TrainOptions) -> keras.optimizers.Optimizer:
+    """A new optimizer every round: state from an earlier round must not leak in."""
+    if options.optimizer == "sgd":
+        return keras.optimizers.SGD(options.learning_rate, momentum=0.9, nesterov=True)
+    if options.optimizer == "adam":
+        return keras.optimizers.Adam(options.learning_rate)
+    raise InputError(f"unknown optimizer {options.optimizer!r}; choose sgd or adam")
+
+
+class FullNetwork:
+    """Every layer that is trainable, fitted with Keras on augmented triplets."""
+
+    def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
+        self.model, self.data, self.options = model, data, options
+        self.predictor = Predictor(model)
+
+    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
+        o = self.options
+        self.model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
+        history = self.model.fit(self.data.dataset(labelled, train=True), validation_data=self.data.dataset(val_ids),
+                                 epochs=o.epochs, callbacks=[stop], verbose=0 if quiet() else 2).history
+        return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
+
+    def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
+        return predict(self.predictor, self.data.dataset(ids, with_ids=True), mc_passes, embeddings)
+
+
+class HeadOnFeatures:
+    """The head alone, on features computed once for every record the run uses."""
+
+    def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
+        self.options = options
+        ids = data.used_ids()
+        self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label)
+
+    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
+        o = self.options
+        return self.cache.fit(labelled, val_ids, lambda: new_optimizer(o), o.batch_size, o.epochs, o.patience, seed)
+
+    def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
+        return self.cache.predict(ids, self.options.batch_size, mc_passes, embeddings)
+
+
+def make_learner(model: keras.Model, data: TrainingData, options: TrainOptions) -> Learner:
+    """The head on cached features when the backbone is frozen, else the whole network."""
+    return HeadOnFeatures(model, data, options) if options.freeze_backbone else FullNetwork(model, data, options)
+
+
+def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0,
+            embeddings: bool = False) -> dict[str, np.ndarray]:
+    """Probabilities of every record of a ``with_ids`` dataset; with
+    ``mc_passes``, the Monte-Carlo dropout passes too (``mc_probs``); with
+    ``embeddings``, the pooled backbone features (``embeddings``) and the last
+    layer's input (``penultimate``)."""
+    parts: dict[str, list[np.ndarray]] = {"ids": [], "labels": [], "probs": []}
+    for inputs, label, gid in dataset:
+        parts["ids"].append(gid.numpy())
+        parts["labels"].append(label.numpy())
+        if mc_passes:
+            passes = predictor.mc_probabilities(inputs, mc_passes)
+            parts.setdefault("mc_probs", []).append(passes)
+            parts["probs"].append(passes.mean(axis=0))
+        elif embeddings:
+            features, penultimate, probs = predictor.embed(inputs)
+            parts.setdefault("embeddings", []).append(features)
+            parts.setdefault("penultimate", []).append(penultimate)
+            parts["probs"].append(probs)
+        else:
+            parts["probs"].append(predictor.probabilities(inputs))
+    if not parts["ids"]:
+        return {"ids": np.zeros(0, np.int64), "labels": np.zeros(0, np.int64), "probs": np.zeros((0, 0))}
+    return {key: np.concatenate(value, axis=1 if key == "mc_probs" else 0) for key, value in parts.items()}

@@ -1,0 +1,130 @@
+"""Every setting of a training run, declared once.
+
+The fields declared with :func:`~utils.options.option` are the flags of
+``active_learning_train.py`` and the keys of a configuration file's
+``training:`` section; their defaults (the paper's) stand here only. The
+module imports nothing of the training itself, so that the data, the state,
+the queries and the learners can all read the options without a loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.active_learning import STRATEGIES
+from utils.data_split import SPLIT_BY
+from utils.errors import InputError
+from utils.model import BACKBONES, INPUT_SCALINGS, ModelSpec
+from utils.options import option
+
+#: How the kept model is chosen among the rounds (see :func:`improves`).
+MODEL_SELECTIONS = ("val_f1", "val_loss")
+
+
+@dataclass
+class TrainOptions:
+    """Every setting of a training run. The fields declared with
+    :func:`~utils.options.option` are also the flags of
+    ``active_learning_train.py`` and the keys of a configuration file's
+    ``training:`` section: their defaults (the paper's) are written here only."""
+
+    data: Path
+    output: Path
+    #: The architecture, resolved from ``backbone``, ``head_units``,
+    #: ``input_scaling`` and the source model (:func:`utils.model.source_spec`).
+    spec: ModelSpec = field(default_factory=ModelSpec)
+    resume: bool = False
+    compare: tuple[Path, ...] = ()
+    backbone: str | None = option(None, "per-scale backbone (default: the --weights model's, else vgg16)", "model",
+                                  choices=BACKBONES)
+    head_units: int | None = option(None, "units of each dense layer (default: the --weights model's, else 4096)",
+                                    "model")
+    input_scaling: str | None = option(
+        None, "how 0-255 tiles are scaled before the backbone (default: the --weights model's, else the backbone's "
+              "own: caffe for vgg16, tf for mobilenetv2); raw feeds 0-255 unchanged, as the original code did",
+        "model", choices=INPUT_SCALINGS)
+    backbone_weights: str | None = option(
+        "imagenet", "imagenet (download), none, or a local backbone weights file; not used with --weights, whose "
+                    "model replaces them", "model", metavar="imagenet|none|PATH")
+    weights: Path | None = option(None, "source-domain model (.keras) to fine-tune, or a matching .weights.h5",
+                                  "model", metavar="FILE")
+    allow_partial_weights: bool = option(
+        False, "load --weights by layer name into a different architecture; layers that get no weights are listed "
+               "and start from scratch", "model")
+    freeze_backbone: bool = option(False, "train the head only", "model")
+    strategy: str = option("class_ratio", "query strategy (class_ratio is the paper's)", "active learning",
+                           choices=tuple(STRATEGIES))
+    rounds: int = option(4, "rounds after the initial fit; 0 = initial fit only", "active learning")
+    budget: int = option(20000, "tiles labelled per round", "active learning")
+    initial: int = option(25000, "initial labelled tiles per class", "active learning")
+    pool_sample: int | None = option(None, "score only a random sample of this many pool tiles", "active learning",
+                                     metavar="N")
+    mc_passes: int = option(10, "Monte-Carlo dropout passes for bald", "active learning")
+    spacing: int = option(2, "diversity guard: at most one uncertainty pick per SxS tiles of a slide",
+                          "active learning", metavar="S")
+    query_only: bool = option(
+        False, "annotation mode: fit on all labelled tiles, write the next queries for the pool and stop",
+        "active learning")
+    warm_start: float = option(
+        0.0, "until this fraction of the training tiles is labelled, draw at random with equal shares per predicted "
+             "class, then the query strategy (against the cold start of uncertainty strategies)", "active learning",
+        metavar="F")
+    oracle_classes: bool = option(
+        False, "simulation only: split class budgets by the pool tiles' true labels, as the original code did, "
+               "instead of by their predicted classes as real use must", "active learning")
+    epochs: int = option(10, "maximum epochs per round", "fitting")
+    batch_size: int = option(128, "tiles per training step", "fitting")
+    optimizer: str = option("sgd", "sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch",
+                            "fitting", choices=("sgd", "adam"))
+    learning_rate: float = option(1.5e-5, "the paper's for fine-tuning with sgd", "fitting")
+    patience: int = option(3, "early-stopping patience on validation loss", "fitting")
+    model_selection: str = option(
+        "val_f1", "the round whose model is kept as model.keras: the best validation macro F1, or the lowest "
+                  "validation loss (the original code's)", "fitting", choices=MODEL_SELECTIONS)
+    augment: bool = option(True, "no flips or 90-degree rotations", "fitting", flag="--no-augment")
+    colour_jitter: bool = option(False, "also jitter brightness, saturation and hue", "fitting")
+    figures: bool = option(
+        True, "no figures after each round (learning and training curves, confusion matrix, contact sheets): for "
+              "many simulated runs, read from rounds.csv", "output", flag="--no-figures")
+    seed: int = option(0, "seed of the split, the samples, shuffles and dropout", "data")
+    repeats: int = option(
+        1, "run N times with seeds seed, seed+1, ... into OUTPUT/repeat_<k>/ and report the mean and spread of the "
+           "kept models' test macro F1 (the original reported 4 runs)", "data", metavar="N")
+    split_by: str | None = option(
+        None, "slide: whole slides to train, validation and test (needs 3 slides); block: square blocks of each "
+              "slide, several lowest-magnification windows wide, with no window shared across splits (default: "
+              "slide with 3 slides or more, else block)", "data", choices=SPLIT_BY)
+    split_file: Path | None = option(
+        None, "split file: a split.json of an earlier run, JSON {train,val,test: [slides]} or CSV slide,split",
+        "data", flag="--split", metavar="FILE")
+    split_fractions: tuple[float, ...] = option((0.8, 0.1, 0.1), "fractions of train, validation and test", "data",
+                                                nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    slide_class_cap: int | None = option(
+        1000, "at most this many training tiles per slide and class (0 = no cap; the configuration's "
+              "uncapped_classes are exempt)", "data")
+    cap_eval_per_slide: bool = option(
+        False, "apply that cap to the validation and test tiles too (the original code's)", "data")
+    eval_cap: int | None = option(None, "at most this many validation/test tiles per class", "data")
+    strict: bool = option(False, "stop when a configured class has no training or validation tiles", "data")
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "budget", "initial", "epochs", "batch_size", "patience", "repeats", "mc_passes",
+                     "spacing"):
+            least = 0 if name in ("rounds", "budget") else 1  # budget 0 refits the same set (a ceiling)
+            if getattr(self, name) < least:
+                raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
+        if not 0 <= self.warm_start <= 1:
+            raise InputError(f"warm-start is a fraction of the training tiles, from 0 to 1, not {self.warm_start}")
+        if self.oracle_classes and self.query_only:
+            raise InputError("--oracle-classes needs the pool's labels, which --query-only does not have")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
+            raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
+                             f"{list(self.split_fractions)}")
+
+    @property
+    def backbone_weights_source(self) -> str | None:
+        """What ``build_model`` loads into the backbones: "none" means nothing."""
+        if self.backbone_weights is None or self.backbone_weights.lower() == "none":
+            return None
+        return self.backbone_weights
