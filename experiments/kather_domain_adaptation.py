@@ -153,14 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     domains = stage(args.kather, out / "staged", args.images_per_class)
     stain_examples(args.kather, out / "stain_examples.png")
-    common = ["--config", str(ROOT / "experiments" / "kather.yaml"), "--tile-size", args.tile_size]
-    for domain in domains:
-        if not (out / "records" / domain.name / "done.json").exists():
-            run_script("tfrecord_generator.py", ["--tiles", str(domain), "--mpp", str(KATHER_MPP),
-                                                 "--slide-pattern", r"^([a-z]+__CRC-Prim-HE-\d+)__",
-                                                 "--output", str(out / "records" / domain.name), *common],
-                       out / "logs" / f"extract_{domain.name}.txt")
-            (out / "records" / domain.name / "done.json").write_text("{}")
+    with ThreadPoolExecutor(args.jobs) as executor:
+        list(executor.map(lambda domain: extract(args, out, domain), domains))
     source_model = train_source_model(args, out)
     per_class = pool_class_counts(out / "records" / f"target_{HARD}", out / "staged" / "target_split.json")
     design = Design(args, out, source_model, per_class)
@@ -328,6 +322,19 @@ def pool_size(records: Path, split_file: Path) -> int:
 
 
 # -- runs -------------------------------------------------------------------------------
+def extract(args: argparse.Namespace, out: Path, domain: Path) -> None:
+    """One lab's staged class folders into records (skipped when done)."""
+    records = out / "records" / domain.name
+    if (records / "done.json").exists():
+        return
+    run_script("tfrecord_generator.py", ["--tiles", str(domain), "--mpp", str(KATHER_MPP),
+                                         "--slide-pattern", r"^([a-z]+__CRC-Prim-HE-\d+)__", "--output", str(records),
+                                         "--config", str(ROOT / "experiments" / "kather.yaml"),
+                                         "--tile-size", args.tile_size],
+               out / "logs" / f"extract_{domain.name}.txt")
+    (records / "done.json").write_text("{}")
+
+
 def run_script(script: str, argv: list[str], log: Path) -> None:
     """One of the project's scripts in a fresh process, its output in ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)

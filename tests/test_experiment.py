@@ -81,10 +81,10 @@ def test_strategy_names_with_suffixes_become_flags():
 
 
 #: The smallest experiment that runs every stage (about two minutes): one seed
-#: of everything, 12 images per class and lab, a source model of 4 epochs, and
-#: rounds of a third of the pool in head mode and of half of it in full mode.
-SMOKE = ["--images-per-class", "12", "--selection-seeds", "1", "--seeds", "1", "--ceiling-seeds", "1",
-         "--full-seeds", "1", "--candidates", "typiclust", "margin+warm", "--budget", "0.34", "--full-budget", "0.5",
+#: of everything, 8 images per class and lab, a source model of 4 epochs, and
+#: rounds of half the pool in head mode and of all of it in full mode.
+SMOKE = ["--images-per-class", "8", "--selection-seeds", "1", "--seeds", "1", "--ceiling-seeds", "1",
+         "--full-seeds", "1", "--candidates", "typiclust", "margin+warm", "--budget", "0.5", "--full-budget", "1",
          "--source-epochs", "4"]
 
 
