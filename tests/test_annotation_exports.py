@@ -46,11 +46,15 @@ def shapely_cells(polygons: list, shape: tuple[int, int], cell: float) -> tuple[
     px, py = ((xs + 0.5) * cell).ravel(), ((ys + 0.5) * cell).ravel()
     inside = np.zeros(px.shape, bool)
     on_edge = np.zeros(px.shape, bool)
+    tolerance = 1e-6 * max(1.0, cell)
     for polygon in polygons:
         geometry = shapely.make_valid(polygon)
         shapely.prepare(geometry)
-        inside |= shapely.contains_xy(geometry, px, py)
-        on_edge |= shapely.dwithin(geometry.boundary, shapely.points(px, py), 1e-6 * max(1.0, cell))
+        x0, y0, x1, y1 = geometry.bounds  # no centre outside the bounds is inside or on the boundary
+        near = np.flatnonzero((px >= x0 - tolerance) & (px <= x1 + tolerance) & (py >= y0 - tolerance)
+                              & (py <= y1 + tolerance))
+        inside[near] |= shapely.contains_xy(geometry, px[near], py[near])
+        on_edge[near] |= shapely.dwithin(geometry.boundary, shapely.points(px[near], py[near]), tolerance)
     return inside.reshape(shape), on_edge.reshape(shape)
 
 
