@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         run_repeats(options, config)
         return 0
     last = run_training(options, config).rows[-1]
-    info(f"done: round {last['round']}, test macro F1 {last['test_macro_f1']:.3f}; model: {options.output / 'model.keras'}")
+    score = "no test set" if math.isnan(last["test_macro_f1"]) else f"test macro F1 {last['test_macro_f1']:.3f}"
+    info(f"done: round {last['round']}, {score}; model: {options.output / 'model.keras'}")
     return 0
 
 

@@ -111,6 +111,9 @@ def extract_tiles(tiles: Path, mpp: float, config: Config, options: ExtractOptio
 
 def print_summary(summary: ShardSummary) -> None:
     detail = f"{summary.tiles} tiles {summary.tiles_per_class}" if summary.done else ""
+    if summary.unreviewed_queries:
+        detail += (f"; {summary.unreviewed_queries} query square(s) without a class (not reviewed), "
+                   f"left unlabelled")
     info(f"{summary.slide}: {summary.status} {detail}".rstrip())
     for line in summary.warnings:
         warn(line)

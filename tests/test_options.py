@@ -52,9 +52,21 @@ def test_the_original_preset_resolves_to_the_original_codes_values():
     # The defaults differ exactly where the README's table says they do.
     default_options, default_config = active_learning_train.resolve(active_learning_train.parse_args(train_args()))
     differing = {key for key in ORIGINAL_TRAINING if getattr(default_options, key) != ORIGINAL_TRAINING[key]}
-    assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats", "oracle_classes"}
+    assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats", "oracle_classes",
+                         "strategy"}
     assert default_options.spec.scaling == "caffe", "VGG16's own: BGR minus the ImageNet means"
     assert (default_config.tissue_method, default_config.tissue_fraction) == ("otsu", 0.5)
+
+
+def test_a_human_round_asks_for_two_contact_sheet_pages_and_a_simulated_one_for_the_papers_budget():
+    from utils.queries import SHEET_CELLS
+    from utils.train_options import REVIEW_BATCH
+
+    assert REVIEW_BATCH == 2 * SHEET_CELLS
+    human = TrainOptions(data=Path("d"), output=Path("o"), query_only=True)
+    assert (human.budget, TrainOptions(data=Path("d"), output=Path("o")).budget) == (REVIEW_BATCH, 20000)
+    preset = active_learning_train.parse_args(train_args("--config", str(ROOT / "presets" / "original.yaml")))
+    assert active_learning_train.resolve(preset)[0].budget == 20000, "the preset keeps the paper's"
 
 
 def test_every_option_is_a_flag_whose_default_is_the_dataclass_field():
@@ -64,7 +76,7 @@ def test_every_option_is_a_flag_whose_default_is_the_dataclass_field():
     for field in declared(TrainOptions):
         assert hasattr(args, field.name), f"no flag for {field.name}"
         assert getattr(args, field.name) is None, f"--{field.name} must mean 'not given' when absent"
-        if field.name not in ("backbone", "head_units", "input_scaling"):  # resolved into options.spec
+        if field.name not in ("backbone", "head_units", "input_scaling", "budget"):  # resolved in the options
             assert getattr(options, field.name) == getattr(plain, field.name) == field.default
     inference = active_learning_inference.parse_args(["--slides", "s", "--model", "m", "--output", "o"])
     for field in declared(InferenceOptions):
@@ -75,8 +87,9 @@ def test_help_shows_the_dataclass_defaults(capsys):
     with pytest.raises(SystemExit):
         active_learning_train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag, default in (("--budget", 20000), ("--initial", 25000), ("--learning-rate", 1.5e-5),
-                          ("--slide-class-cap", 1000), ("--strategy", "class_ratio")):
+    for flag, default in (("--budget", "20000, the paper's, in simulation; 48, what a pathologist reviews in one sitting, with "
+                                       "--query-only"), ("--initial", 25000),
+                          ("--learning-rate", 1.5e-5), ("--slide-class-cap", 1000), ("--strategy", "random")):
         start = text.rindex(flag + " ")
         assert f"(default: {default})" in text[start:start + 400], flag
 

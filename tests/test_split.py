@@ -132,3 +132,22 @@ def test_too_few_blocks_and_too_few_slides_say_what_to_do():
     with pytest.raises(InputError, match="--split-by block"):
         choose_split_by("slide", ["a", "b"])
     assert choose_split_by(None, ["a", "b", "c"]) == "slide"
+
+
+def test_slides_without_labels_are_pool_only_and_never_scored():
+    """A slide taken whole by --unlabeled never lands in validation or test,
+    whatever the seed (before, some seeds put it there: an error, or a test
+    score of NaN with exit 0)."""
+    from utils.data_split import split_slides
+
+    landed = set()
+    for seed in range(40):
+        split = split_slides(["a", "b", "c", "d", "pool"], (0.6, 0.2, 0.2), seed, labelled=["a", "b", "c", "d"])
+        assert "pool" in split["train"] and "pool" not in split["val"] + split["test"]
+        landed |= set(split["val"]) | set(split["test"])
+    assert landed == {"a", "b", "c", "d"}, "every annotated slide can still be drawn for evaluation"
+    plain = split_slides(["a", "b", "c", "d"], (0.6, 0.2, 0.2), 7)
+    assert plain == split_slides(["a", "b", "c", "d"], (0.6, 0.2, 0.2), 7, labelled=["a", "b", "c", "d"]), \
+        "annotated cohorts split as before"
+    with pytest.raises(InputError, match="needs at least 3 slides with labelled tiles"):
+        split_slides(["a", "b", "pool"], (0.6, 0.2, 0.2), 0, labelled=["a", "b"])

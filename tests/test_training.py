@@ -26,9 +26,8 @@ from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import (ModelSpec, Predictor, build_model, check_compatible, load_weights_by_name, read_metadata,
                          save_model)
-from utils.qupath import qupath_class_name
 from utils.records import read_index, record_files
-from utils.synthetic import make_slide, random_layout
+from utils.synthetic import SyntheticRegion, make_slide, random_layout, rectangle, write_geojson
 from utils import learners, queries
 from utils.learners import HeadOnFeatures
 from utils.run_state import RunState
@@ -153,21 +152,23 @@ def test_class_budgets_go_by_predicted_classes_unless_the_oracle_is_asked_for(ti
 def qupath_reads(feature: dict) -> dict:
     """A feature as QuPath's GeoJSON reader (PathObjectTypeAdapters in qupath-core)
     takes it, with every type it insists on checked: a Feature with a geometry,
-    ``objectType`` naming a known object, ``classification`` as {name, color
-    [r, g, b]}, ``name`` a string, ``isLocked`` a boolean and ``measurements``
-    an object of numbers (read into a Map<String, Double>)."""
+    ``objectType`` naming a known object, ``classification`` (when present) as
+    {name, color [r, g, b]}, the object's own ``color`` as [r, g, b], ``name``
+    a string, ``isLocked`` a boolean and ``measurements`` an object of numbers
+    (read into a Map<String, Double>)."""
     assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
     properties = feature["properties"]
     assert properties["objectType"] == "annotation"
-    classification = properties["classification"]
-    assert isinstance(classification["name"], str) and len(classification["color"]) == 3
-    assert all(isinstance(v, int) and 0 <= v <= 255 for v in classification["color"])
+    classification = properties.get("classification")
+    for colour in (properties["color"], *([classification["color"]] if classification else [])):
+        assert len(colour) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in colour)
     assert isinstance(properties["name"], str) and isinstance(properties["isLocked"], bool)
     measurements = properties["measurements"]
     assert isinstance(measurements, dict)
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in measurements.values())
-    return {"class": classification["name"], "colour": tuple(classification["color"]), "name": properties["name"],
-            "measurements": measurements, "roi": shapely.geometry.shape(feature["geometry"])}
+    return {"class": classification["name"] if classification else None, "colour": tuple(properties["color"]),
+            "name": properties["name"], "measurements": measurements,
+            "roi": shapely.geometry.shape(feature["geometry"])}
 
 
 def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_path):
@@ -186,16 +187,13 @@ def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_pa
     colours = {c["name"]: tuple(int(c["color"][k:k + 2], 16) for k in (1, 3, 5)) for c in config.classes}
     stride = {json.loads(p.read_text())["slide"]: json.loads(p.read_text())["stride_level0"]
               for p in tiles.glob("*.summary.json")}
-    by_number = {f"round 1 #{q['number']}": q for q in queries}
+    by_number = {f"round 1 #{q['number']} ({q['predicted']}?)": q for q in queries}
     read = [qupath_reads(f) for path in folder.glob("*.geojson") for f in json.loads(path.read_text())["features"]]
-    assert "stroma" in {q["predicted"] for q in queries}
-    assert "Stroma" in {r["class"] for r in read} and "stroma" not in {r["class"] for r in read}, \
-        "the configured 'stroma' in QuPath's built-in spelling, so that QuPath gets no second stroma class"
     assert sorted(r["name"] for r in read) == sorted(by_number)
+    assert {r["class"] for r in read} == {None}, "no square carries a class the pathologist did not set"
     for square in read:
         query = by_number[square["name"]]
-        assert square["class"] == qupath_class_name(query["predicted"])
-        assert square["colour"] == colours[query["predicted"]]
+        assert square["colour"] == colours[query["predicted"]], "drawn in the predicted class's colour"
         side = stride[query["slide"]]
         assert square["roi"].is_valid and square["roi"].area == pytest.approx(side * side)
         assert (square["roi"].centroid.x, square["roi"].centroid.y) == pytest.approx((float(query["x"]),
@@ -431,3 +429,59 @@ def test_the_original_cap_per_slide_and_class_reaches_the_evaluation_sets_only_w
     assert max(n for key, n in counts[False, "test"].items() if key[1] != blood) > 5
     assert any(n > 5 for key, n in counts[True, "val"].items() if key[1] == blood) or \
            any(n > 5 for key, n in counts[True, "train"].items() if key[1] == blood)
+
+
+def test_only_the_squares_a_pathologist_classified_become_labels(tmp_path, capsys):
+    """24 query squares come back from QuPath with 3 classified (one confirmed
+    as predicted, two corrected) and 21 untouched: extraction gives exactly 3
+    new labels, where and as the pathologist set them, and says how many
+    squares nobody reviewed."""
+    side = 16 * TILE
+    tissue = SyntheticRegion("stroma", "Lamina propria", rectangle(TILE, TILE, side - TILE, side - TILE))
+    slide, _ = make_slide(tmp_path / "slides", "s0", side, side, [tissue], annotations_dir=tmp_path / "drawn")
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    write_geojson(annotations / "s0.geojson", [])  # nothing drawn yet: the whole slide is the pool
+    argv = ["--slides", str(slide), "--annotations", str(annotations), "--output", str(tmp_path / "tiles"),
+            "--tile-size", str(TILE), "--unlabeled"]
+    assert tfrecord_generator.main(argv) == 0
+    config = load_config(tile_size=TILE)
+    index = read_index(record_files(tmp_path / "tiles"))
+    inner = np.flatnonzero((index.x > 3 * TILE) & (index.x < side - 3 * TILE) & (index.y > 3 * TILE)
+                           & (index.y < side - 3 * TILE))  # whole tissue under each square
+    ids = inner[:: max(1, len(inner) // 24)][:24]
+    stroma, muscle = config.class_index("stroma"), config.class_index("muscle")
+    probs = np.full((24, config.num_classes), 0.1 / (config.num_classes - 1))
+    probs[:, stroma] = 0.9
+    selection = queries.Selection(ids, None, np.full(24, stroma), 1000, "random", probs)
+    folder = tmp_path / "queries"
+    queries.write_queries(folder, selection, 1, index, config, {"s0": float(TILE)}, None)
+
+    squares = json.loads((folder / "s0.geojson").read_text())["features"]
+    assert len(squares) == 24 and all("classification" not in f["properties"] for f in squares)
+    answers = {0: "stroma", 7: "Muscle", 15: "muscle"}  # a confirmation and two corrections, in any spelling
+    for k, name in answers.items():
+        squares[k]["properties"]["classification"] = {"name": name, "color": [1, 2, 3]}
+    (annotations / "s0.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": squares}))
+    capsys.readouterr()
+    assert tfrecord_generator.main([*argv, "--overwrite"]) == 0
+    assert "21 query square(s) without a class (not reviewed), left unlabelled" in capsys.readouterr().out
+
+    after = read_index(record_files(tmp_path / "tiles"))
+    labels = {(int(x), int(y)): int(c) for x, y, c in zip(after.x, after.y, after.label) if c >= 0}
+    expected = {(int(index.x[ids[k]]), int(index.y[ids[k]])): stroma if k == 0 else muscle for k in answers}
+    assert labels == expected
+
+
+def test_rounds_that_would_find_the_pool_empty_stop_before_any_fit(tiles, tmp_path, capsys):
+    """--initial taking every labelled tile, or a --budget that empties the
+    pool before the last round, stops with the fix before round 0 is fitted."""
+    for flags, message in ((["--initial", "100000", "--rounds", "2"], "nothing is left to query in 2 round(s)"),
+                           (["--budget", "100000", "--rounds", "3"], "last 1 round(s) of --budget 100000, not the 3")):
+        out = tmp_path / flags[1]
+        assert active_learning_train.main(["--data", str(tiles), "--output", str(out), *FAST, *flags]) == 2
+        assert message in capsys.readouterr().err
+        assert not (out / "rounds.csv").exists() and not (out / "model.keras").exists(), "nothing was fitted"
+    ceiling = ["--initial", "100000", "--budget", "0", "--rounds", "1", "--epochs", "1"]
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(tmp_path / "ceiling"), *FAST,
+                                       *ceiling]) == 0, "a budget of 0 refits the same set on purpose"

@@ -3,9 +3,10 @@
 The `python` commands are read from the README itself, in order, so the text and
 the test cannot drift apart; only sizes are shrunk by appending flags (small
 tiles, the small backbone for the source model, one short round). A simulated
-pathologist corrects the pre-classified query squares that lie inside a known
-region, confirms one, sets one to Ignore* and deletes the others; the labelled
-set must grow by exactly the squares left with a class, with those classes.
+pathologist classifies the query squares (imported without a class) that lie inside a known
+region, confirms one (sets the predicted class), sets one to Ignore*, and
+deletes or leaves untouched the others; the labelled set must grow by exactly
+the squares given a class, with those classes.
 """
 
 from __future__ import annotations
@@ -92,25 +93,31 @@ def centre(square: dict) -> tuple[str, str]:
 
 def label_in_qupath(queries: Path, annotations: Path) -> dict[str, dict]:
     """The simulated pathologist, square by square, on what QuPath imported:
-    the first square they can judge is left as predicted (a confirmation),
-    the second is set to Ignore*, the others get their true class; squares
-    they cannot judge are deleted. Everything is then exported together with
-    the earlier annotations, as QuPath writes them (with an id per object).
-    Returns the expected class of every square that should count, casefolded
-    (QuPath's "Stroma" is the configured "stroma")."""
-    expected, judged = {}, 0
+    the first square they can judge is confirmed (set to the class its name
+    predicts), the second is set to Ignore*, the others get their true class;
+    of the squares they cannot judge, every other one is deleted and the rest
+    are left as imported, unreviewed. Everything is then exported together
+    with the earlier annotations, as QuPath writes them (with an id per
+    object). Returns the expected class of every square that should count,
+    casefolded (QuPath's "Stroma" is the configured "stroma")."""
+    expected, judged, unjudged = {}, 0, 0
     for path in sorted(queries.glob("*.geojson")):
         known = regions(int(path.stem[1:]))
         kept = []
         for square in json.loads(path.read_text())["features"]:
+            assert "classification" not in square["properties"], "squares arrive without a class"
             true_class = truth(square, known)
             if true_class is None:
-                continue  # deleted
+                unjudged += 1
+                if unjudged % 2:
+                    kept.append({**square, "id": str(uuid.uuid4())})  # left as imported
+                continue  # else deleted
             judged += 1
             key = (path.stem, *centre(square))
-            classification = square["properties"]["classification"]
             if judged == 1:
-                expected[key] = classification["name"].casefold()
+                predicted = re.search(r"\((.+)\?\)$", square["properties"]["name"]).group(1)
+                classification = {"name": predicted, "color": square["properties"]["color"]}
+                expected[key] = predicted.casefold()
             elif judged == 2:
                 classification = {"name": "Ignore*", "color": [180, 180, 180]}
             else:
@@ -170,10 +177,10 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     run(6)
     second = read_csv("runs/lab2/labelled.csv")
     added = {(r["slide"], r["x"], r["y"]): r for r in second if (r["slide"], r["x"], r["y"]) not in keys(first)}
-    assert set(added) == set(expected), "the labelled set grows by exactly the squares left with a class"
+    assert set(added) == set(expected), "the labelled set grows by exactly the squares given a class"
     names = readme_config()["classes"]
     assert {key: names[int(r["label"])]["name"].casefold() for key, r in added.items()} == expected, \
-        "a corrected square has its new class, one left unchanged the predicted class"
+        "a corrected square has its new class, a confirmed one the predicted class"
     assert {r["round"] for r in added.values()} == {"1"}
     assert Path("runs/lab2/queries/round_2/queries.csv").exists()
     run(7)

@@ -27,6 +27,9 @@ from utils.io import atomic_write_text
 
 #: QuPath's built-in class for objects to leave out: a query square set to it stays unlabelled.
 QUPATH_IGNORE = r"ignore\*"
+#: The name of a query square as written (``round 2 #7 (stroma?)``): read back
+#: without a class, the square was not reviewed, and it stays unlabelled.
+QUERY_SQUARE = r"round \d+ #\d+( \(.*\?\))?"
 #: µm/px of a "1x" objective; 40x is then 0.25 µm/px, the usual scanner convention.
 MICRONS_PER_PIXEL_AT_1X = 10.0
 
@@ -154,10 +157,14 @@ class Config:
         return None
 
     def annotation_role(self, annotation_name: str) -> str:
-        """"ignore", "exclude", "class" (a rule maps it) or "unmatched", in that
-        order of precedence. QuPath's built-in ``Ignore*`` class is always ignored."""
+        """"ignore", "unreviewed", "exclude", "class" (a rule maps it) or
+        "unmatched", in that order of precedence. QuPath's built-in ``Ignore*``
+        class is always ignored; a query square whose name is all it has (no
+        class was set) is unreviewed, whatever class its name mentions."""
         if any(_matches(p, annotation_name) for p in (QUPATH_IGNORE, *self.ignore)):
             return "ignore"
+        if _matches(QUERY_SQUARE, annotation_name):
+            return "unreviewed"
         if any(_matches(p, annotation_name) for p in self.exclude):
             return "exclude"
         return "class" if self.class_for_annotation(annotation_name) is not None else "unmatched"

@@ -60,34 +60,40 @@ class SlideGrid:
 
 
 def choose_split_by(requested: str | None, slides: Sequence[str]) -> str:
-    """``slide`` with three slides or more, else ``block`` with one warning line."""
+    """``slide`` with three annotated slides (``slides``) or more, else
+    ``block`` with one warning line."""
     count = len(set(slides))
     if requested == "slide" and count < MIN_SLIDES:
-        raise InputError(f"a split by slide needs at least {MIN_SLIDES} slides, the data has {count}; "
-                         f"use --split-by block, extract more slides, or pass --split FILE")
+        raise InputError(f"a split by slide needs at least {MIN_SLIDES} slides with labelled tiles, the data has "
+                         f"{count}; use --split-by block, annotate more slides, or pass --split FILE")
     if requested:
         return requested
     if count >= MIN_SLIDES:
         return "slide"
-    warnings.warn(f"{count} slide(s): splitting each slide into blocks for train, validation and test "
+    warnings.warn(f"{count} slide(s) with labelled tiles: splitting each slide into blocks for train, validation and test "
                   f"(--split-by block); scores then come from the same slides as training and overstate "
                   f"how the model does on new slides")
     return "block"
 
 
-def split_slides(slides: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, Any]:
-    """Shuffle slide names with ``seed`` and cut them by ``fractions``; val and
-    test get at least one slide each, train the rest."""
-    names = sorted(set(slides))
+def split_slides(slides: Sequence[str], fractions: Sequence[float], seed: int,
+                 labelled: Sequence[str] | None = None) -> dict[str, Any]:
+    """Shuffle the names of the slides with labelled tiles (``labelled``,
+    default all) with ``seed`` and cut them by ``fractions``; val and test get
+    at least one slide each, train the rest. Slides without a labelled tile
+    (taken whole by ``--unlabeled``) are pool only: they join train, since a
+    validation or test slide without labels would score nothing."""
+    names = sorted(set(labelled if labelled is not None else slides))
+    pool_only = sorted(set(slides) - set(names))
     choose_split_by("slide", names)
     order = list(np.random.default_rng(seed).permutation(names))
     n_val = max(1, int(round(fractions[1] * len(names))))
     n_test = max(1, int(round(fractions[2] * len(names))))
     n_train = len(names) - n_val - n_test
     if n_train < 1:
-        raise InputError(f"{len(names)} slides are too few for the split {list(fractions)}")
-    return {"by": "slide", "train": sorted(order[:n_train]), "val": sorted(order[n_train : n_train + n_val]),
-            "test": sorted(order[n_train + n_val :])}
+        raise InputError(f"{len(names)} annotated slides are too few for the split {list(fractions)}")
+    return {"by": "slide", "train": sorted([*order[:n_train], *pool_only]),
+            "val": sorted(order[n_train : n_train + n_val]), "test": sorted(order[n_train + n_val :])}
 
 
 def block_ids(slides: np.ndarray, x: np.ndarray, y: np.ndarray, sides: Mapping[str, float]) -> np.ndarray:

@@ -34,6 +34,7 @@ class CellLabels:
     name_list: list[str]
     unmatched: Counter  # annotation names that no rule maps, with region counts
     ignored: Counter  # annotation names the configuration's ``ignore`` names, with region counts
+    unreviewed: int = 0  # query squares read back without a class: nobody labelled them
 
 
 def rasterize_regions(
@@ -45,12 +46,15 @@ def rasterize_regions(
     name_list: list[str] = []
     unmatched: Counter = Counter()
     ignored: Counter = Counter()
+    unreviewed = 0
     rank = {c: i for i, c in enumerate(config.paint_order())}
     mapped = []
     for region in regions:
         role = config.annotation_role(region.name)
         if role == "ignore":
             ignored[region.name] += 1
+        elif role == "unreviewed":
+            unreviewed += 1
         elif role == "unmatched":
             unmatched[region.name] += 1
         elif role == "exclude":  # painted last, over every class
@@ -63,7 +67,7 @@ def rasterize_regions(
     for _, index, name_index, region in sorted(mapped, key=lambda m: m[0]):
         for polygon in region.polygons:
             _paint(classes, names, polygon.exterior, polygon.holes, cell_size, index, name_index)
-    return CellLabels(classes, names, name_list, unmatched, ignored)
+    return CellLabels(classes, names, name_list, unmatched, ignored, unreviewed)
 
 
 def _paint(classes, names, exterior, holes, cell_size, index, name_index) -> None:

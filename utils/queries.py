@@ -3,18 +3,18 @@ three forms it writes them in (:func:`write_queries`), which share one
 numbering ``#n`` (1 = the first pick):
 
 * ``queries.csv``: one row per queried tile;
-* ``<slide>.geojson``: one locked square per tile that QuPath imports ready to
-  correct: named ``round k #n``, classified with the model's predicted class
-  (the configured name and colour, so an import never creates a second class
-  that differs only in case), and carrying the strategy's score, its rank in
-  the pool, the two likeliest classes' probabilities and the tile's centre as
-  QuPath ``measurements``;
+* ``<slide>.geojson``: one locked square per tile for QuPath, named
+  ``round k #n (class?)`` after the model's predicted class and drawn in that
+  class's colour, but unclassified, and carrying the strategy's score, its
+  rank in the pool, the two likeliest classes' probabilities and the tile's
+  centre as QuPath ``measurements``;
 * ``contact_sheet_<page>.png``: the tiles at every magnification, numbered
   like the squares, a page per ``SHEET_CELLS`` tiles.
 
-Read back after the pathologist's export, a square's class is its label
-whether it was corrected or left as predicted (a confirmation); QuPath's
-``Ignore*`` class or a deleted square leaves the tile unlabelled
+Read back after the pathologist's export, a square's label is the class the
+pathologist set, the predicted one (a confirmation) or another; a square left
+without a class was not reviewed, and it stays unlabelled, as do QuPath's
+``Ignore*`` class and a deleted square
 (:meth:`utils.config.Config.annotation_role`).
 """
 
@@ -28,10 +28,10 @@ import numpy as np
 
 from utils import plots
 from utils.active_learning import Pool, get_strategy, select
-from utils.config import Config
+from utils.config import Config, hex_to_rgb
 from utils.io import atomic_write_csv
 from utils.learners import Learner
-from utils.qupath import feature, square, write_feature_collection
+from utils.qupath import square, write_feature_collection
 from utils.records import RecordIndex
 from utils.run_state import RunState
 from utils.train_options import TrainOptions
@@ -137,8 +137,10 @@ def query_rows(selection: Selection, index: RecordIndex, class_names: list[str])
 
 def query_feature(row: dict[str, Any], side: float, round_number: int, colours: dict[str, str]) -> dict[str, Any]:
     """The QuPath annotation of one query: a locked square of the tile's
-    footprint, classified as predicted (unclassified when nothing was
-    predicted), with numeric measurements only, as QuPath stores them."""
+    footprint, named ``round k #n (class?)`` after the predicted class and
+    drawn in its colour, but unclassified: only a class the pathologist sets
+    makes it a label, so a square nobody reviewed never becomes one. Numeric
+    measurements only, as QuPath stores them."""
     measurements: dict[str, float] = {}
     if row["score"] is not None:
         measurements[row["score_name"]] = row["score"]
@@ -148,12 +150,13 @@ def query_feature(row: dict[str, Any], side: float, round_number: int, colours: 
         if probability is not None:
             measurements[f"P({name})"] = probability
     measurements["centre x (px)"], measurements["centre y (px)"] = float(row["x"]), float(row["y"])
-    properties = {"name": f"round {round_number} #{row['number']}", "isLocked": True, "measurements": measurements}
+    name = f"round {round_number} #{row['number']}" + (f" ({row['predicted']}?)" if row["predicted"] else "")
+    properties: dict[str, Any] = {"objectType": "annotation", "name": name, "isLocked": True,
+                                  "measurements": measurements}
     if row["predicted"]:
-        return feature(square(row["x"], row["y"], side), "Polygon", row["predicted"], colours[row["predicted"]],
-                       **properties)
+        properties["color"] = list(hex_to_rgb(colours[row["predicted"]]))
     return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square(row["x"], row["y"], side)},
-            "properties": {"objectType": "annotation", **properties}}
+            "properties": properties}
 
 
 def caption(row: dict[str, Any]) -> list[str]:

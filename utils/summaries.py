@@ -59,6 +59,8 @@ class ShardSummary:
     encoding: str | None = None
     unmatched_annotations: dict[str, int] | None = None
     ignored_annotations: dict[str, int] | None = None
+    #: Query squares read back without a class (not reviewed, so not labels).
+    unreviewed_queries: int | None = None
     coverage: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     #: Where the tiles came from (extraction from tile folders).

@@ -18,6 +18,12 @@ from utils.errors import InputError
 from utils.model import BACKBONES, INPUT_SCALINGS, ModelSpec
 from utils.options import option
 
+#: Tiles labelled per simulated round: the paper's.
+SIMULATION_BUDGET = 20000
+#: Tiles a pathologist is asked to review per round by default: two contact
+#: sheet pages (:data:`utils.queries.SHEET_CELLS` tiles each).
+REVIEW_BATCH = 48
+
 #: How the kept model is chosen among the rounds (see :func:`improves`).
 MODEL_SELECTIONS = ("val_f1", "val_loss")
 
@@ -53,10 +59,13 @@ class TrainOptions:
         False, "load --weights by layer name into a different architecture; layers that get no weights are listed "
                "and start from scratch", "model")
     freeze_backbone: bool = option(False, "train the head only", "model")
-    strategy: str = option("class_ratio", "query strategy (class_ratio is the paper's)", "active learning",
+    strategy: str = option("random", "query strategy: random, which no rule beat in the README's experiment; "
+                                      "class_ratio is the paper's", "active learning",
                            choices=tuple(STRATEGIES))
     rounds: int = option(4, "rounds after the initial fit; 0 = initial fit only", "active learning")
-    budget: int = option(20000, "tiles labelled per round", "active learning")
+    budget: int | None = option(
+        None, f"tiles labelled per round (default: {SIMULATION_BUDGET}, the paper's, in simulation; {REVIEW_BATCH}, "
+              f"what a pathologist reviews in one sitting, with --query-only)", "active learning")
     initial: int = option(25000, "initial labelled tiles per class", "active learning")
     pool_sample: int | None = option(None, "score only a random sample of this many pool tiles", "active learning",
                                      metavar="N")
@@ -109,6 +118,8 @@ class TrainOptions:
     strict: bool = option(False, "stop when a configured class has no training or validation tiles", "data")
 
     def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = REVIEW_BATCH if self.query_only else SIMULATION_BUDGET
         for name in ("rounds", "budget", "initial", "epochs", "batch_size", "patience", "repeats", "mc_passes",
                      "spacing"):
             least = 0 if name in ("rounds", "budget") else 1  # budget 0 refits the same set (a ceiling)

@@ -98,6 +98,14 @@ def evaluate(learner: Learner, data: TrainingData, ids: np.ndarray) -> dict[str,
     }
 
 
+def test_scores(test: dict[str, Any]) -> str:
+    """The test set's macro F1 and accuracy, or that there is no test set (a
+    split file with an empty test list), never a NaN."""
+    if np.isnan(test["accuracy"]):
+        return "no test set (the split's test list is empty)"
+    return f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}"
+
+
 def save_queries(options: TrainOptions, data: TrainingData, selection: Selection, round_number: int) -> None:
     """The round's queries in ``queries/round_<k>/``, with contact sheets unless ``--no-figures``."""
     triplets = data.triplets(selection.ids) if options.figures and len(selection.ids) else None
@@ -118,9 +126,9 @@ def record(options: TrainOptions, data: TrainingData, model: keras.Model, state:
     state.rows.append(row)
     state.misclassified = val["misclassified"]
     absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
-    info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, test macro F1 {test['macro_f1']:.3f}, "
-         f"test accuracy {test['accuracy']:.3f} ({row['seconds']:.0f} s)"
-         + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}" if absent else ""))
+    info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, {test_scores(test)} ({row['seconds']:.0f} s)"
+         + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}"
+            if absent and len(absent) < config.num_classes else ""))
     if selection is not None and selection.pool_size:
         save_queries(options, data, selection, round_number)
     checkpoint = Path("rounds") / f"round_{round_number}.keras"
@@ -190,6 +198,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         load_source_weights(model, options)
         state = RunState.initial(data, options.initial, options.query_only, rng)
         describe_data(options, data, state)
+    check_the_pool_lasts(options, data, state)
     learner = make_learner(model, data, options)
     if state.round == -1 and options.weights and not state.rows:
         state.rows.append(evaluate_source(learner, data))
@@ -201,6 +210,32 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         save_queries(options, data, query(data, learner, options, state), last_round + 1)
         info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return state
+
+
+def check_the_pool_lasts(options: TrainOptions, data: TrainingData, state: RunState) -> None:
+    """Stop before any fit when the rounds asked for would find the pool empty:
+    later rounds would choose nothing and refit the same set, and their rows
+    would read as active learning. A budget of 0 (refitting the same set on
+    purpose, as a ceiling) is exempt."""
+    left = len(np.setdiff1d(data.pool_ids, state.labelled))
+    if options.query_only:
+        if left == 0:
+            raise InputError(f"{options.data}: no unlabelled tissue tiles in the training split to ask about; "
+                             f"extract the target slides with --unlabeled")
+        return
+    query_rounds = options.rounds - max(state.round, 0)
+    if query_rounds <= 0 or options.budget == 0:
+        return
+    if left == 0:
+        raise InputError(f"the initial set takes all {len(state.labelled)} labelled training tiles (--initial "
+                         f"{options.initial} per class): nothing is left to query in {query_rounds} round(s); "
+                         f"lower --initial, or pass --rounds 0 to fit once on everything")
+    lasting = -(-left // options.budget)
+    if lasting < query_rounds:
+        smaller = f" or --budget to {left // query_rounds}" if left >= query_rounds else ""
+        raise InputError(f"the pool's {left} tiles last {lasting} round(s) of --budget {options.budget}, not the "
+                         f"{query_rounds} asked for; lower --rounds to {options.rounds - query_rounds + lasting}"
+                         f"{smaller}")
 
 
 def model_metadata(options: TrainOptions, config: Config) -> dict[str, Any]:
@@ -242,8 +277,7 @@ def describe_data(options: TrainOptions, run: TrainingData, state: RunState) -> 
 def evaluate_source(learner: Learner, run: TrainingData) -> dict[str, Any]:
     """Round -1: the source-domain model on the target data, before any target label."""
     val, test = evaluate(learner, run, run.val_ids), evaluate(learner, run, run.test_ids)
-    info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, "
-         f"test macro F1 {test['macro_f1']:.3f}, test accuracy {test['accuracy']:.3f}")
+    info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, {test_scores(test)}")
     return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0)
 
 

@@ -53,8 +53,11 @@ class TrainingData:
                 ids = cap_per_slide_and_class(ids, self.index, cap, uncapped, rng)
             evaluation[name] = cap_per_class(ids, self.index.label, options.eval_cap, rng)
         self.val_ids, self.test_ids = evaluation["val"], evaluation["test"]
-        if len(self.val_ids) == 0:
-            raise InputError(f"the validation {self.split['by']}s {self.split['val']} have no labelled tiles")
+        for name, ids in (("validation", self.val_ids), ("test", self.test_ids)):
+            listed = self.split["val" if name == "validation" else "test"]
+            if len(ids) == 0 and (listed or name == "validation"):
+                raise InputError(f"the {name} {self.split['by']}s {[str(s) for s in listed]} have no labelled "
+                                 f"tiles; annotate them, or name others in --split FILE")
         if options.query_only:
             self.candidates = np.flatnonzero(in_split["train"] & labelled)
             self.pool_ids = np.flatnonzero(in_split["train"] & ~labelled)
@@ -72,8 +75,12 @@ class TrainingData:
     def _split(self, options: TrainOptions) -> dict[str, Any]:
         if options.split_file:
             return read_split_file(options.split_file, sorted(set(self.index.slide)))
-        if choose_split_by(options.split_by, self.index.slide) == "slide":
-            return split_slides(self.index.slide, options.split_fractions, options.seed)
+        annotated = sorted(set(self.index.slide[self.index.label >= 0]))
+        if not annotated:
+            raise InputError(f"{options.data}: no labelled tiles; annotate regions of every class on some slides "
+                             f"first (see the README's 'What to annotate first')")
+        if choose_split_by(options.split_by, annotated) == "slide":
+            return split_slides(self.index.slide, options.split_fractions, options.seed, annotated)
         missing = sorted(set(self.index.slide) - set(self.grids))
         if missing:
             raise InputError(f"{options.data}: no extraction summary for {missing}, so their tile grid is "
