@@ -21,6 +21,7 @@ import tifffile
 import active_learning_inference
 import active_learning_train
 import tfrecord_generator
+from tests.conftest import SHARED_DATA
 from utils.annotations import read_annotations
 from utils.config import load_config
 from utils.errors import AnnotationError, InputError, ModelError
@@ -34,8 +35,13 @@ BAD_SLIDES = {
     "truncated.tiff": "cannot be decoded",
     "text.svs": "cannot open slide (TiffFileError: not a TIFF file",
     "photo.png": "not a whole-slide format this tool reads",
-    "no_mpp.tiff": "no µm/px, resolution tags or objective power); pass the base µm/px of level 0 with --mpp",
-    "absurd_mpp.tiff": "gives 264.6 µm/px",
+    "no_mpp.tiff": "no µm/px, resolution tags or objective power); pass the true base µm/px of level 0",
+    "absurd_mpp.tiff": "gives 264.6 µm/px (96 dpi, a software default)",
+    # A real low-resolution image: its scale is believed, and the magnifications it can give are named.
+    "coarse.tiff": "scanned at 29 µm/px, so its finest level gives 0.345x at most; pass magnifications it can "
+                   "give, in the same ratios: --magnifications 0.312 0.0781 0.0195, or resample up with "
+                   "--allow-upsampling",
+    "cut.svs": "the file is truncated or unreadable (copy it again)",
     "tiny.tiff": "40x40 px is smaller than one 64-px tile at 40x",
     "bad_annotations.tiff": "bad_annotations.geojson: not a valid annotation file (JSONDecodeError",
 }
@@ -50,12 +56,18 @@ def batch(tmp_path_factory):
     data = good.read_bytes()
     (slides / "zero.svs").write_bytes(b"")
     (slides / "truncated.tiff").write_bytes(data[: len(data) // 2])
+    svs = SHARED_DATA / "slides" / "CMU-1-Small-Region.svs"
+    if svs.exists():  # an Aperio file cut short, as an interrupted copy leaves it
+        (slides / "cut.svs").write_bytes(svs.read_bytes()[:400_000])
+    else:
+        (slides / "cut.svs").write_bytes(data[:300])
     (slides / "text.svs").write_text("not a slide\n")
     (slides / "folder.svs").mkdir()  # a folder is no slide, whatever its name: not counted
     cv2.imwrite(str(root / "photo.png"), np.full((64, 64, 3), 200, np.uint8))
     glass = np.full((512, 512, 3), 245, np.uint8)
     tifffile.imwrite(slides / "no_mpp.tiff", glass, tile=(256, 256), photometric="rgb")
     write_pyramid_tiff(slides / "absurd_mpp.tiff", glass, 264.6)  # a 96-dpi tag read as µm/px
+    write_pyramid_tiff(slides / "coarse.tiff", glass, 28.97)
     write_pyramid_tiff(slides / "blank.tiff", glass, 0.25)
     write_pyramid_tiff(slides / "tiny.tiff", np.full((40, 40, 3), 120, np.uint8), 0.25)
     shutil.copy(good, slides / "bad_annotations.tiff")
@@ -85,6 +97,7 @@ def test_good_slides_are_done_and_the_batch_fails(batch_result):
     assert "good: done" in stdout
     assert f"{len(BAD_SLIDES) + 2} slide(s): 2 done, 0 skipped (unchanged), {len(BAD_SLIDES)} failed" in stdout
     assert "error:" not in stdout and "FAILED" not in stdout, "failures go to stderr"
+    assert "tifffile" not in stderr and "Traceback" not in stderr, "no library's raw message reaches the output"
     assert json.loads((out / "good.summary.json").read_text())["tiles"] > 0
     assert "blank: done" in stdout and "warning: blank: no tissue found" in stderr, "done, with a warning"
     made = {p.name for p in out.iterdir()}
@@ -98,6 +111,7 @@ def test_each_broken_slide_is_one_line_naming_it(batch_result, name):
     lines = [line for line in stderr.splitlines() if line.startswith("error: ") and f"/{Path(name).stem}." in line]
     assert len(lines) == 1, stderr
     assert BAD_SLIDES[name] in lines[0]
+    assert "--mpp 0" not in lines[0], "no µm/px value is ever suggested: following it would cut wrong tiles"
     assert "Traceback" not in stderr
 
 

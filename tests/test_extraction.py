@@ -182,7 +182,10 @@ def test_slide_without_annotations_is_skipped_with_a_message(synthetic_slide, tm
     code = tfrecord_generator.main(["--slides", str(synthetic_slide[0]), "--annotations", str(tmp_path),
                                     "--output", str(tmp_path / "out"), "--tile-size", str(TILE)])
     assert code == 0
-    assert "no annotation file" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "known: skipped (no annotation file" in captured.out
+    assert f"known.tiff: no annotation file; looked for known.geojson, known.json, known.xml in {tmp_path}" \
+        in captured.err, "the names looked for, so that a misnamed export is found"
     assert not (tmp_path / "out" / "known.tfrecord").exists()
 
 

@@ -231,3 +231,32 @@ def test_real_slide_tissue_area_agrees_with_the_tissue_mask(tmp_path):
     cell_mm2 = (geometry.stride * 0.499 / 1000) ** 2
     assert summary["tissue_tiles"] == int(tissue.sum()) > 100
     assert summary["tissue_mm2"] == pytest.approx(tissue.sum() * cell_mm2, rel=1e-6)
+
+
+def test_without_a_background_class_glass_belongs_to_no_class_in_any_output(synthetic_slide, model_path, tmp_path):
+    """``background_class: null`` through --config: glass cells are white in
+    the map, in no GeoJSON feature and in no class's area; "undefined" is only
+    ever tissue (before, every glass cell was "undefined", and the setting
+    given in a file was dropped without a word)."""
+    import shapely.geometry
+
+    settings = tmp_path / "no_background.yaml"
+    settings.write_text("background_class: null\n")
+    out = tmp_path / "maps"
+    assert active_learning_inference.main(["--slides", str(synthetic_slide[0]), "--model", str(model_path),
+                                           "--output", str(out), "--config", str(settings)]) == 0
+    folder = out / "known"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["config"]["background_class"] is None
+    saved = np.load(folder / "probabilities.npz", allow_pickle=False)
+    tissue, classes = saved["tissue"], saved["classes"]
+    assert (classes[~tissue] == -1).all() and (classes[tissue] >= 0).all()
+    assert sum(area["cells"] for area in summary["classes"].values()) == summary["tissue_tiles"] == int(tissue.sum())
+    assert summary["classes"]["undefined"]["cells"] == int((classes[tissue] == len(summary["config"]["classes"])).sum())
+    image = cv2.imread(str(folder / "tissue_map.png"))[..., ::-1]
+    scale = image.shape[0] // classes.shape[0]
+    cells = image[scale // 2 :: scale, scale // 2 :: scale]
+    assert (cells[~tissue] == 255).all(), "glass is white in the map"
+    features = json.loads((folder / "tissue_map.geojson").read_text())["features"]
+    area = sum(shapely.geometry.shape(f["geometry"]).area for f in features)
+    assert area == pytest.approx(int(tissue.sum()) * summary["cell_size_level0"] ** 2), "features cover tissue only"

@@ -177,3 +177,15 @@ def test_extraction_options_come_from_the_dataclass_and_the_file_is_read_once(tm
     train_args_ = active_learning_train.parse_args(train_args("--config", str(settings)))
     active_learning_train.resolve(train_args_)
     assert len(reads) == 2, "training reads the file once too"
+
+
+def test_shipped_presets_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("original", "presets/original.yaml"):
+        options, config = active_learning_train.resolve(active_learning_train.parse_args(train_args("--config", name)))
+        assert (options.strategy, config.tissue_method) == ("class_ratio", "green"), name
+    _, config = active_learning_train.resolve(active_learning_train.parse_args(
+        train_args("--config", "experiments/kather.yaml")))
+    assert "adipose" in config.class_names
+    with pytest.raises(ConfigError, match="no shipped preset of that name \\(presets: original\\)"):
+        active_learning_train.resolve(active_learning_train.parse_args(train_args("--config", "orignal")))

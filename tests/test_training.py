@@ -485,3 +485,22 @@ def test_rounds_that_would_find_the_pool_empty_stop_before_any_fit(tiles, tmp_pa
     ceiling = ["--initial", "100000", "--budget", "0", "--rounds", "1", "--epochs", "1"]
     assert active_learning_train.main(["--data", str(tiles), "--output", str(tmp_path / "ceiling"), *FAST,
                                        *ceiling]) == 0, "a budget of 0 refits the same set on purpose"
+
+
+def test_a_round_says_how_long_it_will_take_after_its_first_steps(monkeypatch, capsys):
+    """At a pace of 2 s per step, 1,000 steps of 10 epochs: about 33 min per
+    epoch and 5.6 h for the round, said once, after the first timed steps."""
+    from utils import learners
+
+    clock = iter([0.0, 10.0])  # read after the untimed first step, then after 5 more
+    monkeypatch.setattr(learners.time, "perf_counter", lambda: next(clock))
+    estimate = learners.RoundTimeEstimate(steps_per_epoch=1000, epochs=10)
+    for step in range(20):
+        estimate.on_train_batch_end(step)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert "about 33 min per epoch of 1000 steps at this pace, so at most 5.6 h for 10 epochs" in out
+    short = learners.RoundTimeEstimate(steps_per_epoch=3, epochs=10)
+    for step in range(3):
+        short.on_train_batch_end(step)
+    assert capsys.readouterr().out == "", "a round of a few steps needs no estimate"

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from utils.config import Config, load_config, read_settings
+from utils.config import Config, build_config, read_settings
 from utils.errors import ConfigError
 from utils.io import remove_stale_temporaries
 from utils.log import info, set_messages
@@ -44,8 +44,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "
     group = parser.add_argument_group("configuration")
     also = (f"; its {section}: section sets this script's options below, which the flags override"
             if section else "")
-    group.add_argument("--config", help=f"JSON/YAML file overriding the default configuration{also} "
-                                        f"(e.g. presets/original.yaml)")
+    group.add_argument("--config", help=f"JSON/YAML file overriding the default configuration{also}, or a "
+                                        f"shipped preset by name (e.g. original, for presets/original.yaml)")
     group.add_argument("--magnifications", type=float, nargs="+", metavar="M",
                        help=f"objective magnification of each scale, highest first "
                             f"({where}{' '.join(f'{m:g}' for m in default.magnifications)})")
@@ -108,9 +108,9 @@ def resolve_config(args: argparse.Namespace, file_keys: dict[str, Any], base: di
     --config file's keys < flags."""
     values = {**(base or {}), **file_keys}
     flags = dict(magnifications=args.magnifications, tile_size=args.tile_size, **extra)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update({k: v for k, v in flags.items() if v is not None})  # None: the flag was not given
     try:
-        return load_config(None, **values)
+        return build_config(values, args.config or "flags")
     except ConfigError as exc:
         if args.config and not str(exc).startswith(str(args.config)):
             raise ConfigError(f"{args.config} (with the flags given): {exc}") from None

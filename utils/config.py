@@ -30,6 +30,9 @@ QUPATH_IGNORE = r"ignore\*"
 #: The name of a query square as written (``round 2 #7 (stroma?)``): read back
 #: without a class, the square was not reviewed, and it stays unlabelled.
 QUERY_SQUARE = r"round \d+ #\d+( \(.*\?\))?"
+#: The project's folder, and the presets shipped in it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PRESETS = PROJECT_ROOT / "presets"
 #: µm/px of a "1x" objective; 40x is then 0.25 µm/px, the usual scanner convention.
 MICRONS_PER_PIXEL_AT_1X = 10.0
 
@@ -280,7 +283,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     exempts only those of the default exemptions that it has."""
     values = read_config_file(path) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    _check_keys(values, path or "flags")
+    return build_config(values, path or "flags")
+
+
+def build_config(values: dict[str, Any], source: str | Path) -> Config:
+    """The configuration of ``values`` over the defaults. A key set to None
+    (``background_class: null``) keeps None: only a key that is absent takes
+    its default."""
+    values = dict(values)
+    _check_keys(values, source)
     if "classes" in values and "uncapped_classes" not in values:
         # The paper's exemption (blood) holds for a class list of one's own only
         # where it has that class; a configuration saved by a version before
@@ -292,7 +303,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     try:
         return Config(**values)
     except TypeError as exc:
-        raise ConfigError(f"{path or 'flags'}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def read_config_file(path: str | Path, section: str | None = None) -> dict[str, Any]:
@@ -302,9 +313,24 @@ def read_config_file(path: str | Path, section: str | None = None) -> dict[str, 
     return keys if section is None else sections[section]
 
 
+def settings_path(name: str | Path) -> Path:
+    """The settings file ``name`` names: a path, else a shipped preset by name
+    (``original`` for ``presets/original.yaml``), else a path within the
+    project (``presets/original.yaml`` or ``experiments/kather.yaml`` from any
+    folder)."""
+    path = Path(name)
+    for candidate in (path, PRESETS / f"{name}.yaml", PROJECT_ROOT / path):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such settings file, and no shipped preset of that name (presets: {shipped})")
+
+
 def read_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """A settings file read once: its configuration keys, and the options of
-    each section (empty for a section it does not have)."""
+    """A settings file read once (a path or a preset's name, :func:`settings_path`):
+    its configuration keys, and the options of each section (empty for a
+    section it does not have)."""
+    path = settings_path(path)
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:

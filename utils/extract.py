@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.annotations import find_annotation_file, read_annotations
+from utils.annotations import ANNOTATION_SUFFIXES, find_annotation_file, read_annotations
 from utils.batch import Progress
 from utils.config import Config, fingerprint, fingerprint_difference
 from utils.errors import ConfigError, SlideError
@@ -153,7 +153,10 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
                                               f"{stem}: its shard in {options.output}"):
         return ShardSummary(stem, UNCHANGED)
     if annotation_path is None and not options.unlabeled:
-        return ShardSummary(stem, "skipped (no annotation file; --unlabeled pools its tiles)")
+        looked_for = ", ".join(f"{stem}{suffix}" for suffix in ANNOTATION_SUFFIXES)
+        return ShardSummary(stem, "skipped (no annotation file; --unlabeled pools its tiles)",
+                            warnings=[f"{slide_path}: no annotation file; looked for {looked_for} in "
+                                      f"{options.annotations}"])
 
     with Slide(slide_path, mpp=options.mpp.for_slide(stem), name=stem) as slide:
         geometry = slide_geometry(slide, config)

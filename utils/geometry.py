@@ -72,14 +72,19 @@ class Geometry:
 def scale_factor(config: Config, magnification: float, mpp: float, base_mpp: float, source: str) -> float:
     """Source pixels per output pixel of one scale (``mpp`` wanted, ``base_mpp``
     available); more than the tolerated upsampling is an error naming ``source``
-    (e.g. "the slide was scanned at") unless ``allow_upsampling`` is set."""
+    (e.g. "the slide was scanned at") and the magnifications the scan can
+    give, unless ``allow_upsampling`` is set."""
     factor = mpp / base_mpp
     if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
+        finest = MICRONS_PER_PIXEL_AT_1X / base_mpp
+        halvings = 0  # the asked magnifications halved until the scan gives them within the tolerance
+        while config.magnifications[0] / 2**halvings > finest / (1.0 - UPSAMPLE_TOLERANCE):
+            halvings += 1
+        possible = " ".join(f"{m / 2**halvings:.3g}" for m in config.magnifications)
         raise MagnificationError(
-            f"{magnification:g}x needs {mpp:.3g} µm/px but {source} {base_mpp:.3g} µm/px "
-            f"(about {MICRONS_PER_PIXEL_AT_1X / base_mpp:.3g}x); pass lower magnifications "
-            f"(e.g. --magnifications {' '.join(f'{m / 2:g}' for m in config.magnifications)}) "
-            f"or set allow_upsampling"
+            f"{magnification:g}x needs {mpp:.3g} µm/px but {source} {base_mpp:.3g} µm/px, so its finest level "
+            f"gives {finest:.3g}x at most; pass magnifications it can give, in the same ratios: "
+            f"--magnifications {possible}, or resample up with --allow-upsampling"
         )
     return factor
 

@@ -68,10 +68,18 @@ class InferenceOptions:
             raise ConfigError(f"overlay must be one of {', '.join(OVERLAY_STYLES)}, not {self.overlay!r}")
 
 
-def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarray:
-    """Class index per cell by the paper's rules; ``num_classes`` means undefined.
+#: A cell of no class: glass, when the configuration has no background class.
+NO_CLASS = -1
+#: How a cell of no class looks in the map pictures: white, like glass.
+NO_CLASS_RGB = (255, 255, 255)
 
-    Non-tissue cells are background. A tissue cell whose top probability is
+
+def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarray:
+    """Class index per cell by the paper's rules; ``num_classes`` means
+    undefined, :data:`NO_CLASS` no class at all.
+
+    Non-tissue cells are background, or of no class when the configuration
+    has no background class: glass is never "undefined". A tissue cell whose top probability is
     below ``undefined_threshold`` is undefined. Otherwise the most likely class
     is taken, except that ``damaged_class`` is kept only at
     ``damaged_threshold`` or more and otherwise yields to the next most likely
@@ -88,7 +96,7 @@ def classify(probs: np.ndarray, tissue: np.ndarray, config: Config) -> np.ndarra
         demote = (top == damaged) & (top_prob < config.damaged_threshold)
         classes[demote] = second[demote]
     classes[top_prob < config.undefined_threshold] = undefined
-    classes[~tissue] = background if background is not None else undefined
+    classes[~tissue] = background if background is not None else NO_CLASS
     return classes
 
 
@@ -99,6 +107,11 @@ def smooth_classes(classes: np.ndarray, tissue: np.ndarray, num_labels: int) -> 
                                     borderType=cv2.BORDER_CONSTANT) for c in range(num_labels)])
     smoothed = votes.argmax(axis=0)
     return np.where(tissue, smoothed, classes)
+
+
+def cell_colours(classes: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """RGB of every cell: its class's colour, white for a cell of no class."""
+    return np.where((classes >= 0)[..., None], colours[np.maximum(classes, 0)], NO_CLASS_RGB).astype(np.uint8)
 
 
 def label_colours(config: Config) -> np.ndarray:
@@ -200,11 +213,12 @@ def _map_aligned_thumbnail(slide: Slide, stride: float, grid: tuple[int, int], s
 def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale, thumbnail, style="fill") -> None:
     colours = label_colours(config)
     names = label_names(config)
-    rgb = colours[classes]
+    rgb = cell_colours(classes, colours)
     big = np.kron(rgb, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else rgb
     _write_png(folder / "tissue_map.png", big)
     microns_per_pixel = geometry.stride * slide.mpp / scale
-    listed = sorted(set(np.unique(classes).tolist()) | set(range(len(names) - 1)))  # undefined only when used
+    used = set(np.unique(classes[classes >= 0]).tolist())
+    listed = sorted(used | set(range(len(names) - 1)))  # undefined only when used
     _write_png(folder / "tissue_map_legend.png", plots.framed_map(
         big, f"{slide.stem}: tissue map", microns_per_pixel, [(names[i], tuple(colours[i])) for i in listed]))
     overlay = overlay_image(thumbnail, classes, tissue, colours, scale, style)
@@ -238,7 +252,7 @@ def overlay_image(thumbnail: np.ndarray, classes: np.ndarray, tissue: np.ndarray
     overlay = thumbnail.copy()
     if style == "fill":
         tissue_big = np.kron(tissue, cells).astype(bool)
-        coloured = np.kron(colours[classes], cells[..., None])
+        coloured = np.kron(cell_colours(classes, colours), cells[..., None])
         overlay[tissue_big] = (0.6 * thumbnail[tissue_big] + 0.4 * coloured[tissue_big]).astype(np.uint8)
         return overlay
     width = max(1, min(3, scale // 2))
@@ -258,7 +272,7 @@ def _summary(slide_path, slide, config, geometry, tissue, classes, result, secon
              options) -> MapSummary:
     names = label_names(config)
     cell_mm2 = (geometry.stride * slide.mpp / 1000.0) ** 2
-    counts = np.bincount(classes.ravel(), minlength=len(names))
+    counts = np.bincount(classes[classes >= 0], minlength=len(names))  # cells of no class (glass) count nowhere
     tissue_cells = int(tissue.sum())
     areas = {}
     for index, name in enumerate(names):

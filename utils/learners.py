@@ -13,6 +13,7 @@ knowing which they have.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import keras
@@ -21,7 +22,7 @@ import tensorflow as tf
 
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError
-from utils.log import quiet
+from utils.log import info, quiet
 from utils.model import Predictor
 from utils.train_options import TrainOptions
 from utils.training_data import TrainingData
@@ -60,12 +61,52 @@ class FullNetwork:
         o = self.options
         self.model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
+        estimate = RoundTimeEstimate(-(-len(labelled) // o.batch_size), o.epochs)
         history = self.model.fit(self.data.dataset(labelled, train=True), validation_data=self.data.dataset(val_ids),
-                                 epochs=o.epochs, callbacks=[stop], verbose=0 if quiet() else 2).history
+                                 epochs=o.epochs, callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
         return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
         return predict(self.predictor, self.data.dataset(ids, with_ids=True), mc_passes, embeddings)
+
+
+class RoundTimeEstimate(keras.callbacks.Callback):
+    """One line, after the first steps of a round, saying how long an epoch
+    and the whole round will take at that pace: on a CPU a VGG16 round can
+    take days, and a user should know that before the first epoch ends. The
+    first step is not timed (it includes tracing the graph)."""
+
+    #: Steps timed before the estimate (after the untimed first).
+    TIMED_STEPS = 5
+
+    def __init__(self, steps_per_epoch: int, epochs: int) -> None:
+        super().__init__()
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+        self.started: float | None = None
+        self.said = steps_per_epoch <= self.TIMED_STEPS + 1  # a round this short needs no estimate
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.said:
+            return
+        if batch == 0:
+            self.started = time.perf_counter()
+        elif batch == self.TIMED_STEPS and self.started is not None:
+            per_epoch = (time.perf_counter() - self.started) / self.TIMED_STEPS * self.steps_per_epoch
+            info(f"about {duration(per_epoch)} per epoch of {self.steps_per_epoch} steps at this pace, so at most "
+                 f"{duration(per_epoch * self.epochs)} for {self.epochs} epochs (early stopping may end sooner; "
+                 f"validation adds to it)")
+            self.said = True
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h`` or ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 class HeadOnFeatures:

@@ -19,8 +19,9 @@ def setup_process() -> None:
     """Quiet libraries that speak for errors reported here anyway, choose
     deterministic kernels, and compute in mixed precision on a GPU.
 
-    * tifffile logs damaged-file details itself; the SlideError raised by
-      :mod:`utils.slide` says it in one line.
+    * tifffile logs damaged-file details itself, at ERROR level too (e.g.
+      "invalid page offset" of a truncated file); the SlideError raised by
+      :mod:`utils.slide` says it in one line, so only its critical messages show.
     * Keras warns about finite datasets and ``shuffle=True`` that training
       hands it by design.
     * Seeds alone leave multithreaded kernels free to sum in any order, which
@@ -33,7 +34,7 @@ def setup_process() -> None:
     import keras
     import tensorflow as tf
 
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
     tf.config.experimental.enable_op_determinism()

@@ -34,9 +34,14 @@ _SLIDE_FILE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".s
                                   ".svslide", ".czi", ".qptiff", ".dcm"})
 #: OpenSlide vendors whose files the direct tile decoder reads exactly.
 DIRECT_TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
-#: Base µm/px outside this range is treated as wrong metadata (a 96 dpi tag
-#: reads as 264.6 µm/px; no microscope scans coarser than 20 µm/px).
-PLAUSIBLE_MPP = (0.05, 20.0)
+#: Base µm/px outside this range is treated as wrong metadata. A slide's own
+#: low-resolution image (a DICOM series' coarsest instance, say) can be tens
+#: of µm/px and is what it says; its magnification is then refused, by name.
+PLAUSIBLE_MPP = (0.05, 100.0)
+#: Resolutions that image software writes by default rather than a scanner
+#: measures (72, 96, 150, 200, 300 and 600 dpi): µm/px at any of them is
+#: treated as wrong metadata (a 96 dpi tag reads as 264.6 µm/px).
+DEFAULT_DPI = (72, 96, 150, 200, 300, 600)
 #: Level rows read per strip when building a thumbnail.
 THUMBNAIL_STRIP_ROWS = 2048
 
@@ -77,13 +82,15 @@ class Slide:
                 import openslide
 
                 self._handle = openslide.OpenSlide(str(self.path))
+            # A truncated file can open and fail only on its metadata, with any exception type.
+            self.properties = dict(self._handle.properties)
+            self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)  # type: ignore[assignment]
+            self.level_dimensions = [tuple(d) for d in self._handle.level_dimensions]
+            self.level_downsamples = [float(d) for d in self._handle.level_downsamples]
         except Exception as exc:  # both libraries raise several unrelated types
-            raise SlideError(f"{self.path}: cannot open slide ({type(exc).__name__}: {exc}); it is damaged or not a "
-                             f"whole-slide format this tool reads (OpenSlide's formats, tiled TIFF)") from None
-        self.properties = dict(self._handle.properties)
-        self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)  # type: ignore[assignment]
-        self.level_dimensions = [tuple(d) for d in self._handle.level_dimensions]
-        self.level_downsamples = [float(d) for d in self._handle.level_downsamples]
+            raise SlideError(f"{self.path}: cannot open slide ({type(exc).__name__}: {exc}); the file is truncated "
+                             f"or unreadable (copy it again), or not a whole-slide format this tool reads "
+                             f"(OpenSlide's formats, tiled TIFF)") from None
         self.background = _background_colour(self.properties)
         self._tiles = _direct_tiles(self.path, self.level_dimensions) if backend == "tiffslide" else None
         self.mpp_source = resolve_mpp(self, override=mpp)
@@ -270,13 +277,15 @@ def resolve_mpp(slide: Slide, override: float | None = None) -> MppSource:
         return MppSource(float(override), "--mpp")
     rejected: list[str] = []
     for source in _mpp_candidates(slide):
-        if PLAUSIBLE_MPP[0] <= source.value <= PLAUSIBLE_MPP[1]:
+        default_dpi = any(abs(source.value * dpi / 25400.0 - 1.0) < 1e-3 for dpi in DEFAULT_DPI)
+        if PLAUSIBLE_MPP[0] <= source.value <= PLAUSIBLE_MPP[1] and not default_dpi:
             return source
-        rejected.append(f"{source.origin} gives {source.value:.4g} µm/px")
+        rejected.append(f"{source.origin} gives {source.value:.4g} µm/px"
+                        + (f" ({25400.0 / source.value:.0f} dpi, a software default)" if default_dpi else ""))
     found = "; ".join(rejected) if rejected else "no µm/px, resolution tags or objective power"
     raise MppError(
         f"{slide.path}: cannot trust the slide's scale ({found}); "
-        f"pass the base µm/px of level 0 with --mpp (e.g. --mpp 0.25 for a 40x scan), or a CSV file of "
+        f"pass the true base µm/px of level 0, as the scanner recorded it, with --mpp, or a CSV file of "
         f"slide,mpp rows with --mpp FILE"
     )
 
