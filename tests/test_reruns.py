@@ -60,6 +60,10 @@ def test_extraction_rerun_skips_unchanged_stops_on_changed_annotations_and_redoe
     assert code == 0 and "1 slide(s): 1 done" in stdout
     made_with = json.loads(summary_file.read_text())["made_with"]
     assert made_with["annotations"]["sha256"] == hashlib.sha256((annotations / geojson.name).read_bytes()).hexdigest()
+    redone = summary_file.read_bytes()
+    code, stdout, _ = run(tfrecord_generator.main, [*argv, "--overwrite"], capsys)
+    assert code == 0 and "1 slide(s): 0 done, 1 skipped (unchanged)" in stdout, "--overwrite redoes only what changed"
+    assert summary_file.read_bytes() == redone
 
     code, _, stderr = run(tfrecord_generator.main, [*argv, "--encoding", "jpeg"], capsys)
     assert code == 2 and 'encoding "png" vs "jpeg"' in stderr

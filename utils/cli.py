@@ -62,7 +62,8 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                        help="base µm/px of level 0, overriding the slides' metadata: one value, or a CSV file of "
                             "slide,mpp rows (the slides it does not list use their metadata)")
     group.add_argument("--overwrite", action="store_true",
-                       help="redo slides whose outputs exist; needed when they were made with other settings")
+                       help="redo the slides whose outputs were made with other settings or inputs (those made "
+                            "with the same are kept)")
     group.add_argument("--shard", metavar="I/N",
                        help="process only share I of N of the sorted slides (0 <= I < N), e.g. for an array job")
     return group

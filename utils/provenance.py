@@ -82,16 +82,19 @@ def read_made_with(summary: Path) -> tuple[bool, dict[str, Any] | None]:
 
 def keep_previous(summary: Path, made_with: Mapping[str, Any], overwrite: bool, what: str) -> bool:
     """Whether the finished outputs behind ``summary`` were made with
-    ``made_with`` and can be kept. Outputs made otherwise raise
+    ``made_with`` and can be kept, with or without ``overwrite``: redoing
+    what nothing changed would only cost time. Outputs made otherwise raise
     :class:`InputError` naming the difference, unless ``overwrite`` asks to
     redo them (then, as with no finished outputs, False)."""
     done, previous = read_made_with(summary)
-    if not done or overwrite:
+    if not done:
         return False
     change = difference(previous, made_with)
-    if change:
-        raise InputError(f"{what} was made with other settings ({change} this run); pass --overwrite to redo it")
-    return True
+    if not change:
+        return True
+    if overwrite:
+        return False
+    raise InputError(f"{what} was made with other settings ({change} this run); pass --overwrite to redo it")
 
 
 def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], Path],
