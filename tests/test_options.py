@@ -49,7 +49,7 @@ def test_the_original_preset_resolves_to_the_original_codes_values():
     assert {name: config.class_names[config.class_for_annotation(name)] for name in ORIGINAL_NAMES} == ORIGINAL_NAMES
     assert (config.magnifications, config.tile_size) == ([40.0, 10.0, 2.5], 128)
     assert (config.tissue_method, config.tissue_fraction, config.region_fraction) == ("green", 0.7, 0.7)
-    # The defaults differ exactly where the README's table says they do.
+    # The defaults differ exactly where docs/original.md's table says they do.
     default_options, default_config = active_learning_train.resolve(active_learning_train.parse_args(train_args()))
     differing = {key for key in ORIGINAL_TRAINING if getattr(default_options, key) != ORIGINAL_TRAINING[key]}
     assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats", "oracle_classes",
