@@ -25,8 +25,19 @@ from utils.io import atomic_write_json
 DONE = "done"
 
 
+class SummaryFile:
+    """Reading and writing a summary through its ``from_json``/``to_json`` (atomically)."""
+
+    @classmethod
+    def read(cls, path: Path) -> Any:
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))  # type: ignore[attr-defined]
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())  # type: ignore[attr-defined]
+
+
 @dataclass
-class ShardSummary:
+class ShardSummary(SummaryFile):
     """One slide's shard: what it holds, where its tiles lie and what made it.
     A slide that was skipped or left unchanged has a ``status`` and its name only."""
 
@@ -92,12 +103,6 @@ class ShardSummary:
             values["fingerprint"] = fingerprint(values["config"])
         return cls(**values)
 
-    @classmethod
-    def read(cls, path: Path) -> ShardSummary:
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
 
 
 @dataclass
@@ -110,7 +115,7 @@ class ClassArea:
 
 
 @dataclass
-class MapSummary:
+class MapSummary(SummaryFile):
     """One slide's tissue map: areas per class and what made them. A slide
     that was left unchanged has a ``status`` and its name only."""
 
@@ -157,9 +162,3 @@ class MapSummary:
         values["classes"] = {name: ClassArea(**area) for name, area in values.get("classes", {}).items()}
         return cls(**values)
 
-    @classmethod
-    def read(cls, path: Path) -> MapSummary:
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
