@@ -210,7 +210,7 @@ class Design:
             curves = [read_curve(self.out / HARD / "head" / strategy / f"seed_{k}", self.pool, "val_macro_f1")[0]
                       for k in range(seeds)]
             self.selection[strategy] = float(np.mean([analysis.area_under_curve(c) for c in curves]))
-        return sorted(self.args.candidates, key=lambda s: -self.selection[s])[:2]
+        return best_candidates(self.selection, self.args.candidates)
 
     def run(self, shift: str, mode: str, seeds: dict[str, int]) -> dict:
         ceiling_seeds = min(self.args.ceiling_seeds, max(seeds.values()))
@@ -219,6 +219,11 @@ class Design:
         print(f"{shift} {mode}: target pool {self.pool} tiles, {budget} labelled per round, {rounds} rounds", flush=True)
         summary = summarise(self.out / shift / mode, seeds, ceiling_seeds, self.pool)
         return {**summary, "budget": budget, "rounds": rounds}
+
+
+def best_candidates(selection: dict[str, float], candidates: list[str], count: int = 2) -> list[str]:
+    """The ``count`` candidates of highest validation AULC, best first (ties in the order given)."""
+    return sorted(candidates, key=lambda s: -selection[s])[:count]
 
 
 # -- data -------------------------------------------------------------------------------

@@ -505,3 +505,16 @@ def test_a_round_says_how_long_it_will_take_after_its_first_steps(monkeypatch, c
     for step in range(3):
         short.on_train_batch_end(step)
     assert capsys.readouterr().out == "", "a round of a few steps needs no estimate"
+
+
+def test_no_run_reports_a_nan_score(tiles, tmp_path, capsys):
+    """A split file without test slides trains and says there is no test set
+    (before: "test macro F1 nan" with exit 0)."""
+    slides = sorted({p.name[: -len(".summary.json")] for p in tiles.glob("*.summary.json")})
+    no_test = tmp_path / "no_test.json"
+    no_test.write_text(json.dumps({"train": slides[:3], "val": slides[3:], "test": []}))
+    out = tmp_path / "run"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(out), "--split", str(no_test),
+                                       "--rounds", "0", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "no test set" in printed and "F1 nan" not in printed and "accuracy nan" not in printed
