@@ -364,3 +364,17 @@ def test_interrupt_and_disk_errors_are_one_line_with_their_own_exit_status(capsy
     err = capsys.readouterr().err
     assert err == ("error: /data/out/slide.tfrecord: No space left on device (the disk is full; free space or "
                    "choose another --output, then rerun (finished work is kept))\n")
+
+
+def test_a_broken_slide_without_annotation_file_is_reported_broken_not_skipped(batch, tmp_path, capsys):
+    """Before, a truncated, empty or text file named on the command line with
+    no annotation beside it was "skipped (no annotation file)", exit 0: the
+    user was never told that the file is broken."""
+    root, _, _ = batch
+    for name, says in (("cut.svs", "truncated or unreadable"), ("zero.svs", "the file is empty"),
+                       ("text.svs", "cannot open slide")):
+        code = tfrecord_generator.main(["--slides", str(root / "slides" / name), "--annotations", str(tmp_path),
+                                        "--output", str(tmp_path / "out")])
+        captured = capsys.readouterr()
+        assert code == 1 and "skipped (no annotation" not in captured.out, name
+        assert says in captured.err, (name, captured.err)

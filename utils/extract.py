@@ -26,7 +26,7 @@ from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, 
                           report_unmatched)
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
 from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
-from utils.slide import MppOverride, Slide
+from utils.slide import MppOverride, Slide, check_readable
 from utils.slide_files import SlideFile
 from utils.summaries import DONE, ShardSummary
 from utils.tissue import tile_fractions, tissue_grid
@@ -153,6 +153,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
                                               f"{stem}: its shard in {options.output}"):
         return ShardSummary(stem, UNCHANGED)
     if annotation_path is None and not options.unlabeled:
+        check_readable(slide_path)  # a broken file is reported as broken, not as merely unannotated
         looked_for = ", ".join(f"{stem}{suffix}" for suffix in ANNOTATION_SUFFIXES)
         return ShardSummary(stem, "skipped (no annotation file; --unlabeled pools its tiles)",
                             warnings=[f"{slide_path}: no annotation file; looked for {looked_for} in "

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -52,6 +53,46 @@ class MppSource:
     origin: str
 
 
+def open_reader(path: Path, backend: str = "auto") -> tuple[str, str, Any]:
+    """(vendor, backend, handle) of a slide file whose header and metadata
+    read, or :class:`SlideError` saying why not: missing, a folder, empty,
+    truncated or unreadable, or no whole-slide format."""
+    if not path.exists():
+        raise SlideError(f"{path}: no such slide file")
+    if path.is_dir():
+        raise SlideError(f"{path}: a folder, not a slide file; pass the slide file itself")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: the file is empty (0 bytes); copy the slide again")
+    vendor = detect_vendor(path)
+    if backend == "auto":
+        backend = choose_reader(path, vendor)
+    try:
+        if backend == "tiffslide":
+            import tiffslide
+
+            handle = tiffslide.TiffSlide(str(path))
+        else:
+            import openslide
+
+            handle = openslide.OpenSlide(str(path))
+        try:  # a truncated file can open and fail only on its metadata, with any exception type
+            dict(handle.properties), tuple(handle.dimensions), list(handle.level_dimensions)
+        except Exception:
+            handle.close()
+            raise
+    except Exception as exc:  # both libraries raise several unrelated types
+        raise SlideError(f"{path}: cannot open slide ({type(exc).__name__}: {exc}); the file is truncated "
+                         f"or unreadable (copy it again), or not a whole-slide format this tool reads "
+                         f"(OpenSlide's formats, tiled TIFF)") from None
+    return vendor, backend, handle
+
+
+def check_readable(path: Path) -> None:
+    """Raise :class:`SlideError` for a slide file that cannot be read, as
+    :class:`Slide` would, without resolving its scale."""
+    open_reader(path)[2].close()
+
+
 class Slide:
     """An open whole-slide image with its base µm/px.
 
@@ -63,36 +104,13 @@ class Slide:
                  name: str | None = None) -> None:
         self.path = Path(path)
         self.stem = name or self.path.stem
-        if not self.path.exists():
-            raise SlideError(f"{self.path}: no such slide file")
-        if self.path.is_dir():
-            raise SlideError(f"{self.path}: a folder, not a slide file; pass the slide file itself")
-        if self.path.stat().st_size == 0:
-            raise SlideError(f"{self.path}: the file is empty (0 bytes); copy the slide again")
-        self.vendor = detect_vendor(self.path)
-        if backend == "auto":
-            backend = choose_reader(self.path, self.vendor)
-        self.backend = backend
-        try:
-            if backend == "tiffslide":
-                import tiffslide
-
-                self._handle = tiffslide.TiffSlide(str(self.path))
-            else:
-                import openslide
-
-                self._handle = openslide.OpenSlide(str(self.path))
-            # A truncated file can open and fail only on its metadata, with any exception type.
-            self.properties = dict(self._handle.properties)
-            self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)  # type: ignore[assignment]
-            self.level_dimensions = [tuple(d) for d in self._handle.level_dimensions]
-            self.level_downsamples = [float(d) for d in self._handle.level_downsamples]
-        except Exception as exc:  # both libraries raise several unrelated types
-            raise SlideError(f"{self.path}: cannot open slide ({type(exc).__name__}: {exc}); the file is truncated "
-                             f"or unreadable (copy it again), or not a whole-slide format this tool reads "
-                             f"(OpenSlide's formats, tiled TIFF)") from None
+        self.vendor, self.backend, self._handle = open_reader(self.path, backend)
+        self.properties = dict(self._handle.properties)
+        self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)  # type: ignore[assignment]
+        self.level_dimensions = [tuple(d) for d in self._handle.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._handle.level_downsamples]
         self.background = _background_colour(self.properties)
-        self._tiles = _direct_tiles(self.path, self.level_dimensions) if backend == "tiffslide" else None
+        self._tiles = _direct_tiles(self.path, self.level_dimensions) if self.backend == "tiffslide" else None
         self.mpp_source = resolve_mpp(self, override=mpp)
         self.mpp = self.mpp_source.value
 
