@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from utils.model import check_fits_source, source_metadata, source_spec
 from utils.options import add_option_arguments, resolve_options
 from utils.setup import setup_process
 from utils.train_options import TrainOptions
-from utils.training import run_repeats, run_training
+from utils.training import run_repeats, run_training, test_set_scores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         run_repeats(options, config)
         return 0
     last = run_training(options, config).rows[-1]
-    score = "no test set" if math.isnan(last["test_macro_f1"]) else f"test macro F1 {last['test_macro_f1']:.3f}"
-    info(f"done: round {last['round']}, {score}; model: {options.output / 'model.keras'}")
+    scores = test_set_scores({"accuracy": last["test_accuracy"], "macro_f1": last["test_macro_f1"]})
+    info(f"done: round {last['round']}, {scores}; model: {options.output / 'model.keras'}")
     return 0
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from utils.batch import report, run_per_slide, slides_to_process
@@ -56,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     paths.add_argument("--output", type=Path, required=True, help="folder for the TFRecord shards")
     configuration = add_config_arguments(parser, section="extraction")
     configuration.add_argument("--allow-upsampling", action="store_true", default=None,
-                                           help="allow magnifications above the scan's by resampling up "
-                                                "(the configuration's allow_upsampling)")
+                               help="allow magnifications above the scan's by resampling up "
+                                    "(the configuration's allow_upsampling)")
     add_option_arguments(parser, ExtractOptions, {"slides": add_slide_arguments(parser)})
     add_message_arguments(parser)
     args = parser.parse_args(argv)
@@ -75,16 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     file_keys, section = start(args, "extraction")
     setup_process()
     config = resolve_config(args, file_keys, allow_upsampling=args.allow_upsampling)
+    options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
+                              annotations=args.annotations, overwrite=args.overwrite)
     if args.tiles is not None:
         mpp = parse_mpp(args.mpp).value
         if mpp is None:
             raise InputError("--tiles needs one µm/px for all tiles, not a file")
-        options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
-                                  overwrite=args.overwrite)
         return extract_tiles(args.tiles, mpp, config, options)
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
-    options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
-                              annotations=args.annotations, mpp=mpp, overwrite=args.overwrite)
+    options = replace(options, mpp=mpp)
     if options.annotations is None and not options.unlabeled:
         raise InputError("--annotations is required unless --unlabeled is given")
     check_output_configuration(args.output, config, args.overwrite, slides)

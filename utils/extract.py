@@ -21,9 +21,9 @@ from utils.config import Config, fingerprint, fingerprint_difference
 from utils.errors import ConfigError, SlideError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path
-from utils.options import option
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
                           report_unmatched)
+from utils.options import option
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
 from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
 from utils.slide import MppOverride, Slide, check_readable

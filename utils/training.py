@@ -98,7 +98,7 @@ def evaluate(learner: Learner, data: TrainingData, ids: np.ndarray) -> dict[str,
     }
 
 
-def test_scores(test: dict[str, Any]) -> str:
+def test_set_scores(test: dict[str, Any]) -> str:
     """The test set's macro F1 and accuracy, or that there is no test set (a
     split file with an empty test list), never a NaN."""
     if np.isnan(test["accuracy"]):
@@ -126,7 +126,7 @@ def record(options: TrainOptions, data: TrainingData, model: keras.Model, state:
     state.rows.append(row)
     state.misclassified = val["misclassified"]
     absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
-    info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, {test_scores(test)} ({row['seconds']:.0f} s)"
+    info(f"round {round_number}: val macro F1 {val['macro_f1']:.3f}, {test_set_scores(test)} ({row['seconds']:.0f} s)"
          + (f"; absent from the test set, so not in its macro F1: {', '.join(absent)}"
             if absent and len(absent) < config.num_classes else ""))
     if selection is not None and selection.pool_size:
@@ -277,7 +277,7 @@ def describe_data(options: TrainOptions, run: TrainingData, state: RunState) -> 
 def evaluate_source(learner: Learner, run: TrainingData) -> dict[str, Any]:
     """Round -1: the source-domain model on the target data, before any target label."""
     val, test = evaluate(learner, run, run.val_ids), evaluate(learner, run, run.test_ids)
-    info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, {test_scores(test)}")
+    info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, {test_set_scores(test)}")
     return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0)
 
 
