@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 
+import tfrecord_generator
 from utils.setup import setup_process
-from utils.synthetic import SyntheticRegion, make_slide, rectangle
+from utils.synthetic import SyntheticRegion, make_slide, random_layout, rectangle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TILE = 64
+#: Tile size of the records that training tests share (:func:`tiles`).
+RECORD_TILE = 32
+#: A training run of a few seconds: small backbone, small head, few tiles.
+FAST = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32", "--optimizer", "adam",
+        "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "32", "--initial", "20", "--budget", "40",
+        "--slide-class-cap", "60", "--eval-cap", "40"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +60,20 @@ def synthetic_slide(tmp_path_factory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("synthetic")
     return make_slide(directory / "slides", "known", 24 * TILE, 16 * TILE, known_regions(),
                       annotations_dir=directory / "annotations")
+
+
+@pytest.fixture(scope="session")
+def tiles(tmp_path_factory) -> Path:
+    """Four synthetic slides (in ``slides/`` beside the records) cut into
+    32-px triplets, unlabelled tissue pooled."""
+    root = tmp_path_factory.mktemp("training")
+    for i in range(4):
+        make_slide(root / "slides", f"slide{i}", 1024, 1024, random_layout(1024, 1024, i), seed=i,
+                   annotations_dir=root / "annotations")
+    assert tfrecord_generator.main(["--slides", str(root / "slides"), "--annotations", str(root / "annotations"),
+                                    "--output", str(root / "tiles"), "--tile-size", str(RECORD_TILE),
+                                    "--unlabeled"]) == 0
+    return root / "tiles"
 
 
 def wait_for(condition, timeout: float = 300.0) -> None:

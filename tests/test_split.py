@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 
 import active_learning_train
 import tfrecord_generator
-from tests.test_training import FAST, TILE
+from tests.conftest import FAST, RECORD_TILE as TILE
 from utils.data_split import BLOCK_WINDOWS, SlideGrid, assign_records, choose_split_by, split_blocks
 from utils.errors import InputError
 from utils.records import RecordIndex, read_index, record_files

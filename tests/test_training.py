@@ -20,38 +20,20 @@ import yaml
 
 import active_learning_train
 import tfrecord_generator
-from tests.conftest import ROOT, shared_file, wait_for
+from tests.conftest import FAST, RECORD_TILE as TILE, ROOT, shared_file, wait_for
 from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
 from utils.errors import ModelError
 from utils.model import (ModelSpec, Predictor, build_model, check_compatible, load_weights_by_name, read_metadata,
                          save_model)
 from utils.records import read_index, record_files
-from utils.synthetic import SyntheticRegion, make_slide, random_layout, rectangle, write_geojson
+from utils.synthetic import SyntheticRegion, make_slide, rectangle, write_geojson
 from utils import learners, queries
 from utils.learners import HeadOnFeatures
 from utils.run_state import RunState
 from utils.train_options import TrainOptions
 from utils.training import run_training
 from utils.training_data import TrainingData
-
-TILE = 32
-FAST = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32", "--optimizer", "adam",
-        "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "32", "--initial", "20", "--budget", "40",
-        "--slide-class-cap", "60", "--eval-cap", "40"]
-
-
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory) -> Path:
-    """Four synthetic slides cut into 32-px triplets, unlabelled tissue pooled."""
-    root = tmp_path_factory.mktemp("training")
-    for i in range(4):
-        make_slide(root / "slides", f"slide{i}", 1024, 1024, random_layout(1024, 1024, i), seed=i,
-                   annotations_dir=root / "annotations")
-    assert tfrecord_generator.main(["--slides", str(root / "slides"), "--annotations", str(root / "annotations"),
-                                    "--output", str(root / "tiles"), "--tile-size", str(TILE), "--unlabeled"]) == 0
-    return root / "tiles"
-
 
 @pytest.fixture(scope="module")
 def one_round(tiles, tmp_path_factory) -> Path:

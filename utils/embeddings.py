@@ -28,7 +28,9 @@ class EmbeddingCache:
     """Features of the records ``ids`` (global record ids) and the head that
     reads them; the head shares its layers with the full model."""
 
-    def __init__(self, model: keras.Model, dataset: tf.data.Dataset, ids: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, model: keras.Model, dataset: tf.data.Dataset, ids: np.ndarray, labels: np.ndarray,
+                 strategy: tf.distribute.Strategy | None = None) -> None:
+        self.strategy = strategy or tf.distribute.get_strategy()
         features, self.head = split_model(model)
         extract = tf.function(lambda x: features(x, training=False), reduce_retracing=True)
         self.row = np.full(len(labels), -1, np.int64)
@@ -46,6 +48,7 @@ class EmbeddingCache:
         self._loss = keras.losses.SparseCategoricalCrossentropy(reduction="sum")
         self._step: Callable | None = None
         self._optimizer: keras.optimizers.Optimizer | None = None
+        self._initial_state: list[np.ndarray] = []
 
     def of(self, ids: np.ndarray) -> np.ndarray:
         rows = self.row[ids]
@@ -79,8 +82,8 @@ class EmbeddingCache:
             batch_size: int, epochs: int, patience: int, seed: int) -> list[dict[str, float]]:
         """Train the head on the labelled tiles' features: shuffled mini-batches,
         early stopping on the validation loss with the best epoch's weights
-        restored. The optimizer starts afresh every call (its state zeroed, which
-        equals a new one), so the training step is compiled once per run.
+        restored. The optimizer starts afresh every call (its variables reset
+        to their values when new), so the training step is compiled once per run.
         One row per epoch: loss, accuracy, val_loss, val_accuracy."""
         step = self._training_step(make_optimizer)
         x, y = self.of(labelled), self.labels[labelled].astype(np.int64)
@@ -108,25 +111,47 @@ class EmbeddingCache:
         return history
 
     def _training_step(self, make_optimizer: Callable[[], keras.optimizers.Optimizer]) -> Callable:
-        """One compiled step (summed loss and correct count of a batch) and its optimizer, reset."""
+        """One compiled step (summed loss and correct count of a batch) and its
+        optimizer, reset to its initial state.
+
+        The step runs on every replica of the strategy: each takes its share
+        of the global batch, its loss is its share's sum over the global batch
+        size, and the optimizer sums the gradients across replicas, so the
+        update is the global batch's mean gradient. Under mixed precision the
+        optimizer scales the loss (Keras's LossScaleOptimizer), as Keras's own
+        ``fit`` does."""
         if self._step is None:
-            head, weights = self.head, self.head.trainable_variables
-            optimizer = make_optimizer()
-            optimizer.build(weights)
+            strategy, head, weights = self.strategy, self.head, self.head.trainable_variables
+            with strategy.scope():
+                optimizer = make_optimizer()
+                if keras.mixed_precision.global_policy().name == "mixed_float16":
+                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+                optimizer.build(weights)
             loss_of = self._loss
             signature = [tf.TensorSpec([None, self.features.shape[1]], tf.float32), tf.TensorSpec([None], tf.int64)]
 
+            def replica_step(xb, yb):
+                context = tf.distribute.get_replica_context()
+                size, replicas = tf.shape(yb)[0], context.num_replicas_in_sync
+                start = size * context.replica_id_in_sync_group // replicas
+                end = size * (context.replica_id_in_sync_group + 1) // replicas
+                xs, ys = xb[start:end], yb[start:end]
+                with tf.GradientTape() as tape:
+                    probs = head(xs, training=True)
+                    loss = loss_of(ys, probs)
+                    share = loss / tf.cast(size, loss.dtype)
+                    scaled = optimizer.scale_loss(share)
+                optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+                return loss, tf.reduce_sum(tf.cast(tf.argmax(probs, axis=1) == ys, tf.float32))
+
             @tf.function(input_signature=signature)
             def step(xb, yb):
-                with tf.GradientTape() as tape:
-                    probs = head(xb, training=True)
-                    loss = loss_of(yb, probs)
-                    mean = loss / tf.cast(tf.shape(yb)[0], loss.dtype)
-                optimizer.apply_gradients(zip(tape.gradient(mean, weights), weights))
-                return loss, tf.reduce_sum(tf.cast(tf.argmax(probs, axis=1) == yb, tf.float32))
+                loss, correct = strategy.run(replica_step, args=(xb, yb))
+                return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                        strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
             self._step, self._optimizer = step, optimizer
-        for variable in self._optimizer.variables:
-            if not variable.path.endswith("learning_rate"):
-                variable.assign(np.zeros(variable.shape, variable.dtype))
+            self._initial_state = [variable.numpy() for variable in optimizer.variables]
+        for variable, value in zip(self._optimizer.variables, self._initial_state):
+            variable.assign(value)
         return self._step

@@ -51,19 +51,34 @@ def new_optimizer(options: TrainOptions) -> keras.optimizers.Optimizer:
 
 
 class FullNetwork:
-    """Every layer that is trainable, fitted with Keras on augmented triplets."""
+    """Every layer that is trainable, fitted with Keras on augmented triplets.
+    The model must have been built in ``strategy``'s scope; Keras's ``fit``
+    then splits each global batch across its replicas."""
 
-    def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
-        self.model, self.data, self.options = model, data, options
+    def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions,
+                 strategy: tf.distribute.Strategy) -> None:
+        self.model, self.data, self.options, self.strategy = model, data, options, strategy
         self.predictor = Predictor(model)
 
     def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
-        self.model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        with self.strategy.scope():  # the optimizer's and the metrics' variables are mirrored too
+            self.model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy",
+                               metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
-        estimate = RoundTimeEstimate(-(-len(labelled) // o.batch_size), o.epochs)
-        history = self.model.fit(self.data.dataset(labelled, train=True), validation_data=self.data.dataset(val_ids),
-                                 epochs=o.epochs, callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
+        steps = -(-len(labelled) // o.batch_size)
+        estimate = RoundTimeEstimate(steps, o.epochs)
+        # Several replicas split each batch; TensorFlow gives the last, partial
+        # batch of a pass to the first replicas and may leave another replica
+        # an empty share, whose batch-norm statistics are NaN and poison every
+        # weight. So they get full batches only: the set repeats (reshuffled)
+        # and an epoch is its number of batches, the last one completed from
+        # the next pass.
+        full = self.strategy.num_replicas_in_sync > 1
+        history = self.model.fit(self.data.dataset(labelled, train=True, endless=full),
+                                 steps_per_epoch=steps if full else None,
+                                 validation_data=self.data.dataset(val_ids), epochs=o.epochs,
+                                 callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
         return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
@@ -112,10 +127,11 @@ def duration(seconds: float) -> str:
 class HeadOnFeatures:
     """The head alone, on features computed once for every record the run uses."""
 
-    def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
+    def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions,
+                 strategy: tf.distribute.Strategy) -> None:
         self.options = options
         ids = data.used_ids()
-        self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label)
+        self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label, strategy)
 
     def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
@@ -125,9 +141,12 @@ class HeadOnFeatures:
         return self.cache.predict(ids, self.options.batch_size, mc_passes, embeddings)
 
 
-def make_learner(model: keras.Model, data: TrainingData, options: TrainOptions) -> Learner:
-    """The head on cached features when the backbone is frozen, else the whole network."""
-    return HeadOnFeatures(model, data, options) if options.freeze_backbone else FullNetwork(model, data, options)
+def make_learner(model: keras.Model, data: TrainingData, options: TrainOptions,
+                 strategy: tf.distribute.Strategy) -> Learner:
+    """The head on cached features when the backbone is frozen, else the whole
+    network; ``model`` was built in ``strategy``'s scope."""
+    kind = HeadOnFeatures if options.freeze_backbone else FullNetwork
+    return kind(model, data, options, strategy)
 
 
 def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0,

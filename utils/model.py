@@ -192,7 +192,8 @@ def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -
 
 def load_model(path: str | Path) -> keras.Model:
     """Load in Keras's safe mode: a model file that would run arbitrary code
-    (a Lambda layer) is refused."""
+    (a Lambda layer) is refused. The model computes in this process's
+    precision (:func:`in_process_precision`)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
@@ -200,10 +201,49 @@ def load_model(path: str | Path) -> keras.Model:
         raise ModelError(f"{path}: not a .keras model archive (truncated or another format); "
                          f"pass the model.keras of a training run")
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first})") from None
+    return in_process_precision(model)
+
+
+def in_process_precision(model: keras.Model) -> keras.Model:
+    """The model with its mixed-precision layers in this process's policy.
+
+    A model trained on GPUs in mixed precision is saved with each layer's
+    policy, and Keras would run it in float16 wherever it is loaded: slowly,
+    on a CPU without half-precision kernels. Its weights are float32 either
+    way, so the same network is rebuilt in the process's policy (float32 on a
+    CPU, mixed on a GPU) and given them. Layers saved with an explicit dtype
+    (the float32 softmax) keep it."""
+    policy = keras.mixed_precision.global_policy().name
+
+    def differs(layer: keras.layers.Layer) -> bool:
+        return layer.dtype_policy.name.startswith("mixed_") and layer.dtype_policy.name != policy
+
+    if not any(differs(layer) for layer in _all_layers(model)):
+        return model
+
+    def rebuild(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if differs(layer):
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=rebuild, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer, those of the nested backbones included."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers += _all_layers(layer)
+    return layers
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

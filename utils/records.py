@@ -171,12 +171,15 @@ def triplet_dataset(
     colour_jitter: bool = False,
     seed: int | None = None,
     with_ids: bool = False,
+    endless: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``({scale name: float32 (B, T, T, 3) in 0..255}, label)``.
 
     Only the records whose global id is in ``ids`` (all when None) are decoded;
     the rest are skipped after reading their bytes. With ``with_ids`` the
     global ids come third, for scoring a pool. Labels are -1 for pool tiles.
+    ``endless`` repeats the records, reshuffled each pass, so that every batch
+    is full and the caller counts the steps of an epoch.
     """
     num_scales = len(magnifications)
     names = [scale_name(m) for m in magnifications]
@@ -201,6 +204,8 @@ def triplet_dataset(
     dataset = dataset.filter(lambda gid, rec: tf.gather(keep_table, gid))
     if shuffle:
         dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    if endless:
+        dataset = dataset.repeat()
 
     def decode(gid: tf.Tensor, record: tf.Tensor):
         parsed = tf.io.parse_single_example(record, features)

@@ -36,6 +36,7 @@ class RunState:
     rng: np.random.Generator
     rows: list[dict[str, Any]] = field(default_factory=list)  # rounds.csv
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch of every round
+    devices: list[str] = field(default_factory=list)  # the replicas of the last session ("default": one, placed by TF)
 
     @classmethod
     def initial(cls, data: TrainingData, per_class: int, query_only: bool, rng: np.random.Generator) -> RunState:
@@ -67,7 +68,7 @@ class RunState:
         if "rng" in saved:  # runs saved before the generator state was kept resume with a fresh one
             rng.bit_generator.state = saved["rng"]
         return cls(saved["round"], labelled, added, saved["best"], np.asarray(saved["misclassified"]), rng,
-                   saved["rows"], saved["history"])
+                   saved["rows"], saved["history"], saved.get("devices", []))
 
     def save(self, folder: Path, index: RecordIndex) -> None:
         """labelled.csv and rounds.csv, then state.json, the file that says the round is finished."""
@@ -77,7 +78,7 @@ class RunState:
         write_table(folder / "rounds.csv", self.rows)
         atomic_write_json(folder / "state.json", {
             "round": self.round, "best_model": "model.keras", "best": self.best, "rows": self.rows,
-            "history": self.history, "rng": self.rng.bit_generator.state,
+            "history": self.history, "rng": self.rng.bit_generator.state, "devices": self.devices,
             "misclassified": np.asarray(self.misclassified).tolist()})
 
     def label(self, new: np.ndarray, round_number: int) -> None:

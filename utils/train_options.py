@@ -83,7 +83,10 @@ class TrainOptions:
         False, "simulation only: split class budgets by the pool tiles' true labels, as the original code did, "
                "instead of by their predicted classes as real use must", "active learning")
     epochs: int = option(10, "maximum epochs per round", "fitting")
-    batch_size: int = option(128, "tiles per training step", "fitting")
+    batch_size: int = option(128, "tiles per training step: the global batch, split across --devices", "fitting")
+    devices: str = option(
+        "all", "what to train on: all (every visible GPU; several train in parallel), a count of GPUs, or device "
+               "names such as GPU:0,GPU:2", "fitting", metavar="all|N|NAMES")
     optimizer: str = option("sgd", "sgd: the paper's (momentum 0.9, Nesterov); adam for training from scratch",
                             "fitting", choices=("sgd", "adam"))
     learning_rate: float = option(1.5e-5, "the paper's for fine-tuning with sgd", "fitting")

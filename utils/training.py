@@ -39,13 +39,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from utils import plots
 from utils.cli import prepare_output
 from utils.config import Config
 from utils.data_split import SPLITS
+from utils.devices import describe, device_names, training_strategy
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_json, read_csv, write_table
 from utils.learners import Learner, make_learner
@@ -64,12 +64,6 @@ def reseed(model: keras.Model, seed: int) -> None:
     for variable in model.variables:
         if variable.path.endswith("seed_generator_state"):
             variable.assign(np.array([seed, 0], dtype=variable.dtype))
-
-
-def gpu_devices() -> tf.distribute.Strategy:
-    """MirroredStrategy over several GPUs, else the default placement."""
-    gpus = tf.config.list_physical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
 def evaluate(learner: Learner, data: TrainingData, ids: np.ndarray) -> dict[str, Any]:
@@ -189,17 +183,24 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
     backbone_weights = None if state or options.weights else options.backbone_weights_source
-    with gpu_devices().scope():
+    strategy = training_strategy(options.devices)
+    info(describe(strategy, options.batch_size))
+    with strategy.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
     if state:
         model.set_weights(load_model(out / "model.keras").get_weights())
         info(f"resuming {out} at round {state.round + 1} with {len(state.labelled)} labelled tiles")
+        if state.devices and len(state.devices) != strategy.num_replicas_in_sync:
+            info(f"its earlier rounds ran on {len(state.devices)} replica(s) ({', '.join(state.devices)}), this "
+                 f"one on {strategy.num_replicas_in_sync}: the global batch stays --batch-size "
+                 f"{options.batch_size}, so the rounds fit the same way up to floating-point order and dropout")
     else:
         load_source_weights(model, options)
         state = RunState.initial(data, options.initial, options.query_only, rng)
         describe_data(options, data, state)
     check_the_pool_lasts(options, data, state)
-    learner = make_learner(model, data, options)
+    state.devices = device_names(strategy) or ["default"]
+    learner = make_learner(model, data, options, strategy)
     if state.round == -1 and options.weights and not state.rows:
         state.rows.append(evaluate_source(learner, data))
     atomic_write_json(out / "config.json", {**model_metadata(options, config), "options": asdict(options)})

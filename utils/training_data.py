@@ -95,12 +95,14 @@ class TrainingData:
         """Every record the run may fit on, query or evaluate."""
         return np.unique(np.concatenate([self.candidates, self.pool_ids, self.val_ids, self.test_ids]))
 
-    def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False) -> tf.data.Dataset:
-        """The records ``ids`` in batches; shuffled and augmented for training."""
+    def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False,
+                endless: bool = False) -> tf.data.Dataset:
+        """The records ``ids`` in batches; shuffled and augmented for training;
+        ``endless``: repeated, every batch full (see :func:`triplet_dataset`)."""
         return triplet_dataset(
             self.index, ids, self.config.magnifications, self.config.tile_size, self.batch_size,
             shuffle=train, augment=train and self.augment, colour_jitter=self.colour_jitter, seed=self.seed,
-            with_ids=with_ids,
+            with_ids=with_ids, endless=endless,
         )
 
     def triplets(self, ids: np.ndarray) -> list[list[np.ndarray]]:
