@@ -16,9 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-#: Rows: optical density of haematoxylin, eosin and DAB per unit of stain (R, G, B).
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+from utils.augment import HED_FROM_RGB, RGB_FROM_HED
 
 
 def shift_stains(rgb: np.ndarray, scale: tuple[float, float, float], shift: tuple[float, float, float]) -> np.ndarray:

@@ -335,7 +335,8 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
 
     backbone = [w.copy() for w in model.get_layer("backbone_mag_40x").get_weights()]
     head = [w.copy() for w in model.get_layer("fc1").get_weights()]
-    rows = learner.fit(RunState.initial(run, options.initial, False, rng).labelled, run.val_ids, seed=0)
+    labelled = RunState.initial(run, options.initial, False, rng).labelled
+    rows = learner.fit(labelled, run.index.label[labelled], run.val_ids, seed=0)
     assert len(rows) == 2
     # The head's own training loop reports Keras's loss: the best epoch's weights are restored.
     compiled = learner.cache.head

@@ -78,15 +78,16 @@ class EmbeddingCache:
             result["probs"] = batched(self._head)
         return result
 
-    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, make_optimizer: Callable[[], keras.optimizers.Optimizer],
-            batch_size: int, epochs: int, patience: int, seed: int) -> list[dict[str, float]]:
-        """Train the head on the labelled tiles' features: shuffled mini-batches,
+    def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray,
+            make_optimizer: Callable[[], keras.optimizers.Optimizer], batch_size: int, epochs: int, patience: int,
+            seed: int) -> list[dict[str, float]]:
+        """Train the head on the features of ``ids`` as ``labels``: shuffled mini-batches,
         early stopping on the validation loss with the best epoch's weights
         restored. The optimizer starts afresh every call (its variables reset
         to their values when new), so the training step is compiled once per run.
         One row per epoch: loss, accuracy, val_loss, val_accuracy."""
         step = self._training_step(make_optimizer)
-        x, y = self.of(labelled), self.labels[labelled].astype(np.int64)
+        x, y = self.of(ids), np.asarray(labels, np.int64)
         x_val, y_val = self.of(val_ids), self.labels[val_ids]
         rng = np.random.default_rng(seed)
         history, best, best_weights, waited = [], np.inf, self.head.get_weights(), 0

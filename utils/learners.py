@@ -31,10 +31,12 @@ from utils.training_data import TrainingData
 class Learner(Protocol):
     """What a round needs of the model: fit on labelled records, predict any."""
 
-    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
-        """Fit from the current weights with a fresh optimizer and early
-        stopping on the validation loss (best epoch restored); one row per
-        epoch: loss, accuracy, val_loss, val_accuracy."""
+    def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
+        """Fit the records ``ids`` as the classes ``labels`` (their own labels,
+        or predicted ones for pseudo-labelled pool tiles) from the current
+        weights, with a fresh optimizer and early stopping on the validation
+        loss (best epoch restored); one row per epoch: loss, accuracy,
+        val_loss, val_accuracy."""
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
         """``ids``, ``labels`` and ``probs`` of the records (with ``mc_probs``,
@@ -60,13 +62,13 @@ class FullNetwork:
         self.model, self.data, self.options, self.strategy = model, data, options, strategy
         self.predictor = Predictor(model)
 
-    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
+    def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
         with self.strategy.scope():  # the optimizer's and the metrics' variables are mirrored too
             self.model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy",
                                metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
-        steps = -(-len(labelled) // o.batch_size)
+        steps = -(-len(ids) // o.batch_size)
         estimate = RoundTimeEstimate(steps, o.epochs)
         # Several replicas split each batch; TensorFlow gives the last, partial
         # batch of a pass to the first replicas and may leave another replica
@@ -75,7 +77,7 @@ class FullNetwork:
         # and an epoch is its number of batches, the last one completed from
         # the next pass.
         full = self.strategy.num_replicas_in_sync > 1
-        history = self.model.fit(self.data.dataset(labelled, train=True, endless=full),
+        history = self.model.fit(self.data.dataset(ids, train=True, endless=full, labels=labels),
                                  steps_per_epoch=steps if full else None,
                                  validation_data=self.data.dataset(val_ids), epochs=o.epochs,
                                  callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
@@ -133,9 +135,10 @@ class HeadOnFeatures:
         ids = data.used_ids()
         self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label, strategy)
 
-    def fit(self, labelled: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
+    def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
-        return self.cache.fit(labelled, val_ids, lambda: new_optimizer(o), o.batch_size, o.epochs, o.patience, seed)
+        return self.cache.fit(ids, labels, val_ids, lambda: new_optimizer(o), o.batch_size, o.epochs, o.patience,
+                              seed)
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
         return self.cache.predict(ids, self.options.batch_size, mc_passes, embeddings)

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from utils.augment import StainJitter, augment_triplet
 from utils.config import scale_name
 from utils.errors import InputError
 
@@ -145,21 +146,6 @@ def read_index(files: Sequence[str | Path]) -> RecordIndex:
     )
 
 
-def _augment(images: list[tf.Tensor], colour_jitter: bool) -> list[tf.Tensor]:
-    """The same flip, 90-degree rotation and colour jitter for every scale, so
-    the scales stay aligned around the shared centre."""
-    stacked = tf.stack(images)  # (scales, T, T, 3)
-    flip = tf.random.uniform([]) < 0.5
-    stacked = tf.cond(flip, lambda: tf.reverse(stacked, axis=[2]), lambda: stacked)
-    stacked = tf.image.rot90(stacked, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
-    if colour_jitter:
-        stacked = tf.image.random_brightness(stacked, 0.1 * 255)
-        stacked = tf.image.random_saturation(stacked, 0.8, 1.2)
-        stacked = tf.image.random_hue(stacked, 0.04)
-        stacked = tf.clip_by_value(stacked, 0.0, 255.0)
-    return tf.unstack(stacked)
-
-
 def triplet_dataset(
     index: RecordIndex,
     ids: np.ndarray | None,
@@ -172,6 +158,8 @@ def triplet_dataset(
     seed: int | None = None,
     with_ids: bool = False,
     endless: bool = False,
+    stains: StainJitter | None = None,
+    labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``({scale name: float32 (B, T, T, 3) in 0..255}, label)``.
 
@@ -179,13 +167,17 @@ def triplet_dataset(
     the rest are skipped after reading their bytes. With ``with_ids`` the
     global ids come third, for scoring a pool. Labels are -1 for pool tiles.
     ``endless`` repeats the records, reshuffled each pass, so that every batch
-    is full and the caller counts the steps of an epoch.
+    is full and the caller counts the steps of an epoch. ``augment`` (flips
+    and rotations), ``colour_jitter`` and ``stains`` change each triplet
+    (:func:`utils.augment.augment_triplet`). ``labels``, by global id,
+    replaces the records' own labels (pseudo-labels of pool tiles).
     """
     num_scales = len(magnifications)
     names = [scale_name(m) for m in magnifications]
     total = len(index)
     keep = np.ones(total, bool) if ids is None else np.isin(np.arange(total), ids)
     keep_table = tf.constant(keep)
+    label_table = None if labels is None else tf.constant(np.asarray(labels, np.int64))
     files = tf.constant([str(f) for f in index.files])
     offsets = tf.constant(index.offsets, tf.int64)
     features = {**_META, **_image_features(num_scales)}
@@ -214,12 +206,13 @@ def triplet_dataset(
             image = tf.io.decode_image(parsed[f"image/{s}"], channels=3, expand_animations=False)
             image.set_shape([tile_size, tile_size, 3])
             images.append(tf.cast(image, tf.float32))
-        if augment:
-            images = _augment(images, colour_jitter)
+        if augment or colour_jitter or stains is not None:
+            images = augment_triplet(images, augment, colour_jitter, stains)
         inputs = {name: image for name, image in zip(names, images)}
+        label = parsed["label"] if label_table is None else tf.gather(label_table, gid)
         if with_ids:
-            return inputs, parsed["label"], gid
-        return inputs, parsed["label"]
+            return inputs, label, gid
+        return inputs, label
 
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.active_learning import STRATEGIES
+from utils.augment import STAIN_PRESETS
 from utils.data_split import SPLIT_BY
 from utils.errors import InputError
 from utils.model import BACKBONES, INPUT_SCALINGS, ModelSpec
@@ -59,6 +60,9 @@ class TrainOptions:
         False, "load --weights by layer name into a different architecture; layers that get no weights are listed "
                "and start from scratch", "model")
     freeze_backbone: bool = option(False, "train the head only", "model")
+    adapt_bn: bool = option(
+        False, "before round 0, re-estimate the backbones' batch-norm statistics on the unlabelled pool (AdaBN; "
+               "mobilenetv2 has batch norm, vgg16 and small have none)", "model")
     strategy: str = option("random", "query strategy: random, which no rule beat in the README's experiment; "
                                       "class_ratio is the paper's", "active learning",
                            choices=tuple(STRATEGIES))
@@ -82,6 +86,15 @@ class TrainOptions:
     oracle_classes: bool = option(
         False, "simulation only: split class budgets by the pool tiles' true labels, as the original code did, "
                "instead of by their predicted classes as real use must", "active learning")
+    semi_supervised: str = option(
+        "none", "also learn from the unlabelled pool: pseudo adds the pool tiles predicted with confidence at least "
+                "--pseudo-threshold to each round's training with their predicted class (never to the labelled set)",
+        "active learning", choices=("none", "pseudo"))
+    pseudo_threshold: float = option(0.95, "top probability a pool tile needs to be pseudo-labelled (FixMatch's)",
+                                     "active learning", metavar="T")
+    pseudo_ratio: float = option(
+        1.0, "at most this many pseudo-labelled tiles per labelled tile of the same class", "active learning",
+        metavar="K")
     epochs: int = option(10, "maximum epochs per round", "fitting")
     batch_size: int = option(128, "tiles per training step: the global batch, split across --devices", "fitting")
     devices: str = option(
@@ -96,6 +109,13 @@ class TrainOptions:
                   "validation loss (the original code's)", "fitting", choices=MODEL_SELECTIONS)
     augment: bool = option(True, "no flips or 90-degree rotations", "fitting", flag="--no-augment")
     colour_jitter: bool = option(False, "also jitter brightness, saturation and hue", "fitting")
+    stain_jitter: str = option(
+        "none", "stain augmentation in haematoxylin-eosin-DAB space (Tellez et al. 2019) with brightness, contrast "
+                "and saturation jitter: light or strong; full mode only (the head mode's features are computed once)",
+        "fitting", choices=tuple(["none", *STAIN_PRESETS]))
+    stain_sigma: float | None = option(
+        None, "range of the stain jitter: each stain's concentration scaled by [1-S, 1+S] and shifted by [-S, S] "
+              "(default: the preset's, 0.05 light, 0.2 strong)", "fitting", metavar="S")
     figures: bool = option(
         True, "no figures after each round (learning and training curves, confusion matrix, contact sheets): for "
               "many simulated runs, read from rounds.csv", "output", flag="--no-figures")
@@ -130,6 +150,13 @@ class TrainOptions:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
         if not 0 <= self.warm_start <= 1:
             raise InputError(f"warm-start is a fraction of the training tiles, from 0 to 1, not {self.warm_start}")
+        if not 0 < self.pseudo_threshold <= 1 or self.pseudo_ratio < 0:
+            raise InputError(f"pseudo-threshold is a probability above 0 and pseudo-ratio at least 0, not "
+                             f"{self.pseudo_threshold} and {self.pseudo_ratio}")
+        if self.stain_sigma is not None and not 0 <= self.stain_sigma < 1:
+            raise InputError(f"stain-sigma is a fraction from 0 to below 1, not {self.stain_sigma}")
+        if self.stain_sigma is not None and self.stain_jitter == "none":
+            raise InputError("--stain-sigma sets the range of --stain-jitter; pass --stain-jitter light or strong too")
         if self.oracle_classes and self.query_only:
             raise InputError("--oracle-classes needs the pool's labels, which --query-only does not have")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:

@@ -42,6 +42,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from utils import plots
+from utils.batch_norm import adapt_batch_norm, batch_norm_layers
 from utils.cli import prepare_output
 from utils.config import Config
 from utils.data_split import SPLITS
@@ -51,6 +52,7 @@ from utils.io import atomic_write_json, read_csv, write_table
 from utils.learners import Learner, make_learner
 from utils.log import info
 from utils.model import build_model, load_model, load_weights_by_name, save_model
+from utils.pseudo_labels import PseudoLabels, pseudo_label
 from utils.queries import Selection, query, write_queries
 from utils.run_state import RunState
 from utils.train_options import TrainOptions
@@ -108,15 +110,16 @@ def save_queries(options: TrainOptions, data: TrainingData, selection: Selection
 
 
 def record(options: TrainOptions, data: TrainingData, model: keras.Model, state: RunState, round_number: int,
-           val: dict, test: dict, selection: Selection | None, seconds: dict[str, float]) -> None:
+           val: dict, test: dict, selection: Selection | None, pseudo: PseudoLabels,
+           seconds: dict[str, float]) -> None:
     """The round's row, its checkpoint, the kept model (or a return to it),
     the queries it answered, the figures and the state, in that order: the
     state written last marks the round finished."""
     out, config = options.output, data.config
     epochs = sum(1 for h in state.history if h["round"] == round_number)
-    steps = epochs * -(-len(state.labelled) // options.batch_size)
+    steps = epochs * -(-(len(state.labelled) + len(pseudo.ids)) // options.batch_size)
     row = _metrics_row(data, round_number, state.labelled, val, test, epochs, steps, seconds["query"],
-                       seconds["fit"], seconds["round"])
+                       seconds["fit"], seconds["round"], pseudo)
     state.rows.append(row)
     state.misclassified = val["misclassified"]
     absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
@@ -162,11 +165,32 @@ def play_round(options: TrainOptions, data: TrainingData, model: keras.Model, le
     seconds = {"query": time.perf_counter() - started}
     if len(state.labelled) == 0:
         raise InputError("the labelled training set is empty; check the split and the class counts")
-    state.history += [{"round": round_number, **row} for row in learner.fit(state.labelled, data.val_ids, round_seed)]
-    seconds["fit"] = time.perf_counter() - started - seconds["query"]
+    pseudo = pseudo_label(learner, data, state, options)
+    if options.semi_supervised != "none":
+        describe_pseudo_labels(data, pseudo, round_number, options)
+    seconds["pseudo"] = time.perf_counter() - started - seconds["query"]
+    ids = np.concatenate([state.labelled, pseudo.ids])
+    labels = np.concatenate([data.index.label[state.labelled], pseudo.labels])
+    state.history += [{"round": round_number, **row} for row in learner.fit(ids, labels, data.val_ids, round_seed)]
+    seconds["fit"] = time.perf_counter() - started - seconds["query"] - seconds["pseudo"]
     val, test = evaluate(learner, data, data.val_ids), evaluate(learner, data, data.test_ids)
     seconds["round"] = time.perf_counter() - started
-    record(options, data, model, state, round_number, val, test, selection, seconds)
+    record(options, data, model, state, round_number, val, test, selection, pseudo, seconds)
+
+
+def describe_pseudo_labels(data: TrainingData, pseudo: PseudoLabels, round_number: int,
+                           options: TrainOptions) -> None:
+    """One line: how many pool tiles train as which class this round, and how many of them are right."""
+    if len(pseudo.ids) == 0:
+        info(f"round {round_number}: no pseudo-labels" + (" (before the first fit on target labels)"
+                                                         if round_number == 0 else
+                                                         f" (no pool tile at confidence {options.pseudo_threshold})"))
+        return
+    counts = np.bincount(pseudo.labels, minlength=data.config.num_classes)
+    per_class = ", ".join(f"{n} {name}" for name, n in zip(data.config.class_names, counts) if n)
+    right = f"; {pseudo.accuracy:.1%} match the true labels (simulation)" if pseudo.accuracy is not None else ""
+    info(f"round {round_number}: {len(pseudo.ids)} pool tiles pseudo-labelled at confidence >= "
+         f"{options.pseudo_threshold} ({per_class}){right}")
 
 
 def run_training(options: TrainOptions, config: Config) -> RunState:
@@ -198,6 +222,8 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         load_source_weights(model, options)
         state = RunState.initial(data, options.initial, options.query_only, rng)
         describe_data(options, data, state)
+        if options.adapt_bn:
+            adapt_to_pool(model, data, options)
     check_the_pool_lasts(options, data, state)
     state.devices = device_names(strategy) or ["default"]
     learner = make_learner(model, data, options, strategy)
@@ -211,6 +237,24 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         save_queries(options, data, query(data, learner, options, state), last_round + 1)
         info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return state
+
+
+#: Pool tiles whose batch-norm statistics ``--adapt-bn`` averages: enough for
+#: stable means and variances, few enough to take seconds.
+ADAPT_TILES = 4096
+
+
+def adapt_to_pool(model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
+    """``--adapt-bn``: the backbones' batch-norm statistics from a seeded sample
+    of the pool (its labels unused), or a warning that there are none."""
+    sample = np.sort(np.random.default_rng(options.seed).permutation(data.pool_ids)[:ADAPT_TILES])
+    batches = adapt_batch_norm(model, data.dataset(sample), data.config.magnifications)
+    if batches == 0:
+        warnings.warn(f"--adapt-bn: the {options.spec.backbone} backbone has no batch normalisation, so nothing was "
+                      f"adapted; it applies to mobilenetv2", stacklevel=2)
+        return
+    info(f"--adapt-bn: batch-norm statistics of {len(batch_norm_layers(model))} layers re-estimated on "
+         f"{len(sample)} pool tiles ({batches} batches), before any target label")
 
 
 def check_the_pool_lasts(options: TrainOptions, data: TrainingData, state: RunState) -> None:
@@ -279,7 +323,7 @@ def evaluate_source(learner: Learner, run: TrainingData) -> dict[str, Any]:
     """Round -1: the source-domain model on the target data, before any target label."""
     val, test = evaluate(learner, run, run.val_ids), evaluate(learner, run, run.test_ids)
     info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, {test_set_scores(test)}")
-    return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0)
+    return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0, PseudoLabels.none())
 
 
 def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
@@ -336,9 +380,10 @@ def improves(val: dict[str, Any], best: dict[str, Any], model_selection: str) ->
 
 
 def _metrics_row(run: TrainingData, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
-                 query_seconds: float, fit_seconds: float, seconds: float) -> dict[str, Any]:
+                 query_seconds: float, fit_seconds: float, seconds: float, pseudo: PseudoLabels) -> dict[str, Any]:
     return {"round": round_number, "labelled": len(labelled),
             **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
+            "pseudo_labelled": len(pseudo.ids), "pseudo_accuracy": pseudo.accuracy,
             "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
             "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             **{f"test_f1_{n}": f for n, f in zip(run.config.class_names, test["per_class_f1"])},

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from utils.augment import stain_jitter_of
 from utils.config import Config, fingerprint_difference
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                               choose_split_by, read_split_file, split_blocks, split_slides)
@@ -31,6 +32,7 @@ class TrainingData:
     def __init__(self, options: TrainOptions, config: Config, rng: np.random.Generator) -> None:
         self.config = config
         self.batch_size, self.augment, self.colour_jitter = options.batch_size, options.augment, options.colour_jitter
+        self.stains = stain_jitter_of(options.stain_jitter, options.stain_sigma)
         self.seed = options.seed
         files = record_files(options.data)
         if not files:
@@ -96,13 +98,18 @@ class TrainingData:
         return np.unique(np.concatenate([self.candidates, self.pool_ids, self.val_ids, self.test_ids]))
 
     def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False,
-                endless: bool = False) -> tf.data.Dataset:
+                endless: bool = False, labels: np.ndarray | None = None) -> tf.data.Dataset:
         """The records ``ids`` in batches; shuffled and augmented for training;
-        ``endless``: repeated, every batch full (see :func:`triplet_dataset`)."""
+        ``endless``: repeated, every batch full (see :func:`triplet_dataset`);
+        ``labels``: what each of ``ids`` is trained as, when not its record's label."""
+        table = None
+        if labels is not None:
+            table = self.index.label.copy()
+            table[ids] = labels
         return triplet_dataset(
             self.index, ids, self.config.magnifications, self.config.tile_size, self.batch_size,
-            shuffle=train, augment=train and self.augment, colour_jitter=self.colour_jitter, seed=self.seed,
-            with_ids=with_ids, endless=endless,
+            shuffle=train, augment=train and self.augment, colour_jitter=train and self.colour_jitter, seed=self.seed,
+            with_ids=with_ids, endless=endless, stains=self.stains if train else None, labels=table,
         )
 
     def triplets(self, ids: np.ndarray) -> list[list[np.ndarray]]:

@@ -1,0 +1,87 @@
+"""Stain augmentation against scikit-image's colour deconvolution, on real
+H&E tiles (Kather et al. 2016) and on the training pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.color
+import tensorflow as tf
+from PIL import Image
+
+from tests.conftest import RECORD_TILE, shared_file
+from utils.augment import STAIN_PRESETS, augment_triplet, hed_transform, stain_jitter_of
+from utils.config import load_config
+from utils.errors import InputError
+from utils.records import read_index, record_files, triplet_dataset
+from utils.train_options import TrainOptions
+
+
+def he_tiles() -> list[np.ndarray]:
+    """One real tile of each Kather class, uint8 RGB."""
+    folders = sorted(p for p in shared_file("kather").iterdir() if p.is_dir())
+    return [np.asarray(Image.open(next(iter(sorted(f.glob("*.png"))))).convert("RGB")) for f in folders]
+
+
+def transformed(rgb: np.ndarray, scale, shift) -> np.ndarray:
+    out = hed_transform(tf.constant(rgb, tf.float32), tf.constant(scale, tf.float32), tf.constant(shift, tf.float32))
+    return out.numpy()
+
+
+def test_no_stain_change_gives_back_the_image_within_one_grey_level():
+    rng = np.random.default_rng(0)
+    for rgb in [*he_tiles(), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]:
+        assert np.abs(transformed(rgb, [1, 1, 1], [0, 0, 0]) - rgb).max() <= 1.0
+
+
+@pytest.mark.parametrize(("scale", "shift"), [([1.3, 1, 1], [0, 0, 0]), ([1, 0.8, 1], [0, 0.03, 0]),
+                                              ([0.95, 1.05, 1.1], [-0.02, 0.01, 0.02])])
+def test_a_stain_change_gives_scikit_images_image(scale, shift):
+    """scikit-image clips negative concentrations to 0 (so its own round trip
+    changes some pixels); on the pixels it deconvolves losslessly the two
+    must agree within one grey level. Its concentrations are natural-log
+    optical densities divided by -ln 1e-6, so its shift is ours divided so."""
+    compared = 0
+    for rgb in he_tiles():
+        hed = skimage.color.rgb2hed(rgb)
+        lossless = (np.abs(skimage.color.hed2rgb(hed) * 255 - rgb) <= 0.5).all(axis=-1)
+        expected = skimage.color.hed2rgb(hed * np.array(scale) + np.array(shift) / -np.log(1e-6)) * 255
+        ours = transformed(rgb, scale, shift)
+        assert np.abs(ours - expected)[lossless].max() <= 1.0
+        compared += lossless.sum()
+    assert compared > 0.5 * sum(t.shape[0] * t.shape[1] for t in he_tiles()), "most pixels are compared"
+
+
+def test_one_stain_change_for_every_scale_of_a_triplet_and_a_new_one_for_the_next():
+    tile = he_tiles()[0][:64, :64].astype(np.float32)
+    tf.random.set_seed(3)
+    first = [t.numpy() for t in augment_triplet([tf.constant(tile)] * 3, False, False, STAIN_PRESETS["strong"])]
+    second = [t.numpy() for t in augment_triplet([tf.constant(tile)] * 3, False, False, STAIN_PRESETS["strong"])]
+    assert all(np.array_equal(first[0], other) for other in first[1:])
+    assert np.abs(first[0] - tile).mean() > 1.0 and np.abs(first[0] - second[0]).mean() > 1.0
+    assert 0 <= first[0].min() and first[0].max() <= 255
+
+
+def test_only_training_batches_are_stain_jittered(tiles):
+    config = load_config(tile_size=RECORD_TILE)
+    index = read_index(record_files(tiles))
+    ids = np.flatnonzero(index.label >= 0)[:32]
+
+    def first_batch(**kwargs) -> np.ndarray:
+        inputs, _ = next(iter(triplet_dataset(index, ids, config.magnifications, RECORD_TILE, 32, **kwargs)))
+        return inputs["mag_40x"].numpy()
+
+    plain = first_batch()
+    tf.random.set_seed(0)  # as every run seeds itself
+    jittered = first_batch(stains=stain_jitter_of("light"))
+    assert jittered.shape == plain.shape and not np.array_equal(jittered, plain)
+    # Light jitter moves colours by a few grey levels on average, never to another image.
+    assert 0.5 < np.abs(jittered - plain).mean() < 20
+
+
+def test_stain_options_are_checked():
+    assert stain_jitter_of("strong", 0.1).sigma == 0.1 and stain_jitter_of("none") is None
+    with pytest.raises(InputError, match="pass --stain-jitter light or strong"):
+        TrainOptions(data=".", output=".", stain_sigma=0.1)
+    with pytest.raises(InputError, match="stain-sigma"):
+        TrainOptions(data=".", output=".", stain_jitter="light", stain_sigma=1.5)

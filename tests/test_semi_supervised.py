@@ -1,0 +1,122 @@
+"""Learning from the unlabelled pool: pseudo-labels chosen by confidence,
+capped per class, never counted as labels; batch-norm statistics of the
+target tiles (--adapt-bn)."""
+
+from __future__ import annotations
+
+import csv
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import active_learning_train
+from tests.conftest import FAST, RECORD_TILE
+from utils.batch_norm import adapt_batch_norm, batch_norm_layers
+from utils.config import load_config
+from utils.model import ModelSpec, build_model
+from utils.records import read_index, record_files, triplet_dataset
+from utils.pseudo_labels import pseudo_label
+from utils.train_options import TrainOptions
+
+
+class FixedPredictions:
+    """A learner whose predictions are given: probabilities per record id."""
+
+    def __init__(self, probs: dict[int, list[float]], labels: np.ndarray) -> None:
+        self.probs, self.labels = probs, labels
+
+    def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
+        order = np.asarray(ids)[::-1]  # any order: the choice must follow the returned ids
+        return {"ids": order, "labels": self.labels[order], "probs": np.array([self.probs[int(i)] for i in order])}
+
+
+def test_pseudo_labels_are_the_most_confident_pool_tiles_capped_per_class():
+    # Records 0-2 labelled (two of class 0, one of class 1); 3-9 are the pool.
+    labels = np.array([0, 0, 1, 0, 0, 0, 1, 1, 1, 0])
+    probs = {3: [0.99, 0.01], 4: [0.97, 0.03], 5: [0.96, 0.04], 6: [0.02, 0.98],
+             7: [0.94, 0.06], 8: [0.5, 0.5], 9: [0.01, 0.99]}
+    data = SimpleNamespace(pool_ids=np.arange(10), index=SimpleNamespace(label=labels),
+                           config=SimpleNamespace(num_classes=2))
+    state = SimpleNamespace(labelled=np.array([0, 1, 2]), best={"round": 0})
+    options = TrainOptions(data=".", output=".", semi_supervised="pseudo", pseudo_threshold=0.95, pseudo_ratio=1.0)
+    chosen = pseudo_label(FixedPredictions(probs, labels), data, state, options)
+    # Class 0 may take 2 (its labelled count): 3 and 4, the most confident of 3, 4, 5.
+    # Class 1 may take 1: 9 (0.99) before 6 (0.98); 7 is below the threshold and predicted 0.
+    assert dict(zip(chosen.ids.tolist(), chosen.labels.tolist())) == {3: 0, 4: 0, 9: 1}
+    assert chosen.accuracy == 2 / 3, "9 is truly class 0"
+    assert len(pseudo_label(FixedPredictions(probs, labels), data, SimpleNamespace(
+        labelled=state.labelled, best={"round": None}), options).ids) == 0, "none before the first target fit"
+    annotation = TrainOptions(data=".", output=".", semi_supervised="pseudo", query_only=True)
+    assert pseudo_label(FixedPredictions(probs, labels), data, state, annotation).accuracy is None
+
+
+def rounds(run) -> list[dict[str, str]]:
+    with (run / "rounds.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_pseudo_labelled_tiles_train_but_never_count_as_labels(tiles, tmp_path, capsys):
+    common = ["--data", str(tiles), "--seed", "2", *FAST, "--rounds", "2", "--freeze-backbone", "--epochs", "10",
+              "--learning-rate", "1e-2"]
+    plain, pseudo = tmp_path / "plain", tmp_path / "pseudo"
+    assert active_learning_train.main([*common, "--output", str(plain)]) == 0
+    assert active_learning_train.main([*common, "--output", str(pseudo), "--semi-supervised", "pseudo",
+                                       "--pseudo-threshold", "0.5"]) == 0
+    log = capsys.readouterr().out
+    assert (pseudo / "labelled.csv").read_text() == (plain / "labelled.csv").read_text()
+    rows = rounds(pseudo)
+    assert rows[0]["pseudo_labelled"] == "0" and rows[0]["pseudo_accuracy"] == ""
+    assert "round 0: no pseudo-labels (before the first fit on target labels)" in log
+    used = {int(r["round"]): int(r["pseudo_labelled"]) for r in rows[1:]}
+    assert any(used.values()) and all(n <= int(r["labelled"]) for n, r in zip(used.values(), rows[1:])), \
+        "some, at most one per labelled tile"
+    for row in rows[1:]:
+        assert (row["pseudo_accuracy"] == "") == (row["pseudo_labelled"] == "0")
+    first = min(k for k, n in used.items() if n)
+    assert f"round {first}: {used[first]} pool tiles pseudo-labelled at confidence >= 0.5" in log
+    assert all(r["pseudo_labelled"] == "0" for r in rounds(plain))
+
+
+def test_full_mode_reads_each_pseudo_label_in_place_of_the_records_own(tiles):
+    index = read_index(record_files(tiles))
+    pool = np.flatnonzero(index.label < 0)[:20]
+    table = index.label.copy()
+    table[pool] = np.arange(len(pool)) % 3
+    config = load_config(tile_size=RECORD_TILE)
+    seen = {}
+    for _, label, gid in triplet_dataset(index, pool, config.magnifications, RECORD_TILE, 8, labels=table,
+                                         with_ids=True):
+        seen.update(zip(gid.numpy().tolist(), label.numpy().tolist()))
+    assert seen == {int(i): int(table[i]) for i in pool}
+
+
+def test_adapt_bn_sets_each_batch_norm_to_the_target_tiles_statistics():
+    """The first batch norm's moving mean after --adapt-bn against the mean of
+    its inputs over every tile, computed from the layer's input directly; a
+    frozen backbone is adapted too, and the layers' momentum is kept."""
+    config = load_config(tile_size=RECORD_TILE, magnifications=[10])
+    model = build_model(config, ModelSpec("mobilenetv2", 16), None, freeze_backbone=True)
+    rng = np.random.default_rng(0)
+    tiles = rng.uniform(100, 220, (32, RECORD_TILE, RECORD_TILE, 3)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(({"mag_10x": tiles}, np.zeros(32, np.int64))).batch(8)
+    layers = batch_norm_layers(model)
+    momenta = [layer.momentum for layer in layers]
+    assert adapt_batch_norm(model, dataset, config.magnifications) == 4
+    backbone = model.get_layer("backbone_mag_10x")
+    first = layers[0]
+    before_first = keras.Model(backbone.input, first.input)
+    features = before_first(model.get_layer("preprocess_mag_10x")(tiles)).numpy()
+    np.testing.assert_allclose(first.moving_mean.numpy(), features.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    # The mean of the four batches' variances, as AdaBN estimates it.
+    batch_variances = features.reshape(4, -1, features.shape[-1]).var(axis=1)
+    np.testing.assert_allclose(first.moving_variance.numpy(), batch_variances.mean(axis=0), rtol=1e-3, atol=1e-5)
+    assert [layer.momentum for layer in layers] == momenta and not any(layer.trainable for layer in layers)
+
+
+def test_adapt_bn_says_when_the_backbone_has_no_batch_norm(tiles, tmp_path):
+    with pytest.warns(UserWarning, match="the small backbone has no batch normalisation"):
+        assert active_learning_train.main(["--data", str(tiles), *FAST, "--output", str(tmp_path / "run"),
+                                           "--rounds", "0", "--epochs", "1", "--adapt-bn"]) == 0

@@ -1,0 +1,102 @@
+"""Training-time augmentation of a triplet: geometry and stain.
+
+Every transform draws its random factors once per triplet and applies them to
+all scales, so that the scales stay aligned around their shared centre and
+look as if stained and scanned together.
+
+Stain jitter follows Tellez et al. (Medical Image Analysis 2019), the most
+effective single measure against a change of lab in their nine-lab study:
+each pixel is deconvolved into haematoxylin, eosin and DAB concentrations
+(Ruifrok & Johnston's colour deconvolution, scikit-image's ``rgb2hed``), each
+concentration c becomes ``a * c + b`` with a in [1 - σ, 1 + σ] and b in
+[-σ, σ] per stain, and the image is recomposed (``hed2rgb``); brightness,
+contrast and saturation are then jittered. Concentrations are in natural-log
+optical density, the units of Tellez et al.'s ranges (scikit-image since 0.19
+divides them by -ln 1e-6, so its shifts are 13.8 times smaller). Unlike
+scikit-image, negative concentrations are kept, so that σ = 0 gives back the
+image. All of it is TensorFlow tensor operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+#: Rows: the optical density (R, G, B) of a unit of haematoxylin, eosin and
+#: DAB (Ruifrok & Johnston 2001; scikit-image's ``rgb_from_hed``).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+#: The darkest intensity deconvolved, as a fraction of full scale (scikit-image's).
+_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class StainJitter:
+    """How far a triplet's stains and colours may move."""
+
+    sigma: float  # HED scale in [1 - σ, 1 + σ], shift in [-σ, σ]
+    brightness: float  # added to every channel, as a fraction of full scale, in [-b, b]
+    contrast: float  # contrast factor in [1 - c, 1 + c] about the image mean
+    saturation: float  # saturation factor in [1 - s, 1 + s]
+
+
+#: ``--stain-jitter`` presets: Tellez et al.'s HED-light and HED-strong stain
+#: ranges; the brightness, contrast and saturation ranges are this project's,
+#: small beside the stain change and four times wider in the strong preset.
+STAIN_PRESETS = {
+    "light": StainJitter(sigma=0.05, brightness=0.025, contrast=0.05, saturation=0.05),
+    "strong": StainJitter(sigma=0.2, brightness=0.1, contrast=0.2, saturation=0.2),
+}
+
+
+def stain_jitter_of(preset: str, sigma: float | None = None) -> StainJitter | None:
+    """The preset (``none``, ``light``, ``strong``), with its HED σ replaced by ``sigma`` when given."""
+    if preset == "none":
+        return None
+    jitter = STAIN_PRESETS[preset]
+    return jitter if sigma is None else StainJitter(sigma, jitter.brightness, jitter.contrast, jitter.saturation)
+
+
+def hed_transform(rgb: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """float32 RGB in 0..255 (any leading shape) with each stain concentration
+    c replaced by ``scale * c + shift`` (one value per stain, H, E, D)."""
+    density = -tf.math.log(tf.maximum(rgb / 255.0, _FLOOR))  # 0 for white
+    hed = tf.tensordot(density, tf.constant(HED_FROM_RGB, tf.float32), axes=1)
+    hed = hed * scale + shift
+    density = tf.tensordot(hed, tf.constant(RGB_FROM_HED, tf.float32), axes=1)
+    return tf.clip_by_value(255.0 * tf.exp(-density), 0.0, 255.0)
+
+
+def jitter_stains(rgb: tf.Tensor, jitter: StainJitter) -> tf.Tensor:
+    """One random stain and colour change for the whole of ``rgb`` (the
+    stacked scales of one triplet, float32 0..255)."""
+    scale = tf.random.uniform([3], 1.0 - jitter.sigma, 1.0 + jitter.sigma)
+    shift = tf.random.uniform([3], -jitter.sigma, jitter.sigma)
+    image = hed_transform(rgb, scale, shift) / 255.0
+    image = image + tf.random.uniform([], -jitter.brightness, jitter.brightness)
+    mean = tf.reduce_mean(image, axis=[-3, -2, -1], keepdims=True)
+    image = mean + (image - mean) * tf.random.uniform([], 1.0 - jitter.contrast, 1.0 + jitter.contrast)
+    grey = tf.reduce_mean(image, axis=-1, keepdims=True)
+    image = grey + (image - grey) * tf.random.uniform([], 1.0 - jitter.saturation, 1.0 + jitter.saturation)
+    return tf.clip_by_value(image * 255.0, 0.0, 255.0)
+
+
+def augment_triplet(images: list[tf.Tensor], flips: bool, colour_jitter: bool,
+                    stains: StainJitter | None) -> list[tf.Tensor]:
+    """The same flip and 90-degree rotation (``flips``), stain change and
+    colour change for every scale of a triplet."""
+    stacked = tf.stack(images)  # (scales, T, T, 3)
+    if flips:
+        flip = tf.random.uniform([]) < 0.5
+        stacked = tf.cond(flip, lambda: tf.reverse(stacked, axis=[2]), lambda: stacked)
+        stacked = tf.image.rot90(stacked, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+    if stains is not None:
+        stacked = jitter_stains(stacked, stains)
+    if colour_jitter:
+        stacked = tf.image.random_brightness(stacked, 0.1 * 255)
+        stacked = tf.image.random_saturation(stacked, 0.8, 1.2)
+        stacked = tf.image.random_hue(stacked, 0.04)
+        stacked = tf.clip_by_value(stacked, 0.0, 255.0)
+    return tf.unstack(stacked)
