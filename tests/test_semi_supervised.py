@@ -1,6 +1,6 @@
 """Learning from the unlabelled pool: pseudo-labels chosen by confidence,
 capped per class, never counted as labels; batch-norm statistics of the
-target tiles (--adapt-bn)."""
+target tiles (--adapt-bn); FixMatch's loss against numpy."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import active_learning_train
 from tests.conftest import FAST, RECORD_TILE
 from utils.batch_norm import adapt_batch_norm, batch_norm_layers
 from utils.config import load_config
+from utils.fixmatch import FixMatch
 from utils.model import ModelSpec, build_model
 from utils.records import read_index, record_files, triplet_dataset
 from utils.pseudo_labels import pseudo_label
@@ -120,3 +121,59 @@ def test_adapt_bn_says_when_the_backbone_has_no_batch_norm(tiles, tmp_path):
     with pytest.warns(UserWarning, match="the small backbone has no batch normalisation"):
         assert active_learning_train.main(["--data", str(tiles), *FAST, "--output", str(tmp_path / "run"),
                                            "--rounds", "0", "--epochs", "1", "--adapt-bn"]) == 0
+
+
+def fixmatch_step(threshold: float, weight: float) -> tuple[dict[str, float], dict[str, float]]:
+    """One FixMatch step of a one-layer network on fixed batches: the history
+    Keras reports, and the same quantities computed with numpy from the
+    weights before the step."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    network = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    rng = np.random.default_rng(1)
+    x, weak, strong = (rng.normal(size=(n, 4)).astype(np.float32) for n in (4, 8, 8))
+    y, truth = np.array([0, 1, 2, 0]), rng.integers(0, 3, 8)
+    kernel, bias = network.get_weights()
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    p_x, p_weak, p_strong = (softmax(v @ kernel + bias) for v in (x, weak, strong))
+    confident = p_weak.max(axis=1) >= threshold
+    target = p_weak.argmax(axis=1)
+    supervised = -np.log(p_x[np.arange(4), y]).mean()
+    unsupervised = (-np.log(p_strong[np.arange(8), target]) * confident).sum() / 8
+    expected = {"loss": supervised + weight * unsupervised, "pseudo_used": confident.sum(),
+                "pseudo_correct": (confident & (target == truth)).sum()}
+    data = tf.data.Dataset.from_tensors(((x, y), ((weak, strong), truth)))
+    model = FixMatch(network, threshold, weight)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = model.fit(data, epochs=1, verbose=0).history
+    return {k: v[0] for k, v in history.items()}, expected
+
+
+@pytest.mark.parametrize(("threshold", "weight"), [(0.0, 1.0), (0.4, 2.0), (0.99, 1.0)])
+def test_fixmatch_loss_is_the_labelled_loss_plus_the_confident_strong_views_against_the_weak_ones(threshold, weight):
+    reported, expected = fixmatch_step(threshold, weight)
+    assert reported["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert reported["pseudo_used"] == expected["pseudo_used"]
+    assert reported["pseudo_correct"] == expected["pseudo_correct"]
+
+
+def test_fixmatch_rounds_use_the_pool_without_labelling_it(tiles, tmp_path, capsys):
+    common = ["--data", str(tiles), "--seed", "3", *FAST, "--rounds", "0", "--epochs", "1"]
+    plain, fixmatch = tmp_path / "plain", tmp_path / "fixmatch"
+    assert active_learning_train.main([*common, "--output", str(plain)]) == 0
+    assert active_learning_train.main([*common, "--output", str(fixmatch), "--semi-supervised", "fixmatch",
+                                       "--fixmatch-ratio", "2", "--pseudo-threshold", "0.18"]) == 0
+    log = capsys.readouterr().out
+    assert (fixmatch / "labelled.csv").read_text() == (plain / "labelled.csv").read_text()
+    rows = rounds(fixmatch)
+    assert [r["steps"] for r in rows] == [r["steps"] for r in rounds(plain)], "steps follow the labelled set"
+    for row in rows:
+        used = int(row["pseudo_labelled"])
+        # Each step reads fixmatch-ratio x batch pool views; the confident ones are counted.
+        assert 0 < used <= 2 * 32 * int(row["steps"])
+        assert 0 <= float(row["pseudo_accuracy"]) <= 1
+        assert f"round {row['round']}: FixMatch trained on {used} confident pool views" in log

@@ -23,6 +23,7 @@ import tfrecord_generator
 from tests.conftest import FAST, RECORD_TILE as TILE, ROOT, shared_file, wait_for
 from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
+from utils.devices import training_strategy
 from utils.errors import ModelError
 from utils.model import (ModelSpec, Predictor, build_model, check_compatible, load_weights_by_name, read_metadata,
                          save_model)
@@ -318,7 +319,7 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     model = build_model(config, options.spec, None, freeze_backbone=True)
     rng = np.random.default_rng(0)
     run = TrainingData(options, config, rng)
-    learner = HeadOnFeatures(model, run, options)
+    learner = HeadOnFeatures(model, run, options, training_strategy("all"))
     ids = run.val_ids
     direct = learners.predict(Predictor(model), run.dataset(ids, with_ids=True))
     order = np.argsort(direct["ids"])

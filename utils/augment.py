@@ -87,7 +87,11 @@ def augment_triplet(images: list[tf.Tensor], flips: bool, colour_jitter: bool,
                     stains: StainJitter | None) -> list[tf.Tensor]:
     """The same flip and 90-degree rotation (``flips``), stain change and
     colour change for every scale of a triplet."""
-    stacked = tf.stack(images)  # (scales, T, T, 3)
+    return tf.unstack(_augment_stacked(tf.stack(images), flips, colour_jitter, stains))
+
+
+def _augment_stacked(stacked: tf.Tensor, flips: bool, colour_jitter: bool, stains: StainJitter | None) -> tf.Tensor:
+    """:func:`augment_triplet` on the scales stacked as (scales, T, T, 3)."""
     if flips:
         flip = tf.random.uniform([]) < 0.5
         stacked = tf.cond(flip, lambda: tf.reverse(stacked, axis=[2]), lambda: stacked)
@@ -99,4 +103,39 @@ def augment_triplet(images: list[tf.Tensor], flips: bool, colour_jitter: bool,
         stacked = tf.image.random_saturation(stacked, 0.8, 1.2)
         stacked = tf.image.random_hue(stacked, 0.04)
         stacked = tf.clip_by_value(stacked, 0.0, 255.0)
-    return tf.unstack(stacked)
+    return stacked
+
+
+@dataclass(frozen=True)
+class StrongAugment:
+    """FixMatch's strong view of a tile: what a harsher lab and scanner would
+    make of it. Flips and rotations, strong stain jitter, a Gaussian blur of
+    up to ``blur_sigma`` px and Gaussian noise of up to ``noise`` of full scale."""
+
+    stains: StainJitter = STAIN_PRESETS["strong"]
+    blur_sigma: float = 1.5
+    noise: float = 0.03
+
+
+#: Half-width of the blur kernel: three standard deviations of the widest blur.
+_BLUR_RADIUS = 5
+
+
+def weak_and_strong_views(images: list[tf.Tensor], strong: StrongAugment) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """Two views of one triplet: the weak one flipped and rotated only, the
+    strong one changed as ``strong`` says (each scale alike within a view)."""
+    stacked = tf.stack(images)
+    weak = _augment_stacked(stacked, True, False, None)
+    view = _augment_stacked(stacked, True, False, strong.stains)
+    sigma = tf.maximum(tf.random.uniform([], 0.0, strong.blur_sigma), 1e-3)
+    offsets = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
+    kernel = tf.exp(-(offsets**2) / (2.0 * sigma**2))
+    kernel = kernel / tf.reduce_sum(kernel)
+    channels = view.shape[-1]
+    padded = tf.pad(view, [[0, 0], [_BLUR_RADIUS] * 2, [_BLUR_RADIUS] * 2, [0, 0]], mode="REFLECT")
+    rows = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    columns = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    view = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    view = tf.nn.depthwise_conv2d(view, columns, [1, 1, 1, 1], "VALID")
+    view = view + tf.random.normal(tf.shape(view)) * tf.random.uniform([], 0.0, strong.noise * 255.0)
+    return tf.unstack(weak), tf.unstack(tf.clip_by_value(view, 0.0, 255.0))

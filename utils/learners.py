@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError
+from utils.fixmatch import FixMatch
 from utils.log import info, quiet
 from utils.model import Predictor
 from utils.train_options import TrainOptions
@@ -64,9 +65,16 @@ class FullNetwork:
 
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
+        fixmatch = o.semi_supervised == "fixmatch"
+        pool = np.setdiff1d(self.data.pool_ids, ids) if fixmatch else np.zeros(0, np.int64)
         with self.strategy.scope():  # the optimizer's and the metrics' variables are mirrored too
-            self.model.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy",
-                               metrics=["accuracy"])
+            if len(pool):
+                trained = FixMatch(self.model, o.pseudo_threshold, o.fixmatch_weight)
+                trained.compile(optimizer=new_optimizer(o))
+            else:
+                trained = self.model
+                trained.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy",
+                                metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
         steps = -(-len(ids) // o.batch_size)
         estimate = RoundTimeEstimate(steps, o.epochs)
@@ -75,12 +83,15 @@ class FullNetwork:
         # an empty share, whose batch-norm statistics are NaN and poison every
         # weight. So they get full batches only: the set repeats (reshuffled)
         # and an epoch is its number of batches, the last one completed from
-        # the next pass.
-        full = self.strategy.num_replicas_in_sync > 1
-        history = self.model.fit(self.data.dataset(ids, train=True, endless=full, labels=labels),
-                                 steps_per_epoch=steps if full else None,
-                                 validation_data=self.data.dataset(val_ids), epochs=o.epochs,
-                                 callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
+        # the next pass. FixMatch pairs every labelled batch with a batch of
+        # the pool, so it counts its steps the same way.
+        endless = self.strategy.num_replicas_in_sync > 1 or len(pool) > 0
+        train = self.data.dataset(ids, train=True, endless=endless, labels=labels)
+        if len(pool):
+            train = tf.data.Dataset.zip((train, self.data.pool_views(pool, o.fixmatch_ratio * o.batch_size)))
+        history = trained.fit(train, steps_per_epoch=steps if endless else None,
+                              validation_data=self.data.dataset(val_ids), epochs=o.epochs,
+                              callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
         return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:

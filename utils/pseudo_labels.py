@@ -27,6 +27,22 @@ from utils.training_data import TrainingData
 
 
 @dataclass
+class PoolUse:
+    """What a round trained on from the pool without labels, for rounds.csv:
+    pseudo-labelled tiles, or FixMatch's confident views summed over the
+    round's epochs; and the share whose class was right (simulation only)."""
+
+    count: int
+    accuracy: float | None
+
+    @classmethod
+    def of_fixmatch(cls, epochs: list[dict[str, float]], known: bool) -> PoolUse:
+        used = int(sum(e.get("pseudo_used", 0) for e in epochs))
+        correct = sum(e.get("pseudo_correct", 0) for e in epochs)
+        return cls(used, correct / used if known and used else None)
+
+
+@dataclass
 class PseudoLabels:
     """The pool tiles a round also trains on, and the class each is trained as."""
 
@@ -38,6 +54,10 @@ class PseudoLabels:
     @classmethod
     def none(cls) -> PseudoLabels:
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), None)
+
+    @property
+    def use(self) -> PoolUse:
+        return PoolUse(len(self.ids), self.accuracy)
 
 
 def pseudo_label(learner: Learner, data: TrainingData, state: RunState, options: TrainOptions) -> PseudoLabels:

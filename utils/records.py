@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import StainJitter, augment_triplet
+from utils.augment import StainJitter, StrongAugment, augment_triplet, weak_and_strong_views
 from utils.config import scale_name
 from utils.errors import InputError
 
@@ -160,6 +160,7 @@ def triplet_dataset(
     endless: bool = False,
     stains: StainJitter | None = None,
     labels: np.ndarray | None = None,
+    two_views: StrongAugment | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``({scale name: float32 (B, T, T, 3) in 0..255}, label)``.
 
@@ -171,6 +172,9 @@ def triplet_dataset(
     and rotations), ``colour_jitter`` and ``stains`` change each triplet
     (:func:`utils.augment.augment_triplet`). ``labels``, by global id,
     replaces the records' own labels (pseudo-labels of pool tiles).
+    ``two_views`` gives each triplet as FixMatch reads a pool tile: batches
+    of ``((weak inputs, strong inputs), label)``
+    (:func:`utils.augment.weak_and_strong_views`).
     """
     num_scales = len(magnifications)
     names = [scale_name(m) for m in magnifications]
@@ -206,9 +210,14 @@ def triplet_dataset(
             image = tf.io.decode_image(parsed[f"image/{s}"], channels=3, expand_animations=False)
             image.set_shape([tile_size, tile_size, 3])
             images.append(tf.cast(image, tf.float32))
-        if augment or colour_jitter or stains is not None:
-            images = augment_triplet(images, augment, colour_jitter, stains)
-        inputs = {name: image for name, image in zip(names, images)}
+        if two_views is not None:
+            weak, strong = weak_and_strong_views(images, two_views)
+            inputs = ({name: image for name, image in zip(names, weak)},
+                      {name: image for name, image in zip(names, strong)})
+        else:
+            if augment or colour_jitter or stains is not None:
+                images = augment_triplet(images, augment, colour_jitter, stains)
+            inputs = {name: image for name, image in zip(names, images)}
         label = parsed["label"] if label_table is None else tf.gather(label_table, gid)
         if with_ids:
             return inputs, label, gid

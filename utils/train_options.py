@@ -88,13 +88,19 @@ class TrainOptions:
                "instead of by their predicted classes as real use must", "active learning")
     semi_supervised: str = option(
         "none", "also learn from the unlabelled pool: pseudo adds the pool tiles predicted with confidence at least "
-                "--pseudo-threshold to each round's training with their predicted class (never to the labelled set)",
-        "active learning", choices=("none", "pseudo"))
-    pseudo_threshold: float = option(0.95, "top probability a pool tile needs to be pseudo-labelled (FixMatch's)",
-                                     "active learning", metavar="T")
+                "--pseudo-threshold to each round's training with their predicted class (never to the labelled set); "
+                "fixmatch (full mode) trains a strong view of pool tiles towards the confident prediction on a weak one",
+        "active learning", choices=("none", "pseudo", "fixmatch"))
+    pseudo_threshold: float = option(
+        0.95, "top probability a pool tile's prediction needs to become a pseudo-label or a FixMatch target "
+              "(FixMatch's)", "active learning", metavar="T")
     pseudo_ratio: float = option(
         1.0, "at most this many pseudo-labelled tiles per labelled tile of the same class", "active learning",
         metavar="K")
+    fixmatch_ratio: int = option(7, "fixmatch: unlabelled pool tiles per labelled tile in each batch (FixMatch's mu)",
+                                 "active learning", metavar="MU")
+    fixmatch_weight: float = option(1.0, "fixmatch: weight of the unlabelled loss (FixMatch's lambda)",
+                                    "active learning", metavar="LAMBDA")
     epochs: int = option(10, "maximum epochs per round", "fitting")
     batch_size: int = option(128, "tiles per training step: the global batch, split across --devices", "fitting")
     devices: str = option(
@@ -150,6 +156,12 @@ class TrainOptions:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
         if not 0 <= self.warm_start <= 1:
             raise InputError(f"warm-start is a fraction of the training tiles, from 0 to 1, not {self.warm_start}")
+        if self.semi_supervised == "fixmatch" and self.freeze_backbone:
+            raise InputError("--semi-supervised fixmatch trains the whole network on augmented views, which "
+                             "--freeze-backbone's cached features cannot give; use --semi-supervised pseudo with it")
+        if self.fixmatch_ratio < 1 or self.fixmatch_weight < 0:
+            raise InputError(f"fixmatch-ratio must be at least 1 and fixmatch-weight at least 0, not "
+                             f"{self.fixmatch_ratio} and {self.fixmatch_weight}")
         if not 0 < self.pseudo_threshold <= 1 or self.pseudo_ratio < 0:
             raise InputError(f"pseudo-threshold is a probability above 0 and pseudo-ratio at least 0, not "
                              f"{self.pseudo_threshold} and {self.pseudo_ratio}")

@@ -52,7 +52,7 @@ from utils.io import atomic_write_json, read_csv, write_table
 from utils.learners import Learner, make_learner
 from utils.log import info
 from utils.model import build_model, load_model, load_weights_by_name, save_model
-from utils.pseudo_labels import PseudoLabels, pseudo_label
+from utils.pseudo_labels import PoolUse, PseudoLabels, pseudo_label
 from utils.queries import Selection, query, write_queries
 from utils.run_state import RunState
 from utils.train_options import TrainOptions
@@ -110,16 +110,17 @@ def save_queries(options: TrainOptions, data: TrainingData, selection: Selection
 
 
 def record(options: TrainOptions, data: TrainingData, model: keras.Model, state: RunState, round_number: int,
-           val: dict, test: dict, selection: Selection | None, pseudo: PseudoLabels,
+           val: dict, test: dict, selection: Selection | None, pool_use: PoolUse, trained: int,
            seconds: dict[str, float]) -> None:
     """The round's row, its checkpoint, the kept model (or a return to it),
     the queries it answered, the figures and the state, in that order: the
-    state written last marks the round finished."""
+    state written last marks the round finished. ``trained``: the tiles each
+    epoch went through (labelled and pseudo-labelled)."""
     out, config = options.output, data.config
     epochs = sum(1 for h in state.history if h["round"] == round_number)
-    steps = epochs * -(-(len(state.labelled) + len(pseudo.ids)) // options.batch_size)
+    steps = epochs * -(-trained // options.batch_size)
     row = _metrics_row(data, round_number, state.labelled, val, test, epochs, steps, seconds["query"],
-                       seconds["fit"], seconds["round"], pseudo)
+                       seconds["fit"], seconds["round"], pool_use)
     state.rows.append(row)
     state.misclassified = val["misclassified"]
     absent = [n for n, f in zip(config.class_names, test["per_class_f1"]) if np.isnan(f)]
@@ -166,16 +167,22 @@ def play_round(options: TrainOptions, data: TrainingData, model: keras.Model, le
     if len(state.labelled) == 0:
         raise InputError("the labelled training set is empty; check the split and the class counts")
     pseudo = pseudo_label(learner, data, state, options)
-    if options.semi_supervised != "none":
+    if options.semi_supervised == "pseudo":
         describe_pseudo_labels(data, pseudo, round_number, options)
     seconds["pseudo"] = time.perf_counter() - started - seconds["query"]
     ids = np.concatenate([state.labelled, pseudo.ids])
     labels = np.concatenate([data.index.label[state.labelled], pseudo.labels])
-    state.history += [{"round": round_number, **row} for row in learner.fit(ids, labels, data.val_ids, round_seed)]
+    epochs = learner.fit(ids, labels, data.val_ids, round_seed)
+    state.history += [{"round": round_number, **row} for row in epochs]
     seconds["fit"] = time.perf_counter() - started - seconds["query"] - seconds["pseudo"]
+    pool_use = PoolUse.of_fixmatch(epochs, not options.query_only) if options.semi_supervised == "fixmatch" \
+        else pseudo.use
+    if options.semi_supervised == "fixmatch":
+        right = f", {pool_use.accuracy:.1%} right (simulation)" if pool_use.accuracy is not None else ""
+        info(f"round {round_number}: FixMatch trained on {pool_use.count} confident pool views{right}")
     val, test = evaluate(learner, data, data.val_ids), evaluate(learner, data, data.test_ids)
     seconds["round"] = time.perf_counter() - started
-    record(options, data, model, state, round_number, val, test, selection, pseudo, seconds)
+    record(options, data, model, state, round_number, val, test, selection, pool_use, len(ids), seconds)
 
 
 def describe_pseudo_labels(data: TrainingData, pseudo: PseudoLabels, round_number: int,
@@ -323,7 +330,7 @@ def evaluate_source(learner: Learner, run: TrainingData) -> dict[str, Any]:
     """Round -1: the source-domain model on the target data, before any target label."""
     val, test = evaluate(learner, run, run.val_ids), evaluate(learner, run, run.test_ids)
     info(f"source weights before fine-tuning: val macro F1 {val['macro_f1']:.3f}, {test_set_scores(test)}")
-    return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0, PseudoLabels.none())
+    return _metrics_row(run, -1, np.zeros(0, np.int64), val, test, 0, 0, 0.0, 0.0, 0.0, PoolUse(0, None))
 
 
 def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
@@ -380,10 +387,10 @@ def improves(val: dict[str, Any], best: dict[str, Any], model_selection: str) ->
 
 
 def _metrics_row(run: TrainingData, round_number: int, labelled: np.ndarray, val: dict, test: dict, epochs: int, steps: int,
-                 query_seconds: float, fit_seconds: float, seconds: float, pseudo: PseudoLabels) -> dict[str, Any]:
+                 query_seconds: float, fit_seconds: float, seconds: float, pool_use: PoolUse) -> dict[str, Any]:
     return {"round": round_number, "labelled": len(labelled),
             **{f"labelled_{k}": v for k, v in run.counts(labelled).items()},
-            "pseudo_labelled": len(pseudo.ids), "pseudo_accuracy": pseudo.accuracy,
+            "pseudo_labelled": pool_use.count, "pseudo_accuracy": pool_use.accuracy,
             "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
             "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             **{f"test_f1_{n}": f for n, f in zip(run.config.class_names, test["per_class_f1"])},

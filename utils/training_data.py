@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import stain_jitter_of
+from utils.augment import StrongAugment, stain_jitter_of
 from utils.config import Config, fingerprint_difference
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                               choose_split_by, read_split_file, split_blocks, split_slides)
@@ -111,6 +111,12 @@ class TrainingData:
             shuffle=train, augment=train and self.augment, colour_jitter=train and self.colour_jitter, seed=self.seed,
             with_ids=with_ids, endless=endless, stains=self.stains if train else None, labels=table,
         )
+
+    def pool_views(self, ids: np.ndarray, batch_size: int) -> tf.data.Dataset:
+        """Endless shuffled batches of ``ids`` as FixMatch reads them: a weak and
+        a strong view of each triplet, with its label (-1 when unknown)."""
+        return triplet_dataset(self.index, ids, self.config.magnifications, self.config.tile_size, batch_size,
+                               shuffle=True, seed=self.seed + 1, endless=True, two_views=StrongAugment())
 
     def triplets(self, ids: np.ndarray) -> list[list[np.ndarray]]:
         """The uint8 tiles of every scale of the records ``ids``, in that order."""
