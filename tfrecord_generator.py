@@ -114,6 +114,8 @@ def print_summary(summary: ShardSummary) -> None:
     if summary.unreviewed_queries:
         detail += (f"; {summary.unreviewed_queries} query square(s) without a class (not reviewed), "
                    f"left unlabelled")
+    if summary.ignored_queries:
+        detail += f"; {summary.ignored_queries} query square(s) set to be ignored, their tiles out of the pool"
     info(f"{summary.slide}: {summary.status} {detail}".rstrip())
     for line in summary.warnings:
         warn(line)

@@ -55,6 +55,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import analysis  # noqa: E402
-from experiments.stain import scan_again, shift_stains  # noqa: E402
+from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -81,8 +82,11 @@ TARGET_SLIDES = ("05", "06", "07", "08", "09")
 #: one is also scanned with a softer focus (Gaussian sigma in px at 0.495 um/px)
 #: and stored as JPEG.
 STAIN_SCALE, STAIN_SHIFT = (0.6, 1.5, 1.0), (0.0, 0.0, 0.05)
-SHIFTS = {"stain": {"blur": 0.0, "jpeg": None}, "stain_blur_jpeg": {"blur": 1.2, "jpeg": 60}}
 HARD, EASY = "stain_blur_jpeg", "stain"
+#: A third lab whose change the stain augmentation does not model: another
+#: eosin dye (its vector turned by 15 degrees), a display gamma of 1.2 and a
+#: scanner 1.5 times coarser.
+UNMODELLED = "eosin_gamma_resolution"
 #: Fractions of each domain's images per split (stratified by class).
 SOURCE_SPLIT = {"train": 0.85, "val": 0.15}
 TARGET_SPLIT = {"train": 0.5, "val": 0.1, "test": 0.4}
@@ -227,16 +231,16 @@ def best_candidates(selection: dict[str, float], candidates: list[str], count: i
 
 
 # -- data -------------------------------------------------------------------------------
-def stage(kather: Path, staged: Path, per_class: int | None) -> list[Path]:
+def stage(kather: Path, staged: Path, per_class: int | None, shifts: tuple[str, ...] = (EASY, HARD)) -> list[Path]:
     """Class folders per lab whose file names start with the split
     (``train__``, ``val__``, ``test__``): the source lab, and the target lab
     once per shift; and a split file per lab listing the resulting slide
-    names (the two target labs share their images and split)."""
+    names (the target labs share their images and split)."""
     images = sorted(p for p in kather.glob("*/*") if p.suffix.lower() in {".png", ".tif", ".tiff", ".jpg"})
     if not images:
         sys.exit(f"error: no images in the class folders of {kather}")
     labs = [("source", SOURCE_SLIDES, SOURCE_SPLIT, None)] + \
-        [(f"target_{shift}", TARGET_SLIDES, TARGET_SPLIT, shift) for shift in SHIFTS]
+        [(f"target_{shift}", TARGET_SLIDES, TARGET_SPLIT, shift) for shift in shifts]
     for lab, slides, fractions, shift in labs:
         done = staged / lab / "done.json"
         if done.exists():
@@ -260,21 +264,32 @@ def stage(kather: Path, staged: Path, per_class: int | None) -> list[Path]:
     return [staged / lab for lab, *_ in labs]
 
 
+def restain(rgb: np.ndarray) -> np.ndarray:
+    """A source image as stained by the target lab."""
+    return shift_stains(rgb, STAIN_SCALE, STAIN_SHIFT)
+
+
+#: Each target lab: how it makes an image of the source lab's tissue.
+SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    EASY: restain,
+    HARD: lambda rgb: scan_again(restain(rgb), 1.2, 60),
+    UNMODELLED: lambda rgb: resample(gamma(rotate_eosin(rgb, 15.0), 1.2), 1.5),
+}
+
+
 def target_lab(rgb: np.ndarray, shift: str) -> np.ndarray:
     """A source image as the target lab of ``shift`` would have made it."""
-    restained = shift_stains(rgb, STAIN_SCALE, STAIN_SHIFT)
-    scan = SHIFTS[shift]
-    return scan_again(restained, scan["blur"], scan["jpeg"]) if scan["jpeg"] else restained
+    return SHIFTS[shift](rgb)
 
 
-def stain_examples(kather: Path, path: Path) -> None:
+def stain_examples(kather: Path, path: Path, shifts: tuple[str, ...] = (EASY, HARD)) -> None:
     """One tile per class (top row), then the same tile in each target lab's
     scan, with the lab on the left and the class on top."""
     folders = sorted(p for p in kather.iterdir() if p.is_dir())
     config = load_config(ROOT / "experiments" / "kather.yaml")
     firsts = [cv2.imread(str(min(p for p in f.iterdir() if p.suffix.lower() == ".png")), cv2.IMREAD_COLOR)[..., ::-1]
               for f in folders]
-    rows = {"source lab": firsts, **{f"target: {shift}": [target_lab(t, shift) for t in firsts] for shift in SHIFTS}}
+    rows = {"source lab": firsts, **{f"target: {shift}": [target_lab(t, shift) for t in firsts] for shift in shifts}}
     fig = plots.Figure(figsize=(1.3 * len(folders) + 1.2, 1.45 * len(rows) + 0.3))
     axes = fig.subplots(len(rows), len(folders), squeeze=False)
     for r, (lab, tiles) in enumerate(rows.items()):
@@ -349,9 +364,11 @@ def run_script(script: str, argv: list[str], log: Path) -> None:
         sys.exit(f"error: {script} failed (exit {code}); see {log}")
 
 
-def train_source_model(args: argparse.Namespace, out: Path) -> Path:
-    """The source-lab model (the paper's pre-trained network), trained from scratch."""
-    run = out / "source_model"
+def train_source_model(args: argparse.Namespace, out: Path, name: str = "source_model",
+                       extra: tuple[str, ...] = ()) -> Path:
+    """The source-lab model (the paper's pre-trained network), trained from
+    scratch into ``out/name``, with the training flags ``extra`` besides."""
+    run = out / name
     if not (run / "state.json").exists():
         run_script("active_learning_train.py", [
             "--data", str(out / "records" / "source"), "--output", str(run), "--resume",
@@ -359,14 +376,18 @@ def train_source_model(args: argparse.Namespace, out: Path) -> Path:
             "--backbone", args.backbone, "--backbone-weights", args.backbone_weights,
             "--head-units", args.head_units, "--optimizer", "adam", "--learning-rate", args.source_learning_rate,
             "--epochs", args.source_epochs, "--patience", "6", "--batch-size", "32", "--slide-class-cap", "0",
-            "--seed", "0",
-        ], out / "logs" / "source_model.txt")
+            "--seed", "0", *extra,
+        ], out / "logs" / f"{name}.txt")
     return run / "model.keras"
 
 
 def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: int, rounds: int,
-               shift: str, mode: str, strategy: str, seed: int) -> None:
-    run = out / shift / mode / strategy / f"seed_{seed}"
+               shift: str, mode: str, strategy: str, seed: int, extra: tuple[str, ...] = (),
+               name: str | None = None) -> None:
+    """One fine-tuning run of ``strategy`` (or the ceiling) into
+    ``out/shift/mode/name/seed_<seed>`` (``name``: the strategy's by default),
+    with the training flags ``extra`` besides the mode's."""
+    run = out / shift / mode / (name or strategy) / f"seed_{seed}"
     state = run / "state.json"
     if state.exists() and json.loads(state.read_text())["round"] == rounds:
         return
@@ -380,9 +401,9 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
         "--split", str(out / "staged" / "target_split.json"), "--weights", str(source_model),
         "--backbone", args.backbone, "--backbone-weights", "none", "--head-units", args.head_units,
         "--rounds", str(rounds), *schedule, "--optimizer", "adam", "--no-figures",
-        "--slide-class-cap", "0", "--seed", str(seed), "--mc-passes", "10", *MODE_FLAGS[mode],
-    ], out / "logs" / shift / mode / f"{strategy}_seed_{seed}.txt")
-    print(f"{shift} {mode} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+        "--slide-class-cap", "0", "--seed", str(seed), "--mc-passes", "10", *MODE_FLAGS[mode], *extra,
+    ], out / "logs" / shift / mode / f"{name or strategy}_seed_{seed}.txt")
+    print(f"{shift} {mode} {name or strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 # -- results ----------------------------------------------------------------------------
@@ -392,23 +413,25 @@ def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[ana
                            np.array([float(r[column]) for r in rows])), rows)
 
 
-def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int) -> dict:
-    """The fair ceiling, and per strategy the labels from which F1 stays within
-    1 point of it, the AULC with its paired interval against random (over the
-    seeds both have), and the F1 at fixed fractions."""
+def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int, baseline: str = "random",
+              ceiling: str = CEILING) -> dict:
+    """The fair ceiling (the runs in ``folder/ceiling``), and per strategy the
+    labels from which F1 stays within 1 point of it, the AULC with its paired
+    interval against ``baseline`` (over the seeds both have), and the F1 at
+    fixed fractions."""
     ceiling_f1, ceiling_steps, source_f1 = [], [], []
     for seed in range(ceiling_seeds):
-        rows = read_rounds(folder / CEILING / f"seed_{seed}" / "rounds.csv")
+        rows = read_rounds(folder / ceiling / f"seed_{seed}" / "rounds.csv")
         kept = max((r for r in rows if int(r["round"]) >= 0), key=lambda r: float(r["val_macro_f1"]))
         ceiling_f1.append(float(kept["test_macro_f1"]))
         ceiling_steps.append(sum(int(r["steps"]) for r in rows))
         source_f1.append(float(rows[0]["test_macro_f1"]))
-    ceiling = float(np.mean(ceiling_f1))
+    ceiling_mean = float(np.mean(ceiling_f1))
     curves = {s: [read_curve(folder / s / f"seed_{k}", pool) for k in range(n)] for s, n in seeds.items()}
     al_steps = max(sum(int(r["steps"]) for r in rows) for runs in curves.values() for _, rows in runs)
     table = {}
     for strategy, runs in curves.items():
-        stay = np.array([analysis.labels_to_stay(c, ceiling - 0.01) for c, _ in runs])
+        stay = np.array([analysis.labels_to_stay(c, ceiling_mean - 0.01) for c, _ in runs])
         area = np.array([analysis.area_under_curve(c) for c, _ in runs])
         table[strategy] = {
             "stay_mean": float(np.nanmean(stay)) if (~np.isnan(stay)).any() else float("nan"),
@@ -419,12 +442,12 @@ def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int
                for p in (0.10, 0.25, 0.50)},
         }
     for strategy, entry in table.items():
-        shared = min(entry["seeds"], table["random"]["seeds"])
+        shared = min(entry["seeds"], table[baseline]["seeds"])
         entry["vs_random"] = analysis.paired_interval(np.array(entry["areas"][:shared]),
-                                                      np.array(table["random"]["areas"][:shared]))
+                                                      np.array(table[baseline]["areas"][:shared]))
     grid = np.linspace(0, 1, 101)
     means = {s: analysis.mean_curve([c for c, _ in runs], grid) for s, runs in curves.items()}
-    return {"ceiling": ceiling, "ceiling_sd": float(np.std(ceiling_f1)), "ceiling_seeds": ceiling_seeds,
+    return {"ceiling": ceiling_mean, "ceiling_sd": float(np.std(ceiling_f1)), "ceiling_seeds": ceiling_seeds,
             "ceiling_steps": float(np.mean(ceiling_steps)), "al_steps_max": al_steps,
             "source_f1": float(np.mean(source_f1)), "table": table, "grid": grid.tolist(),
             "curves": {s: [m.tolist(), sd.tolist()] for s, (m, sd) in means.items()}}
@@ -446,23 +469,29 @@ def write_report(out: Path, results: dict, pool: int, minutes: float) -> None:
                 f"Fair ceiling ({r['ceiling_seeds']} seeds; 100% of the pool, {rounds + 1} successive fine-tunes, "
                 f"{r['ceiling_steps']:.0f} gradient steps against at most {r['al_steps_max']} for an active-learning "
                 f"run; model kept by validation F1): {r['ceiling']:.3f} ± {r['ceiling_sd']:.3f}.", "",
-                "| strategy | seeds | labels from which F1 stays ≥ ceiling − 1 pt | seeds that stay | AULC "
-                "| AULC − random (95% CI) | F1 @10% | F1 @25% | F1 @50% |",
-                "|---|---|---|---|---|---|---|---|---|",
+                *table_lines(r["table"], "random"), "",
             ]
-            for strategy, e in sorted(r["table"].items(), key=lambda kv: -kv[1]["aulc"]):
-                stay = "never" if math.isnan(e["stay_mean"]) else f"{e['stay_mean']:.0%} ± {e['stay_sd']:.0%}"
-                diff = "—" if strategy == "random" else "{:+.3f} ({:+.3f}, {:+.3f})".format(*e["vs_random"])
-                lines.append(f"| {strategy} | {e['seeds']} | {stay} | {e['stayed']}/{e['seeds']} "
-                             f"| {e['aulc']:.3f} ± {e['aulc_sd']:.3f} | {diff} | {e['f1_at_10']:.3f} "
-                             f"| {e['f1_at_25']:.3f} | {e['f1_at_50']:.3f} |")
-            lines.append("")
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "learning_curves.png")
     hard_head = results["shifts"][HARD]["head"]["table"]
     class_counts_plot(out / HARD / "head", {s: e["seeds"] for s, e in hard_head.items()}, out / "class_counts.png")
     picks_plot(out, [s for s in hard_head if s != ORACLE], out / "picks.png")
+
+
+def table_lines(table: dict, baseline: str, what: str = "strategy") -> list[str]:
+    """A markdown table of :func:`summarise`'s per-run entries, best AULC first,
+    with each one's paired AULC difference from ``baseline``."""
+    lines = [f"| {what} | seeds | labels from which F1 stays ≥ ceiling − 1 pt | seeds that stay | AULC "
+             f"| AULC − {baseline} (95% CI) | F1 @10% | F1 @25% | F1 @50% |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in sorted(table.items(), key=lambda kv: -kv[1]["aulc"]):
+        stay = "never" if math.isnan(e["stay_mean"]) else f"{e['stay_mean']:.0%} ± {e['stay_sd']:.0%}"
+        diff = "—" if name == baseline else "{:+.3f} ({:+.3f}, {:+.3f})".format(*e["vs_random"])
+        lines.append(f"| {name} | {e['seeds']} | {stay} | {e['stayed']}/{e['seeds']} "
+                     f"| {e['aulc']:.3f} ± {e['aulc_sd']:.3f} | {diff} | {e['f1_at_10']:.3f} "
+                     f"| {e['f1_at_25']:.3f} | {e['f1_at_50']:.3f} |")
+    return lines
 
 
 def plot(results: dict, path: Path) -> None:

@@ -38,3 +38,35 @@ def scan_again(rgb: np.ndarray, blur_sigma: float, jpeg_quality: int) -> np.ndar
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def rotate_eosin(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """uint8 RGB recomposed with the eosin vector turned by ``degrees`` towards
+    red (about the axis normal to eosin and pure red), haematoxylin and DAB
+    kept: another eosin dye's hue, which no scaling of the three standard
+    stain concentrations can produce."""
+    od = -np.log10(np.maximum(rgb.astype(np.float64), 1.0) / 255.0)
+    hed = od @ HED_FROM_RGB
+    eosin = RGB_FROM_HED[1] / np.linalg.norm(RGB_FROM_HED[1])
+    axis = np.cross(eosin, [1.0, 0.0, 0.0])
+    axis /= np.linalg.norm(axis)
+    angle = np.radians(degrees)
+    turned = (eosin * np.cos(angle) + np.cross(axis, eosin) * np.sin(angle)
+              + axis * np.dot(axis, eosin) * (1 - np.cos(angle)))
+    matrix = RGB_FROM_HED.copy()
+    matrix[1] = turned * np.linalg.norm(RGB_FROM_HED[1])
+    out = 255.0 * np.power(10.0, -(hed @ matrix))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def gamma(rgb: np.ndarray, exponent: float) -> np.ndarray:
+    """uint8 RGB with a display gamma: each value v becomes 255 (v / 255) ** exponent."""
+    return np.clip(np.round(255.0 * (rgb / 255.0) ** exponent), 0, 255).astype(np.uint8)
+
+
+def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 RGB scanned ``factor`` times coarser and brought back to its size:
+    the detail of a lower-resolution scanner at the same µm/px."""
+    height, width = rgb.shape[:2]
+    small = cv2.resize(rgb, (round(width / factor), round(height / factor)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)

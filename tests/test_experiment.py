@@ -1,4 +1,5 @@
-"""The statistics and the stain change of the domain-adaptation experiment."""
+"""The statistics and the lab changes of the domain-adaptation experiment, and
+the recipes experiment end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import cv2
 from experiments import analysis
 from experiments import kather_domain_adaptation as experiment
 from experiments.kather_domain_adaptation import stratified_split
-from experiments.stain import scan_again, shift_stains
+from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains
 from tests.conftest import shared_file
 from utils.training import read_rounds
 
@@ -120,3 +121,42 @@ def test_the_experiment_runs_every_stage(tmp_path):
     report = (out / "results.md").read_text()
     assert "chosen: " + ", ".join(results["chosen"]) in report
     assert (out / "learning_curves.png").exists() and (out / "stain_examples.png").exists()
+
+
+def test_the_unmodelled_lab_changes_hue_gamma_and_detail_and_each_is_the_identity_at_rest():
+    rgb = cv2.imread(str(sorted(shared_file("kather").glob("02_STROMA/*.png"))[0]))[..., ::-1]
+    assert np.abs(rotate_eosin(rgb, 0.0).astype(int) - rgb).max() <= 1
+    assert np.array_equal(gamma(rgb, 1.0), rgb)
+    turned = rotate_eosin(rgb, 15.0)
+    # Eosin turned towards red absorbs more red: the pink stroma loses red, not green.
+    assert turned[..., 0].mean() < rgb[..., 0].mean() - 5 and abs(turned[..., 1].mean() - rgb[..., 1].mean()) < 5
+    assert gamma(rgb, 1.2).mean() < rgb.mean()
+    coarse = resample(rgb, 1.5)
+    sharpness = [cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for image in (rgb, coarse)]
+    assert coarse.shape == rgb.shape and sharpness[1] < 0.7 * sharpness[0]
+
+
+def test_the_recipes_experiment_runs_every_stage(tmp_path):
+    """--quick end to end: every recipe and the ceiling run, and the tables
+    agree with the runs' own rounds.csv."""
+    from experiments import kather_recipes as recipes
+
+    out = tmp_path / "recipes"
+    recipes.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(out), "--jobs", "2"])
+    results = json.loads((out / "results.json").read_text())
+    r = results["shifts"][experiment.HARD]["full"]
+    assert set(r["table"]) == {f"{recipe} random" for recipe in recipes.RECIPES}
+    for name, entry in r["table"].items():
+        rows = read_rounds(out / experiment.HARD / "full" / recipes.folder_name(name) / "seed_0" / "rounds.csv")
+        assert entry["zero_label_f1"] == pytest.approx(float(rows[0]["test_macro_f1"])) and rows[0]["round"] == "-1"
+        assert entry["pool_used_per_round"] == pytest.approx(
+            np.mean([float(row["pseudo_labelled"]) for row in rows if int(row["round"]) >= 0]))
+    stain_source = json.loads((out / "source_stain" / "config.json").read_text())["options"]
+    assert stain_source["stain_jitter"] == "strong"
+    fixmatch = json.loads((out / experiment.HARD / "full" / "d_random" / "seed_0" / "config.json").read_text())
+    assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == "strong"
+    today = r["table"][recipes.TODAY]
+    assert r["table"]["b random"]["vs_random"][0] == pytest.approx(r["table"]["b random"]["aulc"] - today["aulc"])
+    report = (out / "results.md").read_text()
+    assert "AULC − a random" in report and "zero-label F1" in report
+    assert (out / "stain_examples.png").exists() and (out / "learning_curves.png").exists()

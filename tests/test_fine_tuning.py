@@ -16,6 +16,7 @@ import active_learning_train
 import tfrecord_generator
 from utils.io import read_csv
 from utils.model import load_model
+from utils.records import read_index, record_files
 from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
 
 TILE = 32
@@ -218,3 +219,43 @@ def test_input_scaling_is_a_switch_the_model_keeps_and_fine_tuning_honours(tmp_p
     assert source_spec(source, None, None).scaling == "raw"
     with pytest.raises(ModelError, match="--input-scaling"):
         check_fits_source(path, source, source_spec(source, None, None, "unit"), config)
+
+
+def test_every_answer_counts_on_an_edge_tile_and_an_ignored_square_leaves_the_pool(tmp_path):
+    """A tile of the pool needs half of it on tissue, a region's label 70%:
+    the tissue here ends 5/8 into the tiles of column 4, so they are pooled
+    but no region labels them. The pathologist's answer about one (its query
+    square classified Stroma) labels it all the same; another, set to
+    Ignore*, is never pooled again."""
+    t = 64
+    stroma = SyntheticRegion("stroma", "Lamina propria", [[2 * t, 2 * t], [4 * t + 40, 2 * t], [4 * t + 40, 7 * t],
+                                                          [2 * t, 7 * t], [2 * t, 2 * t]])
+    slide, geojson = make_slide(tmp_path / "slides", "edge", 10 * t, 9 * t, [stroma],
+                                annotations_dir=tmp_path / "annotations")
+
+    def square(row: int, col: int, classification: str) -> dict:
+        ring = [[col * t, row * t], [(col + 1) * t, row * t], [(col + 1) * t, (row + 1) * t], [col * t, (row + 1) * t],
+                [col * t, row * t]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "name": f"round 1 #{row} (muscle?)",
+                               "classification": {"name": classification}}}
+
+    def extract(output: Path) -> tuple[dict[tuple[int, int], str], dict]:
+        assert tfrecord_generator.main(["--slides", str(slide), "--annotations", str(geojson.parent), "--output",
+                                        str(output), "--tile-size", str(t), "--unlabeled", "--quiet"]) == 0
+        index = read_index(record_files(output))
+        tiles = {(int(y) // t, int(x) // t): name for x, y, name in zip(index.x, index.y, index.label_name)}
+        return tiles, json.loads((output / "edge.summary.json").read_text())
+
+    before, _ = extract(tmp_path / "before")
+    assert before[(3, 4)] == before[(4, 4)] == "", "edge tiles are pooled, unlabelled"
+    assert before[(3, 3)] == "Lamina propria"
+    features = json.loads(geojson.read_text())
+    features["features"] += [square(3, 4, "Stroma"), square(4, 4, "Ignore*")]
+    geojson.write_text(json.dumps(features))
+    after, summary = extract(tmp_path / "after")
+    assert after[(3, 4)] == "Stroma", "the answer labels its tile whatever its tissue fraction"
+    assert (4, 4) not in after, "a square set to Ignore* takes its tile out of the pool"
+    assert summary["ignored_queries"] == 1 and summary["unreviewed_queries"] == 0
+    assert {k: v for k, v in after.items() if k not in ((3, 4), (4, 4))} == \
+        {k: v for k, v in before.items() if k not in ((3, 4), (4, 4))}

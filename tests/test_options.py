@@ -23,7 +23,8 @@ ORIGINAL_TRAINING = {
     "optimizer": "sgd", "learning_rate": 1.5e-5, "batch_size": 128, "epochs": 10, "patience": 3,
     "initial": 25000, "rounds": 4, "budget": 20000, "strategy": "class_ratio", "slide_class_cap": 1000,
     "cap_eval_per_slide": True, "eval_cap": 2500, "augment": False, "model_selection": "val_loss", "repeats": 4,
-    "oracle_classes": True,
+    "oracle_classes": True, "stain_jitter": "none", "adapt_bn": False, "semi_supervised": "none",
+    "colour_jitter": False,
 }
 ORIGINAL_SPEC = {"backbone": "vgg16", "head_units": 4096, "dropout": 0.4, "input_scaling": "raw"}
 #: Annotation names of the paper's database and the class the original code gave them.

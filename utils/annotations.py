@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.config import QUERY_SQUARE
 from utils.errors import AnnotationError
 
 ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
@@ -74,6 +75,9 @@ def ring_area(ring: np.ndarray) -> float:
 class Region:
     name: str
     polygons: list[Polygon]
+    #: A query square this tool wrote (its own name ``round k #n ...``), read
+    #: back with whatever class the pathologist gave it: an answer about one tile.
+    square: bool = False
 
 
 def find_annotation_file(directory: str | Path, stem: str) -> Path | None:
@@ -169,7 +173,9 @@ def _read_geojson(data: Any, path: Path, skipped: Counter) -> list[Region]:
                 continue
             polygons = _geojson_polygons(item.get("geometry") or {}, skipped)
             if polygons:
-                regions.append(Region(_geojson_name(properties), polygons))
+                own_name = str(properties.get("name") or "")
+                regions.append(Region(_geojson_name(properties), polygons,
+                                      re.fullmatch(QUERY_SQUARE, own_name.strip(), re.IGNORECASE) is not None))
         elif kind in _GEOMETRY_TYPES:
             polygons = _geojson_polygons(item, skipped)
             if polygons:

@@ -178,7 +178,11 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
         warnings += coverage_warnings(class_coverage, config, stem, config.tile_size * geometry.scales[0].mpp)
         selected = labels >= 0
         if options.unlabeled:
-            selected |= tile_fractions(tissue, k) >= config.tissue_fraction
+            pool = tile_fractions(tissue, k) >= config.tissue_fraction
+            for row, col in cells.ignored_tiles:  # set to Ignore*: never asked again
+                if 0 <= row < pool.shape[0] and 0 <= col < pool.shape[1]:
+                    pool[row, col] = False
+            selected |= pool
         rows, cols = np.nonzero(selected)
         counts = _write_shard(slide, geometry, rows, cols, labels, name_index, cells, options, record_path, progress)
 
@@ -205,6 +209,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
         unmatched_annotations=dict(cells.unmatched),
         ignored_annotations=dict(cells.ignored),
         unreviewed_queries=cells.unreviewed,
+        ignored_queries=len(cells.ignored_tiles),
         coverage=class_coverage,
         warnings=warnings,
         seconds=round(time.perf_counter() - started, 2),

@@ -12,7 +12,7 @@ glass "muscle"); regions mapped to a class named ``background`` count as drawn.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,10 @@ class CellLabels:
     unmatched: Counter  # annotation names that no rule maps, with region counts
     ignored: Counter  # annotation names the configuration's ``ignore`` names, with region counts
     unreviewed: int = 0  # query squares read back without a class: nobody labelled them
+    #: Query squares read back with a class: (tile row, tile column, class, name index) of the tile each is about.
+    answers: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: Tiles (row, column) whose query square was set to an ignored class (``Ignore*``): never to be asked again.
+    ignored_tiles: list[tuple[int, int]] = field(default_factory=list)
 
 
 def rasterize_regions(
@@ -47,12 +51,16 @@ def rasterize_regions(
     unmatched: Counter = Counter()
     ignored: Counter = Counter()
     unreviewed = 0
+    answers, ignored_tiles = [], []
     rank = {c: i for i, c in enumerate(config.paint_order())}
     mapped = []
     for region in regions:
         role = config.annotation_role(region.name)
+        tile = _square_tile(region, cell_size, config.mask_cells_per_tile) if region.square else None
         if role == "ignore":
             ignored[region.name] += 1
+            if tile is not None:
+                ignored_tiles.append(tile)
         elif role == "unreviewed":
             unreviewed += 1
         elif role == "unmatched":
@@ -64,10 +72,19 @@ def rasterize_regions(
             if region.name not in name_list:
                 name_list.append(region.name)
             mapped.append((rank[index], index, name_list.index(region.name), region))
+            if tile is not None:
+                answers.append((*tile, index, name_list.index(region.name)))
     for _, index, name_index, region in sorted(mapped, key=lambda m: m[0]):
         for polygon in region.polygons:
             _paint(classes, names, polygon.exterior, polygon.holes, cell_size, index, name_index)
-    return CellLabels(classes, names, name_list, unmatched, ignored, unreviewed)
+    return CellLabels(classes, names, name_list, unmatched, ignored, unreviewed, answers, ignored_tiles)
+
+
+def _square_tile(region: Region, cell_size: float, cells_per_tile: int) -> tuple[int, int]:
+    """(row, column) of the tile whose footprint a query square is: the tile under its centre."""
+    points = np.concatenate([polygon.exterior for polygon in region.polygons])
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2 / cell_size
+    return int(centre[1] // cells_per_tile), int(centre[0] // cells_per_tile)
 
 
 def _paint(classes, names, exterior, holes, cell_size, index, name_index) -> None:
@@ -118,7 +135,9 @@ def counted_classes(cells: CellLabels, tissue: np.ndarray, config: Config) -> np
 
 
 def label_tiles(cells: CellLabels, tissue: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile class (-1: none) and annotation-name index (-1: none), shape (rows, cols)."""
+    """Per-tile class (-1: none) and annotation-name index (-1: none), shape
+    (rows, cols): the class covering ``region_fraction`` of a tile's cells, or
+    the class a pathologist gave the tile's query square."""
     k = config.mask_cells_per_tile
     counted = counted_classes(cells, tissue, config)
     best_fraction = np.zeros(tile_fractions(tissue, k).shape)
@@ -129,7 +148,13 @@ def label_tiles(cells: CellLabels, tissue: np.ndarray, config: Config) -> tuple[
         best_fraction[better] = fraction[better]
         labels[better] = index
     labels[best_fraction < config.region_fraction - 1e-9] = -1
-    return labels, _tile_names(cells, labels, k)
+    names = _tile_names(cells, labels, k)
+    # A pathologist's answer about a queried tile labels it whatever its tissue
+    # fraction: the pool takes tiles from tissue_fraction, below region_fraction.
+    for row, col, index, name in cells.answers:
+        if 0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]:
+            labels[row, col], names[row, col] = index, name
+    return labels, names
 
 
 def _tile_names(cells: CellLabels, labels: np.ndarray, k: int) -> np.ndarray:

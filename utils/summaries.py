@@ -72,6 +72,8 @@ class ShardSummary(SummaryFile):
     ignored_annotations: dict[str, int] | None = None
     #: Query squares read back without a class (not reviewed, so not labels).
     unreviewed_queries: int | None = None
+    #: Query squares set to an ignored class (``Ignore*``): their tiles leave the pool.
+    ignored_queries: int | None = None
     coverage: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     #: Where the tiles came from (extraction from tile folders).
