@@ -8,9 +8,11 @@ cells shapely puts inside the polygons.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +410,60 @@ def test_class_names_in_any_case_are_their_class_and_qupath_ignore_is_ignored():
     cells = rasterize_regions([Region("Damaged", [Polygon(square)]), Region("Ignore*", [Polygon(square)])],
                               config, (10, 10), 8.0)
     assert not cells.unmatched and cells.ignored == {"Ignore*": 1}
+
+
+def qupath_feature(name: str, ring: list, children: list | None = None, key: str = "childObjects") -> dict:
+    """A QuPath annotation feature, with its descendants inside its properties
+    as QuPath writes them when it exports the hierarchy."""
+    properties = {"objectType": "annotation", "classification": {"name": name}}
+    if children:
+        properties[key] = children
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
+
+
+def test_child_objects_of_a_hierarchy_export_are_read(tmp_path):
+    def square(x: float) -> list:
+        return [[x, 0], [x + 10, 0], [x + 10, 10], [x, 10], [x, 0]]
+
+    grandchild = qupath_feature("Blood", square(40))
+    child = qupath_feature("Muscle", square(20), [grandchild], key="children")
+    detection = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square(60)]},
+                 "properties": {"objectType": "detection"}}
+    path = tmp_path / "hierarchy.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection",
+                                "features": [qupath_feature("Tumor", square(0), [child, detection])]}))
+    with pytest.warns(UserWarning, match="1 QuPath detection objects"):
+        regions = read_annotations(path)
+    assert sorted((r.name, float(r.polygons[0].exterior[0, 0])) for r in regions) == \
+        [("Blood", 40.0), ("Muscle", 20.0), ("Tumor", 0.0)]
+
+
+def test_compressed_exports_as_qupath_writes_them_read_as_the_plain_file(tmp_path):
+    """QuPath writes ``.geojson.gz`` (gzip) and ``.zip`` (one GeoJSON member
+    named after the archive) and reads every member of a zip."""
+    plain = tmp_path / "slide.geojson"
+    plain.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        qupath_feature("Stroma", [[0, 0], [5, 0], [5, 5], [0, 0]]),
+        qupath_feature("Tumor", [[10, 10], [30, 10], [30, 40], [10, 10]])]}))
+    expected = [(r.name, r.polygons[0].exterior.tolist()) for r in read_annotations(plain)]
+    gz = tmp_path / "slide.geojson.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    single = tmp_path / "slide.zip"
+    with zipfile.ZipFile(single, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("slide.geojson", plain.read_text())
+    for path in (gz, single):
+        assert [(r.name, r.polygons[0].exterior.tolist()) for r in read_annotations(path)] == expected
+    split = tmp_path / "split.zip"
+    features = json.loads(plain.read_text())["features"]
+    with zipfile.ZipFile(split, "w") as archive:
+        archive.writestr("a.geojson", json.dumps(features[0]))
+        archive.writestr("notes.txt", "not objects")
+        archive.writestr("b.json", json.dumps(features[1]))
+    assert sorted(r.name for r in read_annotations(split)) == ["Stroma", "Tumor"]
+    (tmp_path / "broken.geojson.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(AnnotationError, match="cannot read annotation file"):
+        read_annotations(tmp_path / "broken.geojson.gz")
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as archive:
+        archive.writestr("readme.txt", "nothing")
+    with pytest.raises(AnnotationError, match="without a .geojson or .json file"):
+        read_annotations(tmp_path / "empty.zip")

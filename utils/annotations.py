@@ -13,10 +13,12 @@ file it came from.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import warnings
 import xml.etree.ElementTree as ET
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,10 @@ import numpy as np
 from utils.config import QUERY_SQUARE
 from utils.errors import AnnotationError
 
-ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
+#: Annotation files, in the order they are looked for beside a slide: QuPath's
+#: GeoJSON, plain or compressed as QuPath writes it (gzip, or a zip of one or
+#: more GeoJSON files), and ASAP or Aperio XML.
+ANNOTATION_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz", ".zip", ".xml")
 #: Region annotations of a slide take kilobytes to a few megabytes; a larger
 #: file is almost always an export with cell detections, which would be parsed
 #: whole into memory, so it is refused with advice instead.
@@ -99,30 +104,55 @@ def read_annotations(path: str | Path) -> list[Region]:
     so no entity is ever expanded or fetched.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_ANNOTATION_BYTES:
-            raise AnnotationError(
-                f"{path}: {size / 2**20:.0f} MB is more than the {MAX_ANNOTATION_BYTES // 2**20} MB an annotation "
-                f"file may have; export the region annotations only (no detections) or split the file")
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: cannot read annotation file: {exc}") from None
     skipped: Counter = Counter()
-    try:
-        if text.lstrip().startswith("<"):
-            if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, flags=re.IGNORECASE):
-                raise AnnotationError(f"{path}: XML with a DOCTYPE or entity declarations is refused (entities "
-                                      f"are never expanded); remove the declarations")
-            regions = _read_xml(ET.fromstring(text), path, skipped)
-        else:
-            regions = _read_geojson(json.loads(text), path, skipped)
-    except (ET.ParseError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise AnnotationError(f"{path}: not a valid annotation file ({type(exc).__name__}: {exc})") from None
+    regions = []
+    for text in _texts(path):
+        try:
+            if text.lstrip().startswith("<"):
+                if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, flags=re.IGNORECASE):
+                    raise AnnotationError(f"{path}: XML with a DOCTYPE or entity declarations is refused (entities "
+                                          f"are never expanded); remove the declarations")
+                regions += _read_xml(ET.fromstring(text), path, skipped)
+            else:
+                regions += _read_geojson(json.loads(text), path, skipped)
+        except (ET.ParseError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
+                AttributeError) as exc:
+            raise AnnotationError(f"{path}: not a valid annotation file ({type(exc).__name__}: {exc})") from None
     if skipped:
         details = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()))
         warnings.warn(f"{path}: skipped {details}", stacklevel=2)
     return regions
+
+
+def _texts(path: Path) -> list[str]:
+    """The annotation text in ``path``: the file's, the gzip's content, or each
+    GeoJSON member of a zip (QuPath reads every one). Sizes are checked after
+    decompression, so a small archive cannot unpack into gigabytes."""
+    too_large = (f"{path}: more than the {MAX_ANNOTATION_BYTES // 2**20} MB an annotation file may have; export "
+                 f"the region annotations only (no detections) or split the file")
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path) as stream:
+                data = [stream.read(MAX_ANNOTATION_BYTES + 1)]
+        elif path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir()
+                           and m.filename.lower().endswith((".geojson", ".json"))]
+                if not members:
+                    raise AnnotationError(f"{path}: a zip without a .geojson or .json file; export the objects "
+                                          f"from QuPath again")
+                if sum(m.file_size for m in members) > MAX_ANNOTATION_BYTES:
+                    raise AnnotationError(too_large)
+                data = [archive.read(m) for m in members]
+        else:
+            if path.stat().st_size > MAX_ANNOTATION_BYTES:
+                raise AnnotationError(too_large)
+            data = [path.read_bytes()]
+        if sum(len(d) for d in data) > MAX_ANNOTATION_BYTES:
+            raise AnnotationError(too_large)
+        return [d.decode("utf-8-sig") for d in data]
+    except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
+        raise AnnotationError(f"{path}: cannot read annotation file: {exc}") from None
 
 
 def _ring(points: Any, skipped: Counter) -> np.ndarray | None:
@@ -171,6 +201,10 @@ def _read_geojson(data: Any, path: Path, skipped: Counter) -> list[Region]:
                 skipped[f"QuPath {object_type.removeprefix('path').removesuffix('object')} objects "
                         f"(not annotations)"] += 1
                 continue
+            # QuPath writes an object's descendants inside it when exporting the hierarchy.
+            children = properties.get("childObjects", properties.get("children"))
+            if isinstance(children, list):
+                pending.extend(reversed(children))
             polygons = _geojson_polygons(item.get("geometry") or {}, skipped)
             if polygons:
                 own_name = str(properties.get("name") or "")
