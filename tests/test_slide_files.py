@@ -15,12 +15,20 @@ import openslide
 import pytest
 from pydicom.uid import generate_uid
 
+import active_learning_inference
 import tfrecord_generator
-from tests.conftest import shared_file
-from tests.vendor_files import write_dicom_instance, write_dicom_series, write_philips_tiff
+from tests.conftest import TILE, known_regions, shared_file
+from tests.test_inference import colour_model
+from tests.vendor_files import write_dicom_instance, write_dicom_series, write_leica_scn, write_philips_tiff
+from utils import extract, queries
+from utils.annotations import read_annotations
+from utils.config import load_config
+from utils.labels import rasterize_regions
+from utils.model import save_model
+from utils.records import read_index, record_files
 from utils.slide import Slide
 from utils.slide_files import find_slides
-from utils.synthetic import SOURCE_STAIN, random_layout, render, write_pyramid_tiff
+from utils.synthetic import SOURCE_STAIN, random_layout, render, write_geojson, write_pyramid_tiff
 
 
 def tissue_image(width: int = 640, height: int = 448, seed: int = 0) -> np.ndarray:
@@ -100,3 +108,77 @@ def test_extraction_of_a_dicom_series_names_and_describes_the_slide(tmp_path):
     assert summary["status"] == "done" and summary["tiles_per_class"]["unlabeled"] > 0
     assert summary["reader"] == {"vendor": "dicom", "backend": "openslide"}
     assert summary["base_mpp"] == pytest.approx(0.5) and Path(summary["slide_path"]).name == "level0.dcm"
+
+
+def test_a_leica_scn_uses_qupaths_frame_for_its_geojson_in_and_out(tmp_path, monkeypatch, synthetic_slide):
+    """QuPath shows a slide with OpenSlide bounds (Leica SCN, the paper's
+    scanner) cropped to them, so its coordinates start at the bounds' corner.
+    The known regions, drawn in QuPath's frame on the tissue of an SCN placed
+    at (512, 256) in its canvas, must label the tiles that the same regions
+    label on the plain TIFF of the same tissue; the maps and query squares
+    written for QuPath must come back to their cells."""
+    bounds = (8 * TILE, 4 * TILE)
+    tissue = render(24 * TILE, 16 * TILE, known_regions(), 0)
+    scn = tmp_path / "slides" / "scanned.scn"
+    write_leica_scn(scn, tissue, bounds, (40 * TILE, 32 * TILE))
+    with openslide.OpenSlide(str(scn)) as reference:
+        assert reference.properties["openslide.vendor"] == "leica"
+        assert (int(reference.properties["openslide.bounds-x"]), int(reference.properties["openslide.bounds-y"])) \
+            == bounds
+    write_geojson(tmp_path / "annotations" / "scanned.geojson", known_regions())  # QuPath's frame: the tissue's own
+
+    def labelled(output: Path, slide: Path, annotations: Path, origin: tuple[int, int]) -> dict:
+        assert tfrecord_generator.main(["--slides", str(slide), "--annotations", str(annotations), "--output",
+                                        str(output), "--tile-size", str(TILE), "--quiet"]) == 0
+        index = read_index(record_files(output))
+        return {(int(x) - origin[0], int(y) - origin[1]): name for x, y, name in zip(index.x, index.y, index.label)}
+
+    plain = labelled(tmp_path / "plain", synthetic_slide[0], synthetic_slide[1].parent, (0, 0))
+    scanned = labelled(tmp_path / "scn", scn, tmp_path / "annotations", bounds)
+    assert scanned == plain and len(plain) > 100
+    summary = json.loads((tmp_path / "scn" / "scanned.summary.json").read_text())
+    assert summary["bounds_level0"] == list(bounds)
+    # The same polygons taken as full-frame coordinates, as before QuPath's frame was read.
+    monkeypatch.setattr(extract, "read_annotations", lambda path, origin=(0, 0): read_annotations(path))
+    uncorrected = labelled(tmp_path / "uncorrected", scn, tmp_path / "annotations", bounds)
+    monkeypatch.undo()
+    agreeing = sum(uncorrected.get(key) == label for key, label in plain.items())
+    # Measured: all 155 tiles in QuPath's frame, 12 without the correction.
+    assert agreeing < len(plain) / 4, f"{agreeing} of {len(plain)} tiles as on the plain slide without the correction"
+
+    config = load_config(tile_size=TILE)
+    # Query squares: in QuPath's frame on the way out, on their own tiles on the way back in.
+    index = read_index(record_files(tmp_path / "scn"))
+    ids = np.flatnonzero(index.label >= 0)[:5]
+    selection = queries.Selection(ids, None, index.label[ids], len(index), "random")
+    queries.write_queries(tmp_path / "queries", selection, 1, index, config, {"scanned": float(TILE)},
+                          {"scanned": tuple(float(v) for v in summary["bounds_level0"])}, None)
+    squares = json.loads((tmp_path / "queries" / "scanned.geojson").read_text())["features"]
+    for square, i in zip(squares, ids):
+        ring = np.array(square["geometry"]["coordinates"][0])
+        centre = (ring.min(axis=0) + ring.max(axis=0)) / 2
+        assert tuple(centre) == (index.x[i] - bounds[0], index.y[i] - bounds[1])
+        measured = square["properties"]["measurements"]
+        assert (measured["centre x (px)"], measured["centre y (px)"]) == tuple(centre)
+    back = read_annotations(tmp_path / "queries" / "scanned.geojson", bounds)
+    assert [tuple((r.polygons[0].exterior.min(axis=0) + r.polygons[0].exterior.max(axis=0)) / 2) for r in back] == \
+        [(index.x[i], index.y[i]) for i in ids]
+
+    model = tmp_path / "model.keras"
+    save_model(colour_model(config), model, {"config": config.to_dict(), "backbone": "stub"})
+    assert active_learning_inference.main(["--slides", str(scn), "--model", str(model), "--output",
+                                           str(tmp_path / "maps"), "--quiet"]) == 0
+    folder = tmp_path / "maps" / "scanned"
+    saved = np.load(folder / "probabilities.npz")
+    classes, (rows, cols) = saved["classes"], saved["classes"].shape
+    regions = read_annotations(folder / "tissue_map.geojson", bounds)
+    any_rule = load_config(rules=[[".*", "stroma"]])
+    names = [*config.class_names, config.undefined["name"]]
+    assert regions
+    for region in regions:
+        cells = rasterize_regions([region], any_rule, (rows * 8, cols * 8), TILE / 8).classes >= 0
+        per_cell = cells.reshape(rows, 8, cols, 8).all(axis=(1, 3))
+        index = next(i for i, n in enumerate(names) if n.casefold() == region.name.casefold())
+        np.testing.assert_array_equal(per_cell, classes == index, err_msg=region.name)
+    inside = np.concatenate([p.exterior for r in read_annotations(folder / "tissue_map.geojson") for p in r.polygons])
+    assert inside.min() >= 0 and (inside.max(axis=0) <= (24 * TILE, 16 * TILE)).all(), "within QuPath's cropped view"

@@ -440,7 +440,7 @@ def test_only_the_squares_a_pathologist_classified_become_labels(tmp_path, capsy
     probs[:, stroma] = 0.9
     selection = queries.Selection(ids, None, np.full(24, stroma), 1000, "random", probs)
     folder = tmp_path / "queries"
-    queries.write_queries(folder, selection, 1, index, config, {"s0": float(TILE)}, None)
+    queries.write_queries(folder, selection, 1, index, config, {"s0": float(TILE)}, {}, None)
 
     squares = json.loads((folder / "s0.geojson").read_text())["features"]
     assert len(squares) == 24 and all("classification" not in f["properties"] for f in squares)

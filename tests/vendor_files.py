@@ -104,3 +104,46 @@ def write_philips_tiff(path: Path, image: np.ndarray, mpp: float = 0.5) -> None:
                   metadata=None)
         tif.write(image[::2, ::2].copy(), tile=(256, 256), photometric="rgb", description="level=1",
                   software="Philips DP v1.0", metadata=None, subfiletype=1)
+
+
+def write_leica_scn(path: Path, tissue: np.ndarray, offset: tuple[int, int], canvas: tuple[int, int],
+                    mpp: float = 0.25) -> None:
+    """A Leica SCN as the SCN400 writes it: one BigTIFF whose first directory
+    is the macro image of the whole slide, carrying the XML description of the
+    collection, then the main image (``tissue``, two levels) placed at
+    ``offset`` level-0 px inside a ``canvas`` (width, height) in px. Sizes and
+    offsets in the XML are in nanometres, as the scanner writes them; OpenSlide
+    puts the main image at ``offset`` and reports it as ``openslide.bounds-*``."""
+    nm = mpp * 1000
+    height, width = tissue.shape[:2]
+    macro = np.full((canvas[1] // 16, canvas[0] // 16, 3), 235, np.uint8)
+
+    def image(name: str, pixels: str, view: tuple[float, float, float, float], objective: str) -> str:
+        return (f'<image name="{name}"><creationDate>2026-01-01T00:00:00.00Z</creationDate>'
+                f'<device model="Leica SCN400;Leica SCN" version="1.5.1.10864 2012/05/10 13:29:07;1.5.1.10864"/>'
+                f'<pixels sizeX="{pixels[0]}" sizeY="{pixels[1]}">{pixels[2]}</pixels>'
+                f'<view sizeX="{view[0]:.0f}" sizeY="{view[1]:.0f}" offsetX="{view[2]:.0f}" offsetY="{view[3]:.0f}" '
+                f'spacingZ="0"/><scanSettings><objectiveSettings><objective>{objective}</objective>'
+                f'</objectiveSettings><illuminationSettings><numericalAperture>0.7</numericalAperture>'
+                f'<illuminationSource>brightfield</illuminationSource></illuminationSettings></scanSettings></image>')
+
+    macro_dims = f'<dimension sizeX="{macro.shape[1]}" sizeY="{macro.shape[0]}" r="0" ifd="0"/>'
+    main_dims = (f'<dimension sizeX="{width}" sizeY="{height}" r="0" ifd="1"/>'
+                 f'<dimension sizeX="{width // 4}" sizeY="{height // 4}" r="1" ifd="2"/>')
+    collection_nm = (canvas[0] * nm, canvas[1] * nm)
+    description = (
+        '<?xml version="1.0"?>\n<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+        f'<collection name="synthetic" uuid="00000000-0000-0000-0000-000000000000" sizeX="{collection_nm[0]:.0f}" '
+        f'sizeY="{collection_nm[1]:.0f}"><barcode>U0NO</barcode>'
+        + image("macro", (macro.shape[1], macro.shape[0], macro_dims), (*collection_nm, 0, 0), "5")
+        + image("main", (width, height, main_dims), (width * nm, height * nm, offset[0] * nm, offset[1] * nm), "20")
+        + "</collection></scn>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resolution = (1e4 / mpp, 1e4 / mpp)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(macro, tile=(16, 16), photometric="rgb", description=description, metadata=None,
+                  resolution=(resolution[0] / 16, resolution[1] / 16), resolutionunit="CENTIMETER")
+        tif.write(tissue, tile=(256, 256), photometric="rgb", metadata=None, compression="jpeg",
+                  resolution=resolution, resolutionunit="CENTIMETER")
+        tif.write(np.ascontiguousarray(tissue[::4, ::4]), tile=(256, 256), photometric="rgb", metadata=None,
+                  compression="jpeg", resolution=(resolution[0] / 4, resolution[1] / 4), resolutionunit="CENTIMETER")

@@ -94,8 +94,12 @@ def find_annotation_file(directory: str | Path, stem: str) -> Path | None:
     return None
 
 
-def read_annotations(path: str | Path) -> list[Region]:
-    """Parse an annotation file of any supported format.
+def read_annotations(path: str | Path, qupath_origin: tuple[float, float] = (0.0, 0.0)) -> list[Region]:
+    """Parse an annotation file of any supported format, in level-0 pixels.
+
+    QuPath's GeoJSON counts from the corner of the slide's bounds, which is
+    ``qupath_origin`` (:attr:`utils.slide.Slide.bounds`); ASAP and Aperio XML
+    count from the corner of the whole slide.
 
     Geometries without area (points, lines), rings of fewer than 3 points,
     rings with non-finite coordinates and QuPath objects that are not
@@ -114,7 +118,7 @@ def read_annotations(path: str | Path) -> list[Region]:
                                           f"are never expanded); remove the declarations")
                 regions += _read_xml(ET.fromstring(text), path, skipped)
             else:
-                regions += _read_geojson(json.loads(text), path, skipped)
+                regions += [_moved(r, qupath_origin) for r in _read_geojson(json.loads(text), path, skipped)]
         except (ET.ParseError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
                 AttributeError) as exc:
             raise AnnotationError(f"{path}: not a valid annotation file ({type(exc).__name__}: {exc})") from None
@@ -122,6 +126,15 @@ def read_annotations(path: str | Path) -> list[Region]:
         details = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()))
         warnings.warn(f"{path}: skipped {details}", stacklevel=2)
     return regions
+
+
+def _moved(region: Region, offset: tuple[float, float]) -> Region:
+    """``region`` moved by ``offset`` (x, y)."""
+    if offset == (0, 0):
+        return region
+    shift = np.asarray(offset, np.float64)
+    polygons = [Polygon(p.exterior + shift, [hole + shift for hole in p.holes]) for p in region.polygons]
+    return Region(region.name, polygons, region.square)
 
 
 def _texts(path: Path) -> list[str]:

@@ -44,10 +44,12 @@ _BLOCK = re.compile(r"^(?P<slide>.+):(?P<col>\d+),(?P<row>\d+)$")
 @dataclass(frozen=True)
 class SlideGrid:
     """Where a slide's records sit: the tile stride and the side of the
-    lowest-magnification window, both in level-0 pixels."""
+    lowest-magnification window, both in level-0 pixels, and the origin of
+    QuPath's coordinates on the slide (the corner of its bounds)."""
 
     stride: float
     window: float
+    origin: tuple[float, float] = (0.0, 0.0)
 
     @property
     def window_tiles(self) -> int:

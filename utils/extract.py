@@ -166,7 +166,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
                              f"{config.tile_size}-px tile at {config.magnifications[0]:g}x; nothing to extract")
         k = config.mask_cells_per_tile
         tissue = tissue_grid(slide, geometry, config.tissue_method, k)
-        regions = read_annotations(annotation_path) if annotation_path else []
+        regions = read_annotations(annotation_path, slide.bounds) if annotation_path else []
         cells = rasterize_regions(regions, config, tissue.shape, geometry.stride / k)
         unmatched = report_unmatched(cells, stem, options.strict)
         warnings = [unmatched] if unmatched else []
@@ -203,6 +203,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
         scale_levels=[s.level for s in geometry.scales],
         tile_size=config.tile_size,
         stride_level0=geometry.stride,
+        bounds_level0=list(slide.bounds),
         window_level0=config.tile_size * geometry.scales[-1].mpp / slide.mpp,
         grid_shape=list(geometry.grid_shape),
         encoding=options.encoding,

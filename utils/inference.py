@@ -240,7 +240,7 @@ def write_outputs(folder, slide, config, geometry, tissue, probs, classes, scale
         if polygons:
             features.append(feature(polygons, "MultiPolygon", entry["name"], entry["color"],
                                     name=entry["name"], isLocked=True))
-    write_feature_collection(folder / "tissue_map.geojson", features)
+    write_feature_collection(folder / "tissue_map.geojson", features, slide.bounds)
 
 
 def overlay_image(thumbnail: np.ndarray, classes: np.ndarray, tissue: np.ndarray, colours: np.ndarray,

@@ -135,7 +135,8 @@ def query_rows(selection: Selection, index: RecordIndex, class_names: list[str])
     return rows
 
 
-def query_feature(row: dict[str, Any], side: float, round_number: int, colours: dict[str, str]) -> dict[str, Any]:
+def query_feature(row: dict[str, Any], side: float, round_number: int, colours: dict[str, str],
+                  origin: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """The QuPath annotation of one query: a locked square of the tile's
     footprint, named ``round k #n (class?)`` after the predicted class and
     drawn in its colour, but unclassified: only a class the pathologist sets
@@ -149,7 +150,9 @@ def query_feature(row: dict[str, Any], side: float, round_number: int, colours: 
     for name, probability in ((row["predicted"], row["probability"]), (row["second"], row["second_probability"])):
         if probability is not None:
             measurements[f"P({name})"] = probability
-    measurements["centre x (px)"], measurements["centre y (px)"] = float(row["x"]), float(row["y"])
+    # The centre as QuPath shows it: in its frame, from the slide's bounds.
+    measurements["centre x (px)"] = float(row["x"]) - origin[0]
+    measurements["centre y (px)"] = float(row["y"]) - origin[1]
     name = f"round {round_number} #{row['number']}" + (f" ({row['predicted']}?)" if row["predicted"] else "")
     properties: dict[str, Any] = {"objectType": "annotation", "name": name, "isLocked": True,
                                   "measurements": measurements}
@@ -173,17 +176,21 @@ def caption(row: dict[str, Any]) -> list[str]:
 
 
 def write_queries(folder: Path, selection: Selection, round_number: int, index: RecordIndex, config: Config,
-                  strides: dict[str, float], triplets: list[list[np.ndarray]] | None) -> None:
-    """``folder``: queries.csv, one QuPath GeoJSON per slide (squares as wide
-    as the slide's tile stride) and, when the tiles of every scale are given
+                  strides: dict[str, float], origins: dict[str, tuple[float, float]],
+                  triplets: list[list[np.ndarray]] | None) -> None:
+    """``folder``: queries.csv (level-0 pixels), one QuPath GeoJSON per slide
+    (squares as wide as the slide's tile stride, in QuPath's frame: less the
+    slide's ``origins``) and, when the tiles of every scale are given
     (``triplets``, in the order of ``selection.ids``), the contact sheet pages."""
     rows = query_rows(selection, index, config.class_names)
     atomic_write_csv(folder / "queries.csv", list(COLUMNS), [[r[key] for key in COLUMNS] for r in rows])
     colours = {c["name"]: c["color"] for c in config.classes}
     for slide in sorted({r["slide"] for r in rows}):
         side = strides.get(slide, float(config.tile_size))
+        origin = origins.get(slide, (0.0, 0.0))
         write_feature_collection(folder / f"{slide}.geojson",
-                                 [query_feature(r, side, round_number, colours) for r in rows if r["slide"] == slide])
+                                 [query_feature(r, side, round_number, colours, origin) for r in rows
+                                  if r["slide"] == slide], origin)
     if triplets is None or not rows:
         return
     heads = [f"{m:g}x" for m in config.magnifications]

@@ -1,8 +1,9 @@
 """GeoJSON that QuPath opens on top of a slide (File > Import objects).
 
 Features carry ``objectType: "annotation"`` and ``classification {name, color}``
-with the colour as an RGB list, as QuPath writes them; coordinates are level-0
-pixels. Cell masks become MultiPolygons whose edges lie exactly on cell borders
+with the colour as an RGB list, as QuPath writes them. Coordinates are QuPath's:
+level-0 pixels from the corner of the slide's bounds where the format has them
+(QuPath crops Leica SCN, MIRAX and Ventana slides to their bounds). Cell masks become MultiPolygons whose edges lie exactly on cell borders
 (holes kept), so the project's own reader rasterises them back to the same cells.
 """
 
@@ -87,5 +88,19 @@ def mask_polygons(mask: np.ndarray, cell_size: float) -> list[list[list[list[flo
     return polygons
 
 
-def write_feature_collection(path: str | Path, features: list[dict[str, Any]]) -> None:
+def write_feature_collection(path: str | Path, features: list[dict[str, Any]],
+                             origin: tuple[float, float] = (0.0, 0.0)) -> None:
+    """The features, given in level-0 pixels, written in QuPath's frame: less
+    ``origin``, the slide's bounds corner (:attr:`utils.slide.Slide.bounds`)."""
+    if origin != (0, 0):
+        features = [{**f, "geometry": {**f["geometry"], "coordinates": shifted(f["geometry"]["coordinates"],
+                                                                               -origin[0], -origin[1])}}
+                    for f in features]
     atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def shifted(coordinates: Any, dx: float, dy: float) -> Any:
+    """GeoJSON coordinates (nested lists of [x, y]) moved by (dx, dy)."""
+    if coordinates and isinstance(coordinates[0], (int, float)):
+        return [coordinates[0] + dx, coordinates[1] + dy, *coordinates[2:]]
+    return [shifted(c, dx, dy) for c in coordinates]

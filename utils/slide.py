@@ -110,6 +110,11 @@ class Slide:
         self.level_dimensions = [tuple(d) for d in self._handle.level_dimensions]
         self.level_downsamples = [float(d) for d in self._handle.level_downsamples]
         self.background = _background_colour(self.properties)
+        #: Level-0 corner of the scanned region (``openslide.bounds-x/-y``; 0, 0
+        #: when the format has none): the origin of QuPath's coordinates, since
+        #: QuPath crops such slides to their bounds (Leica SCN, MIRAX, Ventana).
+        self.bounds: tuple[int, int] = (int(self.properties.get("openslide.bounds-x", 0)),
+                                        int(self.properties.get("openslide.bounds-y", 0)))
         self._tiles = _direct_tiles(self.path, self.level_dimensions) if self.backend == "tiffslide" else None
         self.mpp_source = resolve_mpp(self, override=mpp)
         self.mpp = self.mpp_source.value

@@ -67,6 +67,8 @@ class ShardSummary(SummaryFile):
     reader: dict[str, str] | None = None
     scale_levels: list[int] | None = None
     grid_shape: list[int] | None = None
+    #: The corner of the slide's bounds, the origin of QuPath's coordinates (0, 0 for most formats).
+    bounds_level0: list[int] | None = None
     encoding: str | None = None
     unmatched_annotations: dict[str, int] | None = None
     ignored_annotations: dict[str, int] | None = None
@@ -127,6 +129,8 @@ class MapSummary(SummaryFile):
     base_mpp: float | None = None
     mpp_source: str | None = None
     grid_shape: list[int] | None = None
+    #: The corner of the slide's bounds, the origin of QuPath's coordinates (0, 0 for most formats).
+    bounds_level0: list[int] | None = None
     cell_size_level0: float | None = None
     cell_area_mm2: float | None = None
     tissue_tiles: int = 0

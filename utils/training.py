@@ -106,7 +106,7 @@ def save_queries(options: TrainOptions, data: TrainingData, selection: Selection
     """The round's queries in ``queries/round_<k>/``, with contact sheets unless ``--no-figures``."""
     triplets = data.triplets(selection.ids) if options.figures and len(selection.ids) else None
     write_queries(options.output / "queries" / f"round_{round_number}", selection, round_number, data.index,
-                  data.config, data.strides, triplets)
+                  data.config, data.strides, data.origins, triplets)
 
 
 def record(options: TrainOptions, data: TrainingData, model: keras.Model, state: RunState, round_number: int,

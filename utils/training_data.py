@@ -74,6 +74,11 @@ class TrainingData:
         """Level-0 tile stride per slide."""
         return {slide: grid.stride for slide, grid in self.grids.items()}
 
+    @property
+    def origins(self) -> dict[str, tuple[float, float]]:
+        """Origin of QuPath's coordinates per slide (the corner of its bounds)."""
+        return {slide: grid.origin for slide, grid in self.grids.items()}
+
     def _split(self, options: TrainOptions) -> dict[str, Any]:
         if options.split_file:
             return read_split_file(options.split_file, sorted(set(self.index.slide)))
@@ -149,5 +154,6 @@ def _slide_grids(data: Path, config: Config) -> dict[str, SlideGrid]:
                 f"{path}: this shard was extracted with {difference.replace(' vs ', ', but the run uses ')}; "
                 f"one data folder holds one configuration: re-extract it with the same --config, "
                 f"--magnifications and --tile-size, or move it to another folder")
-        grids[summary.slide] = SlideGrid(float(summary.stride_level0), float(summary.window_level0))
+        origin = tuple(float(v) for v in summary.bounds_level0 or (0, 0))
+        grids[summary.slide] = SlideGrid(float(summary.stride_level0), float(summary.window_level0), origin)
     return grids
