@@ -24,7 +24,7 @@ ORIGINAL_TRAINING = {
     "initial": 25000, "rounds": 4, "budget": 20000, "strategy": "class_ratio", "slide_class_cap": 1000,
     "cap_eval_per_slide": True, "eval_cap": 2500, "augment": False, "model_selection": "val_loss", "repeats": 4,
     "oracle_classes": True, "stain_jitter": "none", "adapt_bn": False, "semi_supervised": "none",
-    "colour_jitter": False,
+    "colour_jitter": False, "repeats_share_data": True,
 }
 ORIGINAL_SPEC = {"backbone": "vgg16", "head_units": 4096, "dropout": 0.4, "input_scaling": "raw"}
 #: Annotation names of the paper's database and the class the original code gave them.
@@ -54,7 +54,7 @@ def test_the_original_preset_resolves_to_the_original_codes_values():
     default_options, default_config = active_learning_train.resolve(active_learning_train.parse_args(train_args()))
     differing = {key for key in ORIGINAL_TRAINING if getattr(default_options, key) != ORIGINAL_TRAINING[key]}
     assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats", "oracle_classes",
-                         "strategy"}
+                         "strategy", "repeats_share_data"}
     assert default_options.spec.scaling == "caffe", "VGG16's own: BGR minus the ImageNet means"
     assert (default_config.tissue_method, default_config.tissue_fraction) == ("otsu", 0.5)
 

@@ -151,3 +151,20 @@ def test_slides_without_labels_are_pool_only_and_never_scored():
         "annotated cohorts split as before"
     with pytest.raises(InputError, match="needs at least 3 slides with labelled tiles"):
         split_slides(["a", "b", "pool"], (0.6, 0.2, 0.2), 0, labelled=["a", "b"])
+
+
+def test_the_per_slide_cap_draws_at_random_not_the_first_tiles_in_scan_order():
+    """The original kept the first 1,000 tiles of a slide and class in scan
+    order, the top of the slide; here the cap draws them at random, seeded."""
+    from utils.data_split import cap_per_slide_and_class
+    from utils.records import RecordIndex
+
+    n = 5000
+    rows = np.arange(n) // 50  # scan order: row by row
+    index = RecordIndex(files=[], offsets=np.zeros(0, np.int64), slide=np.array(["s"] * n, dtype=object),
+                        label=np.ones(n, np.int64), label_name=np.array(["x"] * n, dtype=object),
+                        x=(np.arange(n) % 50) * 64, y=rows * 64)
+    kept = cap_per_slide_and_class(np.arange(n), index, 1000, [], np.random.default_rng(0))
+    assert len(kept) == 1000 and not np.array_equal(kept, np.arange(1000))
+    assert abs(rows[kept].mean() - rows.mean()) < 5, "drawn from the whole slide, not its top fifth"
+    assert np.array_equal(kept, cap_per_slide_and_class(np.arange(n), index, 1000, [], np.random.default_rng(0)))

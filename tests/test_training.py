@@ -502,3 +502,18 @@ def test_no_run_reports_a_nan_score(tiles, tmp_path, capsys):
                                        "--rounds", "0", *FAST]) == 0
     printed = capsys.readouterr().out
     assert "no test set" in printed and "F1 nan" not in printed and "accuracy nan" not in printed
+
+
+def test_repeats_that_share_their_data_differ_only_in_training(tiles, tmp_path):
+    """--repeats-share-data, the original code's: one split, one initial set
+    and one pool order for every repeat; only the training seed moves."""
+    out = tmp_path / "shared"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(out), "--rounds", "1", "--epochs", "1",
+                                       "--repeats", "2", "--repeats-share-data", *FAST]) == 0
+    first, second = out / "repeat_0", out / "repeat_1"
+    assert (first / "split.json").read_text() == (second / "split.json").read_text()
+    assert (first / "labelled.csv").read_text() == (second / "labelled.csv").read_text()
+    losses = [[e["loss"] for e in json.loads((run / "state.json").read_text())["history"]] for run in (first, second)]
+    assert losses[0] != losses[1], "the training itself is repeated with another seed"
+    options = [json.loads((run / "config.json").read_text())["options"] for run in (first, second)]
+    assert [(o["seed"], o["data_seed"]) for o in options] == [(0, 0), (1, 0)]

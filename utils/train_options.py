@@ -129,6 +129,12 @@ class TrainOptions:
     repeats: int = option(
         1, "run N times with seeds seed, seed+1, ... into OUTPUT/repeat_<k>/ and report the mean and spread of the "
            "kept models' test macro F1 (the original reported 4 runs)", "data", metavar="N")
+    repeats_share_data: bool = option(
+        False, "with --repeats: draw the split, the initial set and the pool order once, with --seed, and repeat "
+               "only the training with seeds seed, seed+1, ..., as the original code did", "data")
+    #: The seed of the split, the caps, the initial set and the queries, when
+    #: it is not ``seed``: a repeat that shares its data sets it (``run_repeats``).
+    data_seed: int | None = None
     split_by: str | None = option(
         None, "slide: whole slides to train, validation and test (needs 3 slides); block: square blocks of each "
               "slide, several lowest-magnification windows wide, with no window shared across splits (default: "
@@ -174,6 +180,11 @@ class TrainOptions:
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
                              f"{list(self.split_fractions)}")
+
+    @property
+    def draw_seed(self) -> int:
+        """The seed of every draw of data (split, caps, initial set, queries)."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def backbone_weights_source(self) -> str | None:

@@ -205,7 +205,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     out = options.output
     prepare_output(out)
     keras.utils.set_random_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    rng = np.random.default_rng(options.draw_seed)
     data = TrainingData(options, config, rng)
     state = RunState.load(out, data, options.query_only, rng) if options.resume else None
     if options.resume and state is None:
@@ -345,6 +345,7 @@ def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
         info(f"== repeat {k + 1} of {repeats} (seed {options.seed + k})")
         out = options.output / f"repeat_{k}"
         repeat = replace(options, output=out, seed=options.seed + k,
+                         data_seed=options.seed if options.repeats_share_data else None,
                          resume=options.resume and (out / "state.json").exists())
         state = run_training(repeat, config)
         kept = next(row for row in state.rows if row["round"] == state.best["round"])

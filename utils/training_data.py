@@ -87,12 +87,13 @@ class TrainingData:
             raise InputError(f"{options.data}: no labelled tiles; annotate regions of every class on some slides "
                              f"first (see the README's 'What to annotate first')")
         if choose_split_by(options.split_by, annotated) == "slide":
-            return split_slides(self.index.slide, options.split_fractions, options.seed, annotated)
+            return split_slides(self.index.slide, options.split_fractions, options.draw_seed, annotated)
         missing = sorted(set(self.index.slide) - set(self.grids))
         if missing:
             raise InputError(f"{options.data}: no extraction summary for {missing}, so their tile grid is "
                              f"unknown; re-extract them to split them into blocks")
-        return split_blocks(self.index, self.grids, self.config.num_classes, options.split_fractions, options.seed)
+        return split_blocks(self.index, self.grids, self.config.num_classes, options.split_fractions,
+                            options.draw_seed)
 
     def counts(self, ids: np.ndarray) -> dict[str, int]:
         bins = np.bincount(self.index.label[ids][self.index.label[ids] >= 0], minlength=self.config.num_classes)
