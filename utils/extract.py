@@ -24,6 +24,7 @@ from utils.io import atomic_path
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
                           report_unmatched)
 from utils.options import option
+from utils.record_offsets import shard_offsets
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
 from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
 from utils.slide import MppOverride, Slide, check_readable
@@ -185,6 +186,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
             selected |= pool
         rows, cols = np.nonzero(selected)
         counts = _write_shard(slide, geometry, rows, cols, labels, name_index, cells, options, record_path, progress)
+        shard_offsets(record_path)  # the index training reads records by
 
     summary = ShardSummary(
         slide=stem,

@@ -86,7 +86,7 @@ class FullNetwork:
         # the next pass. FixMatch pairs every labelled batch with a batch of
         # the pool, so it counts its steps the same way.
         endless = self.strategy.num_replicas_in_sync > 1 or len(pool) > 0
-        train = self.data.dataset(ids, train=True, endless=endless, labels=labels)
+        train = self.data.dataset(ids, train=True, endless=endless, labels=labels, seed=seed)
         if len(pool):
             train = tf.data.Dataset.zip((train, self.data.pool_views(pool, o.fixmatch_ratio * o.batch_size)))
         history = trained.fit(train, steps_per_epoch=steps if endless else None,

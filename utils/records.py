@@ -16,13 +16,16 @@ mpp/<i>    float   µm/px of scale i
 Records are addressed by a global id: the position of the shard in the sorted
 file list, then the record's position in its shard (:func:`read_index`). The
 training set is a set of ids, streamed with :func:`triplet_dataset`, so it can
-be larger than memory.
+be larger than memory; each record is read by its byte offset
+(:mod:`utils.record_offsets`), so a pass over a few labelled records costs
+the same in a pool of a thousand or of a million.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -32,8 +35,12 @@ import tensorflow as tf
 from utils.augment import StainJitter, StrongAugment, augment_triplet, weak_and_strong_views
 from utils.config import scale_name
 from utils.errors import InputError
+from utils.log import info
+from utils.record_offsets import INDEX_SUFFIX, RecordReader, shard_offsets
 
 RECORD_SUFFIX = ".tfrecord"
+#: Records handed from the offset reader to tf.data at a time.
+_CHUNK = 256
 UNLABELED = -1
 
 
@@ -106,9 +113,32 @@ class RecordIndex:
     label_name: np.ndarray  # str
     x: np.ndarray
     y: np.ndarray
+    #: Byte offsets, lengths and shard of every record (:meth:`reader`), found on first use.
+    _located: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def reader(self) -> RecordReader:
+        """A reader of single records by global id (one per pipeline: it holds open files)."""
+        if self._located is None:
+            offsets, lengths, built = [], [], 0
+            for k, path in enumerate(self.files):
+                starts, shard_lengths, new = shard_offsets(path)
+                expected = (self.offsets[k + 1] if k + 1 < len(self.files) else len(self)) - self.offsets[k]
+                if len(starts) != expected:
+                    raise InputError(f"{path}: {len(starts)} records by their headers but {expected} when "
+                                     f"read; the shard changed while in use, or is corrupt: re-extract it")
+                offsets.append(starts)
+                lengths.append(shard_lengths)
+                built += new
+            if built:
+                info(f"indexed {built} shard(s) by record offset, once (kept beside each as "
+                     f"<shard>{INDEX_SUFFIX}): an epoch now reads only the records it trains on")
+            shard_of = np.repeat(np.arange(len(self.files)), [len(o) for o in offsets])
+            joined = (np.concatenate(offsets) if offsets else np.zeros(0, np.int64))
+            self._located = (joined, np.concatenate(lengths) if lengths else np.zeros(0, np.int64), shard_of)
+        return RecordReader(self.files, *self._located)
 
 
 def read_index(files: Sequence[str | Path]) -> RecordIndex:
@@ -146,6 +176,51 @@ def read_index(files: Sequence[str | Path]) -> RecordIndex:
     )
 
 
+def _records_by_id(index: RecordIndex, ids: np.ndarray, shuffle: bool, seed: int | None,
+                   endless: bool) -> tf.data.Dataset:
+    """(global id, serialized record) of ``ids``, read by byte offset: in id
+    order, or with ``shuffle`` in a fresh uniform random order every pass,
+    the k-th pass of a dataset drawn from (seed, k), so a run repeats
+    exactly. Memory: the order (8 bytes per id) and one record at a time."""
+    passes = itertools.count()
+
+    def generate():
+        if len(ids) == 0:
+            return
+        reader = index.reader()
+        try:
+            while True:
+                order = np.random.default_rng([seed or 0, next(passes)]).permutation(ids) if shuffle else ids
+                # In chunks: the generator's cost is per element handed to tf.data.
+                for start in range(0, len(order), _CHUNK):
+                    chunk = order[start:start + _CHUNK]
+                    yield chunk, np.array([reader.read(gid) for gid in chunk.tolist()], dtype=object)
+                if not endless:
+                    return
+        finally:
+            reader.close()
+
+    signature = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+
+
+def _every_record(index: RecordIndex, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    """(global id, serialized record) of every record, shard by shard: a
+    plain pass needs no offsets."""
+    files = tf.constant([str(f) for f in index.files])
+    offsets = tf.constant(index.offsets, tf.int64)
+
+    def read_file(path: tf.Tensor, offset: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (offset + i, rec))
+
+    dataset = tf.data.Dataset.from_tensor_slices((files, offsets))
+    if shuffle:
+        dataset = dataset.shuffle(len(index.files), seed=seed)
+    dataset = dataset.interleave(read_file, cycle_length=min(8, max(1, len(index.files))),
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True) if shuffle else dataset
+
+
 def triplet_dataset(
     index: RecordIndex,
     ids: np.ndarray | None,
@@ -164,11 +239,12 @@ def triplet_dataset(
 ) -> tf.data.Dataset:
     """Batches of ``({scale name: float32 (B, T, T, 3) in 0..255}, label)``.
 
-    Only the records whose global id is in ``ids`` (all when None) are decoded;
-    the rest are skipped after reading their bytes. With ``with_ids`` the
-    global ids come third, for scoring a pool. Labels are -1 for pool tiles.
-    ``endless`` repeats the records, reshuffled each pass, so that every batch
-    is full and the caller counts the steps of an epoch. ``augment`` (flips
+    The records whose global id is in ``ids`` are read by byte offset, no
+    others, in id order or, with ``shuffle``, in a uniform random order drawn
+    afresh every pass; ``ids`` None reads every record, shard by shard. With
+    ``with_ids`` the global ids come third, for scoring a pool. Labels are -1
+    for pool tiles. ``endless`` repeats the records, reshuffled each pass, so
+    that every batch is full and the caller counts the steps of an epoch. ``augment`` (flips
     and rotations), ``colour_jitter`` and ``stains`` change each triplet
     (:func:`utils.augment.augment_triplet`). ``labels``, by global id,
     replaces the records' own labels (pseudo-labels of pool tiles).
@@ -178,30 +254,14 @@ def triplet_dataset(
     """
     num_scales = len(magnifications)
     names = [scale_name(m) for m in magnifications]
-    total = len(index)
-    keep = np.ones(total, bool) if ids is None else np.isin(np.arange(total), ids)
-    keep_table = tf.constant(keep)
     label_table = None if labels is None else tf.constant(np.asarray(labels, np.int64))
-    files = tf.constant([str(f) for f in index.files])
-    offsets = tf.constant(index.offsets, tf.int64)
     features = {**_META, **_image_features(num_scales)}
-
-    def read_file(path: tf.Tensor, offset: tf.Tensor) -> tf.data.Dataset:
-        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (offset + i, rec))
-
-    dataset = tf.data.Dataset.from_tensor_slices((files, offsets))
-    if shuffle:
-        dataset = dataset.shuffle(len(index.files), seed=seed)
-    # Deterministic order (the shuffles are seeded): a run can be reproduced exactly.
-    dataset = dataset.interleave(
-        read_file, cycle_length=min(8, max(1, len(index.files))), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    dataset = dataset.filter(lambda gid, rec: tf.gather(keep_table, gid))
-    if shuffle:
-        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
-    if endless:
-        dataset = dataset.repeat()
+    if ids is None:
+        dataset = _every_record(index, shuffle, seed)
+        if endless:
+            dataset = dataset.repeat()
+    else:
+        dataset = _records_by_id(index, np.unique(np.asarray(ids, np.int64)), shuffle, seed, endless)
 
     def decode(gid: tf.Tensor, record: tf.Tensor):
         parsed = tf.io.parse_single_example(record, features)

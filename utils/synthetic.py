@@ -182,3 +182,29 @@ def make_slide(directory: str | Path, stem: str, width: int, height: int, region
     write_pyramid_tiff(slide_path, render(width, height, regions, seed, stain), mpp, compression=compression)
     write_geojson(geojson_path, regions)
     return slide_path, geojson_path
+
+
+def write_record_shards(folder: str | Path, slides: int, per_slide: int, tile_size: int = 16, scales: int = 3,
+                        classes: int = 5, seed: int = 0) -> Path:
+    """``slides`` TFRecord shards of ``per_slide`` records each, written
+    directly (no slide, no extraction) from a few random JPEG tiles: a pool of
+    any size in seconds, for the reader's tests and benchmarks. Labels cycle
+    through ``classes``; records lie on a grid, ``tile_size`` px apart."""
+    import tensorflow as tf
+
+    from utils.records import encode_tile, make_example
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tiles = [encode_tile(rng.integers(0, 256, (tile_size, tile_size, 3), dtype=np.uint8), "jpeg") for _ in range(8)]
+    mpps = [0.25 * 4**s for s in range(scales)]
+    side = int(np.ceil(np.sqrt(per_slide)))
+    for s in range(slides):
+        with atomic_path(folder / f"slide{s:05d}.tfrecord") as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+            for k in range(per_slide):
+                label = (s + k) % classes
+                writer.write(make_example(f"slide{s:05d}", label, f"class{label}", (k % side) * tile_size,
+                                          (k // side) * tile_size, [tiles[(s + k + j) % 8] for j in range(scales)],
+                                          mpps))
+    return folder

@@ -38,6 +38,7 @@ from utils.extract import ExtractOptions, shard_paths
 from utils.geometry import SNAP_TOLERANCE, scale_factor
 from utils.io import atomic_path, atomic_write_csv
 from utils.provenance import UNCHANGED, keep_previous, normalised
+from utils.record_offsets import shard_offsets
 from utils.records import encode_tile, make_example
 from utils.summaries import DONE, ShardSummary
 
@@ -166,6 +167,7 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], mpp: float, co
                 index_rows.append([x, y, path.relative_to(path.parents[1]), label])
                 counts[config.class_names[label]] += 1
             bar.update(1)
+    shard_offsets(record_path)  # the index training reads records by
     atomic_write_csv(options.output / f"{slide}.index.csv", ["x", "y", "file", "label"], index_rows)
     summary = ShardSummary(
         slide=slide, status=DONE, source="tile folder", images=len(images), tiles=sum(counts.values()),

@@ -103,18 +103,20 @@ class TrainingData:
         """Every record the run may fit on, query or evaluate."""
         return np.unique(np.concatenate([self.candidates, self.pool_ids, self.val_ids, self.test_ids]))
 
-    def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False,
-                endless: bool = False, labels: np.ndarray | None = None) -> tf.data.Dataset:
-        """The records ``ids`` in batches; shuffled and augmented for training;
-        ``endless``: repeated, every batch full (see :func:`triplet_dataset`);
-        ``labels``: what each of ``ids`` is trained as, when not its record's label."""
+    def dataset(self, ids: np.ndarray, train: bool = False, with_ids: bool = False, endless: bool = False,
+                labels: np.ndarray | None = None, seed: int | None = None) -> tf.data.Dataset:
+        """The records ``ids`` in batches; shuffled (by ``seed``, the run's by
+        default) and augmented for training; ``endless``: repeated, every batch
+        full (see :func:`triplet_dataset`); ``labels``: what each of ``ids`` is
+        trained as, when not its record's label."""
         table = None
         if labels is not None:
             table = self.index.label.copy()
             table[ids] = labels
         return triplet_dataset(
             self.index, ids, self.config.magnifications, self.config.tile_size, self.batch_size,
-            shuffle=train, augment=train and self.augment, colour_jitter=train and self.colour_jitter, seed=self.seed,
+            shuffle=train, augment=train and self.augment, colour_jitter=train and self.colour_jitter,
+            seed=self.seed if seed is None else seed,
             with_ids=with_ids, endless=endless, stains=self.stains if train else None, labels=table,
         )
 
