@@ -101,8 +101,9 @@ def test_good_slides_are_done_and_the_batch_fails(batch_result):
     assert json.loads((out / "good.summary.json").read_text())["tiles"] > 0
     assert "blank: done" in stdout and "warning: blank: no tissue found" in stderr, "done, with a warning"
     made = {p.name for p in out.iterdir()}
-    assert made == {"extraction_config.json", "good.tfrecord", "good.summary.json", "blank.tfrecord",
-                    "blank.summary.json"}, "no partial output of a failed slide"
+    assert made == {"extraction_config.json", "good.tfrecord", "good.summary.json", "good.tfrecord.offsets.npz",
+                    "blank.tfrecord", "blank.summary.json", "blank.tfrecord.offsets.npz"}, \
+        "no partial output of a failed slide"
 
 
 @pytest.mark.parametrize("name", sorted(BAD_SLIDES))

@@ -169,7 +169,7 @@ def test_a_leica_scn_uses_qupaths_frame_for_its_geojson_in_and_out(tmp_path, mon
     assert active_learning_inference.main(["--slides", str(scn), "--model", str(model), "--output",
                                            str(tmp_path / "maps"), "--quiet"]) == 0
     folder = tmp_path / "maps" / "scanned"
-    saved = np.load(folder / "probabilities.npz")
+    saved = np.load(folder / "probabilities.npz", allow_pickle=False)
     classes, (rows, cols) = saved["classes"], saved["classes"].shape
     regions = read_annotations(folder / "tissue_map.geojson", bounds)
     any_rule = load_config(rules=[[".*", "stroma"]])

@@ -141,8 +141,11 @@ def _texts(path: Path) -> list[str]:
     """The annotation text in ``path``: the file's, the gzip's content, or each
     GeoJSON member of a zip (QuPath reads every one). Sizes are checked after
     decompression, so a small archive cannot unpack into gigabytes."""
-    too_large = (f"{path}: more than the {MAX_ANNOTATION_BYTES // 2**20} MB an annotation file may have; export "
-                 f"the region annotations only (no detections) or split the file")
+    def too_large(size: int) -> AnnotationError:
+        return AnnotationError(f"{path}: {size / 2**20:.0f} MB is more than the {MAX_ANNOTATION_BYTES // 2**20} MB "
+                               f"an annotation file may have; export the region annotations only "
+                               f"(no detections) or split the file")
+
     try:
         if path.name.lower().endswith(".gz"):
             with gzip.open(path) as stream:
@@ -155,14 +158,14 @@ def _texts(path: Path) -> list[str]:
                     raise AnnotationError(f"{path}: a zip without a .geojson or .json file; export the objects "
                                           f"from QuPath again")
                 if sum(m.file_size for m in members) > MAX_ANNOTATION_BYTES:
-                    raise AnnotationError(too_large)
+                    raise too_large(sum(m.file_size for m in members))
                 data = [archive.read(m) for m in members]
         else:
             if path.stat().st_size > MAX_ANNOTATION_BYTES:
-                raise AnnotationError(too_large)
+                raise too_large(path.stat().st_size)
             data = [path.read_bytes()]
         if sum(len(d) for d in data) > MAX_ANNOTATION_BYTES:
-            raise AnnotationError(too_large)
+            raise too_large(sum(len(d) for d in data))
         return [d.decode("utf-8-sig") for d in data]
     except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
         raise AnnotationError(f"{path}: cannot read annotation file: {exc}") from None

@@ -46,7 +46,7 @@ def shard_offsets(shard: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     cached = index_path(shard)
     if cached.exists():
         try:
-            with np.load(cached) as saved:
+            with np.load(cached, allow_pickle=False) as saved:
                 if saved["stamp"].tolist() == stamp:
                     return saved["offsets"], saved["lengths"], False
         except (OSError, ValueError, KeyError, zlib.error):
