@@ -78,20 +78,16 @@ class FullNetwork:
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
         steps = -(-len(ids) // o.batch_size)
         estimate = RoundTimeEstimate(steps, o.epochs)
-        # Several replicas split each batch; TensorFlow gives the last, partial
-        # batch of a pass to the first replicas and may leave another replica
-        # an empty share, whose batch-norm statistics are NaN and poison every
-        # weight. So they get full batches only: the set repeats (reshuffled)
-        # and an epoch is its number of batches, the last one completed from
-        # the next pass. FixMatch pairs every labelled batch with a batch of
-        # the pool, so it counts its steps the same way.
-        endless = self.strategy.num_replicas_in_sync > 1 or len(pool) > 0
-        train = self.data.dataset(ids, train=True, endless=endless, labels=labels, seed=seed)
+        # One endless iteration, reshuffled every pass, cut into epochs of the
+        # set's number of batches: every batch is full (the last of a pass is
+        # completed from the next), as several replicas need, since TensorFlow
+        # may leave one an empty share of a partial batch, whose batch-norm
+        # statistics are NaN; and FixMatch pairs every batch with pool tiles.
+        train = self.data.dataset(ids, train=True, endless=True, labels=labels, seed=seed)
         if len(pool):
             train = tf.data.Dataset.zip((train, self.data.pool_views(pool, o.fixmatch_ratio * o.batch_size)))
-        history = trained.fit(train, steps_per_epoch=steps if endless else None,
-                              validation_data=self.data.dataset(val_ids), epochs=o.epochs,
-                              callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
+        history = trained.fit(train, steps_per_epoch=steps, validation_data=self.data.dataset(val_ids),
+                              epochs=o.epochs, callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
         return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:

@@ -179,18 +179,20 @@ def read_index(files: Sequence[str | Path]) -> RecordIndex:
 def _records_by_id(index: RecordIndex, ids: np.ndarray, shuffle: bool, seed: int | None,
                    endless: bool) -> tf.data.Dataset:
     """(global id, serialized record) of ``ids``, read by byte offset: in id
-    order, or with ``shuffle`` in a fresh uniform random order every pass,
-    the k-th pass of a dataset drawn from (seed, k), so a run repeats
-    exactly. Memory: the order (8 bytes per id) and one record at a time."""
-    passes = itertools.count()
+    order, or with ``shuffle`` in a fresh uniform random order every pass.
+    Each iteration of the dataset starts again from pass 0, the k-th pass
+    drawn from (seed, k): what a consumer sees does not depend on how often
+    the dataset was iterated before (a shuffled pass that must differ from
+    the last is the next pass of an ``endless`` iteration), so a run repeats
+    exactly. Memory: the order (8 bytes per id) and a chunk of records."""
 
     def generate():
         if len(ids) == 0:
             return
         reader = index.reader()
         try:
-            while True:
-                order = np.random.default_rng([seed or 0, next(passes)]).permutation(ids) if shuffle else ids
+            for number in itertools.count():
+                order = np.random.default_rng([seed or 0, number]).permutation(ids) if shuffle else ids
                 # In chunks: the generator's cost is per element handed to tf.data.
                 for start in range(0, len(order), _CHUNK):
                     chunk = order[start:start + _CHUNK]
