@@ -111,7 +111,6 @@ QUICK = {"images_per_class": 40, "selection_seeds": 1, "seeds": 2, "ceiling_seed
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kather", type=Path, default=KATHER, help="the Kather class folders")
     parser.add_argument("--output", type=Path, default=None,
                         help="default experiment_output/kather, or experiment_output/kather_quick with --quick")
     parser.add_argument("--quick", action="store_true",
@@ -123,21 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ceiling-seeds", type=int, default=3,
                         help="seeds of the ceilings, of class_ratio+oracle and of the first shift (default 3)")
     parser.add_argument("--full-seeds", type=int, default=5, help="seeds per strategy in full mode (default 5)")
-    parser.add_argument("--initial", type=int, default=5, help="initial labelled tiles per class (default 5)")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="tiles per round in head mode, as a fraction of the pool (default 0.05)")
     parser.add_argument("--full-budget", type=float, default=0.2,
                         help="tiles per round in full mode, as a fraction of the pool (default 0.2)")
-    parser.add_argument("--images-per-class", type=int, default=None,
-                        help="use at most this many images per class and lab (default all)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
-    parser.add_argument("--backbone", default="small", help="backbone of the source model (default small)")
-    parser.add_argument("--backbone-weights", default="none", help="for the source model (default none)")
-    parser.add_argument("--head-units", default="256", help="units of the dense layers (default 256)")
-    parser.add_argument("--tile-size", default="64", help="tile side in px (default 64: 4 tiles per image)")
-    parser.add_argument("--source-learning-rate", default="1e-3",
-                        help="Adam step for the source model (default 1e-3; 1e-4 from ImageNet weights)")
-    parser.add_argument("--source-epochs", default="40", help="most epochs of the source model (default 40)")
+    add_lab_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -148,17 +137,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the labs and their source model, which both experiments share."""
+    parser.add_argument("--kather", type=Path, default=KATHER, help="the Kather class folders")
+    parser.add_argument("--initial", type=int, default=5, help="initial labelled tiles per class (default 5)")
+    parser.add_argument("--images-per-class", type=int, default=None,
+                        help="use at most this many images per class and lab (default all)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    parser.add_argument("--backbone", default="small", help="backbone of the source model (default small)")
+    parser.add_argument("--backbone-weights", default="none", help="for the source model (default none)")
+    parser.add_argument("--head-units", default="256", help="units of the dense layers (default 256)")
+    parser.add_argument("--tile-size", default="64", help="tile side in px (default 64: 4 tiles per image)")
+    parser.add_argument("--source-learning-rate", default="1e-3",
+                        help="Adam step for the source model (default 1e-3; 1e-4 from ImageNet weights)")
+    parser.add_argument("--source-epochs", default="40", help="most epochs of the source model (default 40)")
+
+
+def prepare_labs(args: argparse.Namespace, shifts: tuple[str, ...]) -> Path:
+    """The output folder, with every lab staged, pictured and cut into records
+    (each step skipped when done)."""
     if not args.kather.is_dir():
         sys.exit(f"error: {args.kather} is not a folder; pass --kather DIR (the Kather et al. 2016 class folders)")
-    started = time.perf_counter()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    domains = stage(args.kather, out / "staged", args.images_per_class)
-    stain_examples(args.kather, out / "stain_examples.png")
+    domains = stage(args.kather, out / "staged", args.images_per_class, shifts)
+    stain_examples(args.kather, out / "stain_examples.png", shifts)
     with ThreadPoolExecutor(args.jobs) as executor:
         list(executor.map(lambda domain: extract(args, out, domain), domains))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out = prepare_labs(args, (EASY, HARD))
     source_model = train_source_model(args, out)
     per_class = pool_class_counts(out / "records" / f"target_{HARD}", out / "staged" / "target_split.json")
     design = Design(args, out, source_model, per_class)

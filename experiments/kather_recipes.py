@@ -73,7 +73,6 @@ QUICK = {"images_per_class": 8, "seeds": 1, "source_epochs": "4", "budget": 0.5,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kather", type=Path, default=base.KATHER, help="the Kather class folders")
     parser.add_argument("--output", type=Path, default=None,
                         help="default experiment_output/recipes, or experiment_output/recipes_quick with --quick")
     parser.add_argument("--quick", action="store_true", help=f"a small version that checks every stage: {QUICK}")
@@ -82,18 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="strategies to run each recipe with (default both)")
     parser.add_argument("--labs", nargs="+", default=list(LABS), choices=LABS,
                         help="target labs to fine-tune on (default both; both are cut either way)")
-    parser.add_argument("--initial", type=int, default=5, help="initial labelled tiles per class (default 5)")
     parser.add_argument("--budget", type=float, default=0.2,
                         help="tiles per round as a fraction of the pool (default 0.2)")
-    parser.add_argument("--images-per-class", type=int, default=None,
-                        help="use at most this many images per class and lab (default all)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
-    parser.add_argument("--backbone", default="small", help="backbone of the source models (default small)")
-    parser.add_argument("--backbone-weights", default="none", help="for the source models (default none)")
-    parser.add_argument("--head-units", default="256", help="units of the dense layers (default 256)")
-    parser.add_argument("--tile-size", default="64", help="tile side in px (default 64: 4 tiles per image)")
-    parser.add_argument("--source-learning-rate", default="1e-3", help="Adam step for the source models")
-    parser.add_argument("--source-epochs", default="40", help="most epochs of the source models (default 40)")
+    base.add_lab_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -104,15 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not args.kather.is_dir():
-        sys.exit(f"error: {args.kather} is not a folder; pass --kather DIR (the Kather et al. 2016 class folders)")
     started = time.perf_counter()
-    out = args.output
-    out.mkdir(parents=True, exist_ok=True)
-    domains = base.stage(args.kather, out / "staged", args.images_per_class, LABS)
-    base.stain_examples(args.kather, out / "stain_examples.png", LABS)
+    out = base.prepare_labs(args, LABS)
     with ThreadPoolExecutor(args.jobs) as executor:
-        list(executor.map(lambda domain: base.extract(args, out, domain), domains))
         sources = dict(zip(("plain", "stain"), executor.map(
             lambda kind: base.train_source_model(args, out, f"source_{kind}", STAIN if kind == "stain" else ()),
             ("plain", "stain"))))
