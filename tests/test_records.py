@@ -19,9 +19,10 @@ def shards(tmp_path_factory):
     return write_record_shards(tmp_path_factory.mktemp("cohort") / "records", slides=40, per_slide=50)
 
 
-def order_of(index, ids, seed, passes=1, batch=32):
-    dataset = triplet_dataset(index, ids, MAGS, 16, batch, shuffle=True, seed=seed, with_ids=True)
-    return [np.concatenate([gid.numpy() for _, _, gid in dataset]) for _ in range(passes)]
+def order_of(index, ids, seed, passes=1):
+    """The ids of ``passes`` passes of one endless iteration, pass by pass."""
+    dataset = triplet_dataset(index, ids, MAGS, 16, len(ids), shuffle=True, seed=seed, with_ids=True, endless=True)
+    return [gid.numpy() for _, _, gid in dataset.take(passes)]
 
 
 def test_every_pass_is_a_fresh_permutation_of_the_training_set_and_a_seed_repeats_it(shards):
@@ -32,6 +33,7 @@ def test_every_pass_is_a_fresh_permutation_of_the_training_set_and_a_seed_repeat
     assert not np.array_equal(first, second), "reshuffled every pass"
     again = order_of(read_index(record_files(shards)), ids, seed=5, passes=2)
     assert np.array_equal(again[0], first) and np.array_equal(again[1], second), "a seed repeats the run"
+    assert not np.array_equal(order_of(index, ids, seed=6)[0], first), "another seed, another order"
 
 
 def test_batches_mix_slides_as_a_uniform_draw_does(shards):
