@@ -245,9 +245,10 @@ def triplet_dataset(
     others, in id order or, with ``shuffle``, in a uniform random order drawn
     afresh every pass; ``ids`` None reads every record, shard by shard. With
     ``with_ids`` the global ids come third, for scoring a pool. Labels are -1
-    for pool tiles. ``endless`` repeats the records, reshuffled each pass, so
-    that every batch is full and the caller counts the steps of an epoch. ``augment`` (flips
-    and rotations), ``colour_jitter`` and ``stains`` change each triplet
+    for pool tiles. ``endless`` (with ``ids``) repeats the records, reshuffled
+    each pass, so that every batch is full and the caller counts the steps of
+    an epoch. ``augment`` (flips and rotations), ``colour_jitter`` and
+    ``stains`` change each triplet
     (:func:`utils.augment.augment_triplet`). ``labels``, by global id,
     replaces the records' own labels (pseudo-labels of pool tiles).
     ``two_views`` gives each triplet as FixMatch reads a pool tile: batches
@@ -260,8 +261,6 @@ def triplet_dataset(
     features = {**_META, **_image_features(num_scales)}
     if ids is None:
         dataset = _every_record(index, shuffle, seed)
-        if endless:
-            dataset = dataset.repeat()
     else:
         dataset = _records_by_id(index, np.unique(np.asarray(ids, np.int64)), shuffle, seed, endless)
 
