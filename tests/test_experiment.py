@@ -151,12 +151,20 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
         assert entry["zero_label_f1"] == pytest.approx(float(rows[0]["test_macro_f1"])) and rows[0]["round"] == "-1"
         assert entry["pool_used_per_round"] == pytest.approx(
             np.mean([float(row["pseudo_labelled"]) for row in rows if int(row["round"]) >= 0]))
-    stain_source = json.loads((out / "source_stain" / "config.json").read_text())["options"]
-    assert stain_source["stain_jitter"] == "strong"
+    preset = results["preset"]
+    assert preset == max(recipes.PRESETS, key=lambda kind: results["zero_label"][kind]["val"])
+    for kind in ("plain", *recipes.PRESETS):
+        options = json.loads((out / f"source_{kind}" / "config.json").read_text())["options"]
+        assert options["stain_jitter"] == ("none" if kind == "plain" else kind)
+    for kind in recipes.PRESETS:
+        first = read_rounds(out / experiment.HARD / "full" / f"zero_label_source_{kind}" / "seed_0" / "rounds.csv")[0]
+        assert results["zero_label"][kind]["val"] == pytest.approx(float(first["val_macro_f1"]))
     fixmatch = json.loads((out / experiment.HARD / "full" / "d_random" / "seed_0" / "config.json").read_text())
-    assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == "strong"
+    assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == preset
+    plain = json.loads((out / experiment.HARD / "full" / "a_random" / "seed_0" / "config.json").read_text())
+    assert plain["options"]["stain_jitter"] == "none"
     today = r["table"][recipes.TODAY]
     assert r["table"]["b random"]["vs_random"][0] == pytest.approx(r["table"]["b random"]["aulc"] - today["aulc"])
     report = (out / "results.md").read_text()
-    assert "AULC − a random" in report and "zero-label F1" in report
+    assert "AULC − a random" in report and "zero-label F1" in report and f"recipes b-d: **{preset}**" in report
     assert (out / "stain_examples.png").exists() and (out / "learning_curves.png").exists()
