@@ -161,6 +161,16 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
         assert results["zero_label"][kind]["val"] == pytest.approx(float(first["val_macro_f1"]))
     fixmatch = json.loads((out / experiment.HARD / "full" / "d_random" / "seed_0" / "config.json").read_text())
     assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == preset
+    bn = out / experiment.HARD / "full"
+    for recipe in ("a", "b"):
+        first = {adapt: read_rounds(bn / f"zero_label_mobilenetv2_{recipe}{adapt}" / "seed_0" / "rounds.csv")[0]
+                 for adapt in ("", "_adapt_bn")}
+        scores = results["adapt_bn"][recipe][experiment.HARD]
+        assert scores == {"without": pytest.approx(float(first[""]["test_macro_f1"])),
+                          "with": pytest.approx(float(first["_adapt_bn"]["test_macro_f1"]))}
+        assert first[""]["val_loss"] != first["_adapt_bn"]["val_loss"], "--adapt-bn changed the batch-norm statistics"
+        options = json.loads((bn / f"zero_label_mobilenetv2_{recipe}_adapt_bn" / "seed_0" / "config.json").read_text())
+        assert options["options"]["adapt_bn"] and options["options"]["spec"]["backbone"] == "mobilenetv2"
     plain = json.loads((out / experiment.HARD / "full" / "a_random" / "seed_0" / "config.json").read_text())
     assert plain["options"]["stain_jitter"] == "none"
     today = r["table"][recipes.TODAY]
