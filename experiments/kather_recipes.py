@@ -77,10 +77,13 @@ BN_BACKBONE = "mobilenetv2"
 #: Today's recipe: what every other one is compared with.
 TODAY = "a random"
 CEILING = "ceiling (b)"
-#: ``--quick``: every stage (both labs staged and cut, both source models,
-#: every recipe and the ceiling) on little data, with one strategy on one lab.
-QUICK = {"images_per_class": 8, "seeds": 1, "source_epochs": "4", "budget": 0.5, "strategies": ["random"],
+#: ``--quick``: every stage (every source model, the preset's choice, the
+#: batch-norm check, every recipe and the ceiling) on little data, with one
+#: strategy on one lab and one query round.
+QUICK = {"images_per_class": 8, "seeds": 1, "source_epochs": "2", "budget": 1.0, "strategies": ["random"],
          "labs": [base.HARD]}
+#: Zero-label runs score round -1 only, so their round 0 fits one epoch.
+ZERO_LABEL_FLAGS = ("--epochs", "1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
                         help="strategies to run each recipe with (default both)")
     parser.add_argument("--labs", nargs="+", default=list(LABS), choices=LABS,
-                        help="target labs to fine-tune on (default both; both are cut either way)")
+                        help=f"target labs to fine-tune on (default both; {base.HARD} is cut either way: it chooses the preset)")
     parser.add_argument("--budget", type=float, default=0.2,
                         help="tiles per round as a fraction of the pool (default 0.2)")
     base.add_lab_arguments(parser)
@@ -107,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    out = base.prepare_labs(args, LABS)
+    out = base.prepare_labs(args, tuple(dict.fromkeys((base.HARD, *args.labs))))  # the harder lab picks the preset
     kinds = ("plain", *PRESETS)
     with ThreadPoolExecutor(args.jobs) as executor:
         sources = dict(zip(kinds, executor.map(lambda kind: base.train_source_model(
@@ -120,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{kind} {zero_label[kind]['val']:.3f}" for kind in PRESETS) + ")", flush=True)
     batch_norm = adapt_bn_scores(args, out, preset)
     split = out / "staged" / "target_split.json"
-    pool = base.pool_size(out / "records" / f"target_{base.HARD}", split)
-    initial = sum(min(args.initial, n) for n in base.pool_class_counts(out / "records" / f"target_{base.HARD}",
-                                                                        split).values())
+    records = out / "records" / f"target_{args.labs[0]}"  # every lab has the same images and split
+    pool = base.pool_size(records, split)
+    initial = sum(min(args.initial, n) for n in base.pool_class_counts(records, split).values())
     budget = max(1, round(args.budget * pool))
     rounds = -(-(pool - initial) // budget)
     names = [CEILING, *runs(args.strategies)]
@@ -147,7 +150,7 @@ def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict
     """Macro F1 of a source model on the harder lab's target validation and
     test splits before any label (round -1 of a run that stops after round 0)."""
     name = f"zero_label_{source.parent.name}"
-    base.target_run(args, out, source, 1, 0, base.HARD, "full", "random", 0, (), name)
+    base.target_run(args, out, source, 1, 0, base.HARD, "full", "random", 0, ZERO_LABEL_FLAGS, name)
     first = read_rounds(out / base.HARD / "full" / name / "seed_0" / "rounds.csv")[0]
     return {"val": float(first["val_macro_f1"]), "test": float(first["test_macro_f1"])}
 
@@ -167,7 +170,7 @@ def adapt_bn_scores(args: argparse.Namespace, out: Path, preset: str) -> dict[st
         recipe, lab, adapt = job
         name = f"zero_label_{BN_BACKBONE}_{recipe}" + ("_adapt_bn" if adapt else "")
         base.target_run(bn_args, out, sources[recipe], 1, 0, lab, "full", "random", 0,
-                        ("--adapt-bn",) if adapt else (), name)
+                        (*ZERO_LABEL_FLAGS, *(("--adapt-bn",) if adapt else ())), name)
         return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
 
     jobs = list(itertools.product(flags, args.labs, (False, True)))
