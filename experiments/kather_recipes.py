@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"target labs to fine-tune on (default both; {base.HARD} is cut either way: it chooses the preset)")
     parser.add_argument("--budget", type=float, default=0.2,
                         help="tiles per round as a fraction of the pool (default 0.2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="start no fine-tuning run: write the tables from the seeds whose runs have all "
+                             "finished, to read a long run's results while it goes on")
     base.add_lab_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -131,12 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     names = [CEILING, *runs(args.strategies)]
     # Lab by lab, seed by seed: a killed run leaves whole seeds of the harder lab first.
     jobs = [(lab, name, seed) for lab in args.labs for seed in range(args.seeds) for name in names]
-    with ThreadPoolExecutor(args.jobs) as executor:
-        list(executor.map(lambda job: run(args, out, sources, preset, budget, rounds, *job), jobs))
-    results = {"shifts": {lab: {"full": {**summary(out / lab / "full", args.seeds, pool, args.strategies),
-                                         "budget": budget, "rounds": rounds}} for lab in args.labs},
+    if not args.report_only:
+        with ThreadPoolExecutor(args.jobs) as executor:
+            list(executor.map(lambda job: run(args, out, sources, preset, budget, rounds, *job), jobs))
+    seeds = {lab: finished_seeds(out / lab / "full", names, rounds, args.seeds) for lab in args.labs}
+    for lab in [lab for lab, n in seeds.items() if n == 0]:
+        print(f"{lab}: no seed has finished every run yet, so it has no table", flush=True)
+    results = {"shifts": {lab: {"full": {**summary(out / lab / "full", n, pool, args.strategies),
+                                         "budget": budget, "rounds": rounds}} for lab, n in seeds.items() if n},
                "preset": preset, "zero_label": zero_label, "adapt_bn": batch_norm,
-               "minutes": (time.perf_counter() - started) / 60}
+               "minutes": None if args.report_only else (time.perf_counter() - started) / 60}
     write_report(out, results, pool)
     print(f"\n{(out / 'results.md').read_text()}\nfigure: {out / 'learning_curves.png'}")
 
@@ -144,6 +151,15 @@ def main(argv: list[str] | None = None) -> None:
 def runs(strategies: list[str]) -> dict[str, tuple[str, str]]:
     """Every recipe with every strategy, by name (``a random``): (recipe, strategy)."""
     return {f"{recipe} {strategy}": (recipe, strategy) for recipe in RECIPES for strategy in strategies}
+
+
+def finished_seeds(folder: Path, names: list[str], rounds: int, seeds: int) -> int:
+    """How many of the first ``seeds`` seeds have every run of ``names`` in
+    ``folder`` finished all ``rounds``."""
+    def finished(name: str, seed: int) -> bool:
+        state = folder / folder_name(name) / f"seed_{seed}" / "state.json"
+        return state.exists() and json.loads(state.read_text())["round"] == rounds
+    return next((k for k in range(seeds) if not all(finished(name, k) for name in names)), seeds)
 
 
 def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict[str, float]:
@@ -217,7 +233,9 @@ def summary(folder: Path, seeds: int, pool: int, strategies: list[str]) -> dict:
 
 def write_report(out: Path, results: dict, pool: int) -> None:
     zero = results["zero_label"]
-    lines = [f"Target pool {pool} tiles; wall time {results['minutes']:.0f} min.", "",
+    time_line = ("tables from the seeds finished so far (`--report-only`)" if results["minutes"] is None
+                 else f"wall time {results['minutes']:.0f} min")
+    lines = [f"Target pool {pool} tiles; {time_line}.", "",
              f"Stain preset of recipes b-d: **{results['preset']}**, whose source model scores the higher macro "
              f"F1 on the {base.HARD} validation split before any label ("
              + "; ".join(f"{kind}: validation {s['val']:.3f}, test {s['test']:.3f}" for kind, s in zero.items())
@@ -242,7 +260,8 @@ def write_report(out: Path, results: dict, pool: int) -> None:
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    base.plot(results, out / "learning_curves.png")
+    if results["shifts"]:
+        base.plot(results, out / "learning_curves.png")
 
 
 if __name__ == "__main__":

@@ -178,3 +178,9 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
     report = (out / "results.md").read_text()
     assert "AULC − a random" in report and "zero-label F1" in report and f"recipes b-d: **{preset}**" in report
     assert (out / "stain_examples.png").exists() and (out / "learning_curves.png").exists()
+    # --report-only reads finished seeds and starts nothing: a run cut short leaves its lab without a table.
+    state = out / experiment.HARD / "full" / "d_random" / "seed_0" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "round": 0}))
+    recipes.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(out), "--report-only"])
+    assert json.loads(state.read_text())["round"] == 0
+    assert json.loads((out / "results.json").read_text())["shifts"] == {}
