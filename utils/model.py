@@ -117,6 +117,8 @@ def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Mod
             model = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
         elif kind == "mobilenetv2":
             model = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape, alpha=0.35)
+            if weights in (None, "none"):
+                _forget_faster(model)
         else:
             if weights not in (None, "none"):
                 raise ModelError("the 'small' backbone has no pre-trained weights; use --backbone-weights none")
@@ -133,6 +135,22 @@ def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Mod
         raise ModelError(f"cannot build the {kind} backbone with weights {weights!r}: {exc}") from None
     model.name = name
     return model
+
+
+#: Batch-norm momentum of a backbone trained from scratch: Keras' own default.
+SCRATCH_BN_MOMENTUM = 0.99
+
+
+def _forget_faster(model: keras.Model) -> None:
+    """Keras' MobileNetV2 keeps 0.999 of its moving statistics a step, made for
+    fine-tuning ImageNet statistics. From scratch they start at mean 0 and
+    variance 1 and, after the few hundred steps of a small source set, are still
+    mostly that (0.999^630 = 0.53), so inference normalises with the wrong
+    statistics and predicts one class. At 0.99 they follow the data within a
+    few hundred steps."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = SCRATCH_BN_MOMENTUM
 
 
 def _small_cnn(shape: tuple[int, int, int]) -> keras.Model:
