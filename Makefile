@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python demo.py
 
 experiment: $(VENV)/.installed
-	$(BIN)/python experiments/kather_domain_adaptation.py
+	$(BIN)/python experiments/kather_recipes.py
 
 benchmark: $(VENV)/.installed
 	$(BIN)/python benchmarks/reader_throughput.py
