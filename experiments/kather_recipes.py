@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import sys
 import time
@@ -115,16 +114,21 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     out = base.prepare_labs(args, tuple(dict.fromkeys((base.HARD, *args.labs))))  # the harder lab picks the preset
     kinds = ("plain", *PRESETS)
+    # Three waves, each filling the jobs: the source models; the zero-label
+    # scores; the preset's batch-norm check beside the fine-tuning runs.
     with ThreadPoolExecutor(args.jobs) as executor:
-        sources = dict(zip(kinds, executor.map(lambda kind: base.train_source_model(
-            args, out, f"source_{kind}", () if kind == "plain" else ("--stain-jitter", kind)), kinds)))
+        training = {kind: executor.submit(base.train_source_model, args, out, f"source_{kind}",
+                                          () if kind == "plain" else ("--stain-jitter", kind)) for kind in kinds}
+        bn_plain = executor.submit(batch_norm_source, args, out, "a", None)
+    sources = {kind: future.result() for kind, future in training.items()}
     with ThreadPoolExecutor(args.jobs) as executor:
-        zero_label = dict(zip(PRESETS, executor.map(lambda kind: zero_label_scores(args, out, sources[kind]),
-                                                    PRESETS)))
+        scoring = {kind: executor.submit(zero_label_scores, args, out, sources[kind]) for kind in PRESETS}
+        bn_scoring = {(lab, adapt): executor.submit(batch_norm_score, args, out, "a", bn_plain.result(), lab, adapt)
+                      for lab in args.labs for adapt in (False, True)}
+    zero_label = {kind: future.result() for kind, future in scoring.items()}
     preset = max(PRESETS, key=lambda kind: zero_label[kind]["val"])
     print(f"stain preset: {preset} ({base.HARD} validation macro F1 before any label: "
           + ", ".join(f"{kind} {zero_label[kind]['val']:.3f}" for kind in PRESETS) + ")", flush=True)
-    batch_norm = adapt_bn_scores(args, out, preset)
     split = out / "staged" / "target_split.json"
     records = out / "records" / f"target_{args.labs[0]}"  # every lab has the same images and split
     pool = base.pool_size(records, split)
@@ -134,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     names = [CEILING, *runs(args.strategies)]
     # Lab by lab, seed by seed: a killed run leaves whole seeds of the harder lab first.
     jobs = [(lab, name, seed) for lab in args.labs for seed in range(args.seeds) for name in names]
-    if not args.report_only:
-        with ThreadPoolExecutor(args.jobs) as executor:
+    with ThreadPoolExecutor(args.jobs) as executor:
+        bn_stained = executor.submit(batch_norm_recipe, args, out, "b", preset)
+        if not args.report_only:
             list(executor.map(lambda job: run(args, out, sources, preset, budget, rounds, *job), jobs))
+    batch_norm = {"a": by_lab({key: future.result() for key, future in bn_scoring.items()}),
+                  "b": bn_stained.result()}
     seeds = {lab: finished_seeds(out / lab / "full", names, rounds, args.seeds) for lab in args.labs}
     for lab in [lab for lab, n in seeds.items() if n == 0]:
         print(f"{lab}: no seed has finished every run yet, so it has no table", flush=True)
@@ -171,29 +178,38 @@ def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict
     return {"val": float(first["val_macro_f1"]), "test": float(first["test_macro_f1"])}
 
 
-def adapt_bn_scores(args: argparse.Namespace, out: Path, preset: str) -> dict[str, dict[str, dict[str, float]]]:
-    """Zero-label test macro F1 of MobileNetV2 source models (recipe a: plain;
-    b: the preset's stain jitter) on each lab, ``without`` and ``with``
-    ``--adapt-bn``: by recipe, lab and variant."""
+def batch_norm_source(args: argparse.Namespace, out: Path, recipe: str, preset: str | None) -> Path:
+    """A MobileNetV2 source model for the batch-norm check of ``recipe``,
+    with the stain jitter of ``preset`` (None: none)."""
+    return base.train_source_model(batch_norm_args(args), out, f"source_{BN_BACKBONE}_{recipe}",
+                                   () if preset is None else ("--stain-jitter", preset))
+
+
+def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: Path, lab: str, adapt: bool) -> float:
+    """Zero-label test macro F1 of ``source`` on ``lab``, with ``--adapt-bn`` or without."""
+    name = f"zero_label_{BN_BACKBONE}_{recipe}" + ("_adapt_bn" if adapt else "")
+    base.target_run(batch_norm_args(args), out, source, 1, 0, lab, "full", "random", 0,
+                    (*ZERO_LABEL_FLAGS, *(("--adapt-bn",) if adapt else ())), name)
+    return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
+
+
+def batch_norm_recipe(args: argparse.Namespace, out: Path, recipe: str, preset: str) -> dict[str, dict[str, float]]:
+    """The batch-norm check of a stained recipe, its source model first, in one job."""
+    source = batch_norm_source(args, out, recipe, preset)
+    return by_lab({(lab, adapt): batch_norm_score(args, out, recipe, source, lab, adapt)
+                   for lab in args.labs for adapt in (False, True)})
+
+
+def batch_norm_args(args: argparse.Namespace) -> argparse.Namespace:
     bn_args = copy.copy(args)
     bn_args.backbone = BN_BACKBONE
-    flags = {"a": (), "b": ("--stain-jitter", preset)}
-    with ThreadPoolExecutor(args.jobs) as executor:
-        sources = dict(zip(flags, executor.map(lambda recipe: base.train_source_model(
-            bn_args, out, f"source_{BN_BACKBONE}_{recipe}", flags[recipe]), flags)))
+    return bn_args
 
-    def score(job: tuple[str, str, bool]) -> float:
-        recipe, lab, adapt = job
-        name = f"zero_label_{BN_BACKBONE}_{recipe}" + ("_adapt_bn" if adapt else "")
-        base.target_run(bn_args, out, sources[recipe], 1, 0, lab, "full", "random", 0,
-                        (*ZERO_LABEL_FLAGS, *(("--adapt-bn",) if adapt else ())), name)
-        return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
 
-    jobs = list(itertools.product(flags, args.labs, (False, True)))
-    with ThreadPoolExecutor(args.jobs) as executor:
-        scores = dict(zip(jobs, executor.map(score, jobs)))
-    return {recipe: {lab: {"with" if adapt else "without": scores[recipe, lab, adapt] for adapt in (False, True)}
-                     for lab in args.labs} for recipe in flags}
+def by_lab(scores: dict[tuple[str, bool], float]) -> dict[str, dict[str, float]]:
+    """``{(lab, adapt): F1}`` as ``{lab: {"without": F1, "with": F1}}``."""
+    return {lab: {"with" if adapt else "without": f1 for (other, adapt), f1 in scores.items() if other == lab}
+            for lab, _ in scores}
 
 
 def run(args: argparse.Namespace, out: Path, sources: dict[str, Path], preset: str, budget: int, rounds: int,

@@ -137,17 +137,19 @@ def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Mod
     return model
 
 
-#: Batch-norm momentum of a backbone trained from scratch: Keras' own default.
-SCRATCH_BN_MOMENTUM = 0.99
+#: Batch-norm momentum of a backbone trained from scratch (PyTorch's default).
+SCRATCH_BN_MOMENTUM = 0.9
 
 
 def _forget_faster(model: keras.Model) -> None:
     """Keras' MobileNetV2 keeps 0.999 of its moving statistics a step, made for
-    fine-tuning ImageNet statistics. From scratch they start at mean 0 and
-    variance 1 and, after the few hundred steps of a small source set, are still
-    mostly that (0.999^630 = 0.53), so inference normalises with the wrong
-    statistics and predicts one class. At 0.99 they follow the data within a
-    few hundred steps."""
+    fine-tuning ImageNet statistics that hardly move. From scratch the weights
+    change fast and the statistics start at mean 0 and variance 1, so inference
+    normalises with stale statistics: on the Kather source lab (70 steps an
+    epoch) the validation accuracy stayed at one class's share, 0.22, for 7
+    epochs while the training accuracy rose to 0.66, at 0.999 and at Keras'
+    usual 0.99 alike. At 0.9 it followed: 0.44, 0.56, 0.61 in the first three
+    epochs."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = SCRATCH_BN_MOMENTUM
