@@ -193,8 +193,9 @@ def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: P
     return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
 
 
-def batch_norm_recipe(args: argparse.Namespace, out: Path, recipe: str, preset: str) -> dict[str, dict[str, float]]:
-    """The batch-norm check of a stained recipe, its source model first, in one job."""
+def batch_norm_recipe(args: argparse.Namespace, out: Path, recipe: str,
+                      preset: str | None) -> dict[str, dict[str, float]]:
+    """The batch-norm check of a recipe, its source model first, in one job."""
     source = batch_norm_source(args, out, recipe, preset)
     return by_lab({(lab, adapt): batch_norm_score(args, out, recipe, source, lab, adapt)
                    for lab in args.labs for adapt in (False, True)})
