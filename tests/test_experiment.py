@@ -171,8 +171,11 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
         assert first[""]["val_loss"] != first["_adapt_bn"]["val_loss"], "--adapt-bn changed the batch-norm statistics"
         options = json.loads((bn / f"zero_label_mobilenetv2_{recipe}_adapt_bn" / "seed_0" / "config.json").read_text())
         assert options["options"]["adapt_bn"] and options["options"]["spec"]["backbone"] == "mobilenetv2"
-    plain = json.loads((out / experiment.HARD / "full" / "a_random" / "seed_0" / "config.json").read_text())
-    assert plain["options"]["stain_jitter"] == "none"
+    for run in ("a_random", "ceiling_a"):
+        plain = json.loads((out / experiment.HARD / "full" / run / "seed_0" / "config.json").read_text())
+        assert plain["options"]["stain_jitter"] == "none"
+    assert r["fair_ceiling"] == max(recipes.CEILINGS, key=lambda name: r["ceilings"][name]["val"])
+    assert r["ceiling"] == pytest.approx(r["ceilings"][r["fair_ceiling"]]["test"])
     today = r["table"][recipes.TODAY]
     assert r["table"]["b random"]["vs_random"][0] == pytest.approx(r["table"]["b random"]["aulc"] - today["aulc"])
     report = (out / "results.md").read_text()
