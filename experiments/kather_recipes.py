@@ -103,8 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=0.2,
                         help="tiles per round as a fraction of the pool (default 0.2)")
     parser.add_argument("--report-only", action="store_true",
-                        help="start no fine-tuning run: write the tables from the seeds whose runs have all "
-                             "finished, to read a long run's results while it goes on")
+                        help="start nothing: write the tables from the seeds whose runs have all finished, to "
+                             "read a long run's results while it goes on (once its source models and "
+                             "zero-label runs have finished)")
     base.add_lab_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -117,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
+    if args.report_only:
+        check_the_stages_ran(args)
     out = base.prepare_labs(args, tuple(dict.fromkeys((base.HARD, *args.labs))))  # the harder lab picks the preset
     kinds = ("plain", *PRESETS)
     # Three waves, each filling the jobs: the source models; the zero-label
@@ -163,6 +166,21 @@ def main(argv: list[str] | None = None) -> None:
 def runs(strategies: list[str]) -> dict[str, tuple[str, str]]:
     """Every recipe with every strategy, by name (``a random``): (recipe, strategy)."""
     return {f"{recipe} {strategy}": (recipe, strategy) for recipe in RECIPES for strategy in strategies}
+
+
+def check_the_stages_ran(args: argparse.Namespace) -> None:
+    """``--report-only`` starts nothing: every source model and zero-label run
+    the tables need must have finished, or it stops here."""
+    out = args.output
+    needed = [out / f"source_{kind}" for kind in ("plain", *PRESETS)]
+    needed += [out / f"source_{BN_BACKBONE}_{recipe}" for recipe in ("a", "b")]
+    needed += [out / base.HARD / "full" / f"zero_label_source_{kind}" / "seed_0" for kind in PRESETS]
+    needed += [out / lab / "full" / f"zero_label_{BN_BACKBONE}_{recipe}{adapt}" / "seed_0"
+               for lab in args.labs for recipe in ("a", "b") for adapt in ("", "_adapt_bn")]
+    missing = [path for path in needed if not (path / "state.json").exists()]
+    if missing:
+        sys.exit(f"error: --report-only: {len(missing)} source model(s) or zero-label run(s) have not finished, "
+                 f"e.g. {missing[0]}; run without --report-only first")
 
 
 def finished_seeds(folder: Path, names: list[str], rounds: int, seeds: int) -> int:

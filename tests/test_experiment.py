@@ -187,3 +187,7 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
     recipes.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(out), "--report-only"])
     assert json.loads(state.read_text())["round"] == 0
     assert json.loads((out / "results.json").read_text())["shifts"] == {}
+    with pytest.raises(SystemExit, match=r"--report-only: \d+ source model"):
+        recipes.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(tmp_path / "new"),
+                      "--report-only"])
+    assert not (tmp_path / "new").exists()
