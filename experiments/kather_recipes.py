@@ -21,8 +21,9 @@ labs: ``stain_blur_jpeg`` (another stain, a softer focus and JPEG) and
 ``eosin_gamma_resolution``, whose change (another eosin dye, a display gamma
 and a coarser scanner) the stain augmentation does not model, so that the
 test is not circular. The fair ceiling is the fine-tuning on 100% of the pool
-of the better supervised recipe, a or b, by validation F1. Round -1 of each run scores its source model on the target test
-split before any label: the zero-label F1. The small backbone has no batch
+of the better supervised recipe, a or b, by validation F1. Round -1 of each
+run scores its source model on the target test split before any label: the
+zero-label F1. The small backbone has no batch
 normalisation, so ``--adapt-bn`` is measured on a MobileNetV2 (alpha 0.35)
 trained the same way: the zero-label F1 of recipes a and b on each lab, with
 and without re-estimating its batch-norm statistics on the pool.
