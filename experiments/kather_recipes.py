@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     # Three waves, each filling the jobs: the source models; the zero-label
     # scores; the preset's batch-norm check beside the fine-tuning runs.
     with ThreadPoolExecutor(args.jobs) as executor:
-        training = {kind: executor.submit(base.train_source_model, args, out, f"source_{kind}",
+        training = {kind: executor.submit(base.train_source_model, args, out, source_name(kind),
                                           () if kind == "plain" else ("--stain-jitter", kind)) for kind in kinds}
         bn_plain = executor.submit(batch_norm_source, args, out, "a", None)
     sources = {kind: future.result() for kind, future in training.items()}
@@ -173,11 +173,10 @@ def check_the_stages_ran(args: argparse.Namespace) -> None:
     """``--report-only`` starts nothing: every source model and zero-label run
     the tables need must have finished, or it stops here."""
     out = args.output
-    needed = [out / f"source_{kind}" for kind in ("plain", *PRESETS)]
-    needed += [out / f"source_{BN_BACKBONE}_{recipe}" for recipe in ("a", "b")]
-    needed += [out / base.HARD / "full" / f"zero_label_source_{kind}" / "seed_0" for kind in PRESETS]
-    needed += [out / lab / "full" / f"zero_label_{BN_BACKBONE}_{recipe}{adapt}" / "seed_0"
-               for lab in args.labs for recipe in ("a", "b") for adapt in ("", "_adapt_bn")]
+    needed = [out / source_name(kind) for kind in ("plain", *PRESETS, *map(batch_norm_kind, "ab"))]
+    needed += [out / base.HARD / "full" / zero_label_name(source_name(kind)) / "seed_0" for kind in PRESETS]
+    needed += [out / lab / "full" / zero_label_name(batch_norm_kind(recipe), adapt) / "seed_0"
+               for lab in args.labs for recipe in "ab" for adapt in (False, True)]
     missing = [path for path in needed if not (path / "state.json").exists()]
     if missing:
         sys.exit(f"error: --report-only: {len(missing)} source model(s) or zero-label run(s) have not finished, "
@@ -196,7 +195,7 @@ def finished_seeds(folder: Path, names: list[str], rounds: int, seeds: int) -> i
 def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict[str, float]:
     """Macro F1 of a source model on the harder lab's target validation and
     test splits before any label (round -1 of a run that stops after round 0)."""
-    name = f"zero_label_{source.parent.name}"
+    name = zero_label_name(source.parent.name)
     base.target_run(args, out, source, 1, 0, base.HARD, "full", "random", 0, ZERO_LABEL_FLAGS, name)
     first = read_rounds(out / base.HARD / "full" / name / "seed_0" / "rounds.csv")[0]
     return {"val": float(first["val_macro_f1"]), "test": float(first["test_macro_f1"])}
@@ -205,13 +204,13 @@ def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict
 def batch_norm_source(args: argparse.Namespace, out: Path, recipe: str, preset: str | None) -> Path:
     """A MobileNetV2 source model for the batch-norm check of ``recipe``,
     with the stain jitter of ``preset`` (None: none)."""
-    return base.train_source_model(batch_norm_args(args), out, f"source_{BN_BACKBONE}_{recipe}",
+    return base.train_source_model(batch_norm_args(args), out, source_name(batch_norm_kind(recipe)),
                                    () if preset is None else ("--stain-jitter", preset))
 
 
 def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: Path, lab: str, adapt: bool) -> float:
     """Zero-label test macro F1 of ``source`` on ``lab``, with ``--adapt-bn`` or without."""
-    name = f"zero_label_{BN_BACKBONE}_{recipe}" + ("_adapt_bn" if adapt else "")
+    name = zero_label_name(batch_norm_kind(recipe), adapt)
     base.target_run(batch_norm_args(args), out, source, 1, 0, lab, "full", "random", 0,
                     (*ZERO_LABEL_FLAGS, *(("--adapt-bn",) if adapt else ())), name)
     return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
@@ -223,6 +222,22 @@ def batch_norm_recipe(args: argparse.Namespace, out: Path, recipe: str,
     source = batch_norm_source(args, out, recipe, preset)
     return by_lab({(lab, adapt): batch_norm_score(args, out, recipe, source, lab, adapt)
                    for lab in args.labs for adapt in (False, True)})
+
+
+def source_name(kind: str) -> str:
+    """The folder of a source model: ``source_plain``, ``source_light``, ``source_mobilenetv2_a``."""
+    return f"source_{kind}"
+
+
+def batch_norm_kind(recipe: str) -> str:
+    """The batch-norm check's source model of ``recipe``: ``mobilenetv2_a``."""
+    return f"{BN_BACKBONE}_{recipe}"
+
+
+def zero_label_name(source: str, adapt: bool = False) -> str:
+    """The run folder of a zero-label score of ``source`` (a folder name or a
+    batch-norm kind), with ``--adapt-bn`` or without."""
+    return f"zero_label_{source}" + ("_adapt_bn" if adapt else "")
 
 
 def batch_norm_args(args: argparse.Namespace) -> argparse.Namespace:
