@@ -398,10 +398,11 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
                name: str | None = None) -> None:
     """One fine-tuning run of ``strategy`` (or the ceiling) into
     ``out/shift/mode/name/seed_<seed>`` (``name``: the strategy's by default),
-    with the training flags ``extra`` besides the mode's."""
+    with the training flags ``extra`` besides the mode's; ``rounds`` -1 scores
+    the source model only. A run that has reached ``rounds`` is not started again."""
     run = out / shift / mode / (name or strategy) / f"seed_{seed}"
     state = run / "state.json"
-    if state.exists() and json.loads(state.read_text())["round"] == rounds:
+    if state.exists() and json.loads(state.read_text())["round"] >= rounds:
         return
     if strategy == CEILING:  # everything labelled from round 0, re-fitted every round
         schedule = ["--strategy", "random", "--initial", "1000000", "--budget", "0"]

@@ -86,8 +86,6 @@ CEILINGS = {"ceiling (a)": "a", "ceiling (b)": "b"}
 #: strategy on one lab and one query round.
 QUICK = {"images_per_class": 8, "seeds": 1, "source_epochs": "2", "budget": 1.0, "strategies": ["random"],
          "labs": [base.HARD]}
-#: Zero-label runs score round -1 only, so their round 0 fits one epoch.
-ZERO_LABEL_FLAGS = ("--epochs", "1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,9 +192,9 @@ def finished_seeds(folder: Path, names: list[str], rounds: int, seeds: int) -> i
 
 def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict[str, float]:
     """Macro F1 of a source model on the harder lab's target validation and
-    test splits before any label (round -1 of a run that stops after round 0)."""
+    test splits before any label (a ``--rounds -1`` run)."""
     name = zero_label_name(source.parent.name)
-    base.target_run(args, out, source, 1, 0, base.HARD, "full", "random", 0, ZERO_LABEL_FLAGS, name)
+    base.target_run(args, out, source, 1, -1, base.HARD, "full", "random", 0, name=name)
     first = read_rounds(out / base.HARD / "full" / name / "seed_0" / "rounds.csv")[0]
     return {"val": float(first["val_macro_f1"]), "test": float(first["test_macro_f1"])}
 
@@ -211,8 +209,8 @@ def batch_norm_source(args: argparse.Namespace, out: Path, recipe: str, preset: 
 def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: Path, lab: str, adapt: bool) -> float:
     """Zero-label test macro F1 of ``source`` on ``lab``, with ``--adapt-bn`` or without."""
     name = zero_label_name(batch_norm_kind(recipe), adapt)
-    base.target_run(batch_norm_args(args), out, source, 1, 0, lab, "full", "random", 0,
-                    (*ZERO_LABEL_FLAGS, *(("--adapt-bn",) if adapt else ())), name)
+    base.target_run(batch_norm_args(args), out, source, 1, -1, lab, "full", "random", 0,
+                    ("--adapt-bn",) if adapt else (), name)
     return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
 
 

@@ -14,8 +14,10 @@ import pytest
 import active_learning_inference
 import active_learning_train
 import tfrecord_generator
+from utils.batch_norm import batch_norm_layers
+from utils.config import load_config
 from utils.io import read_csv
-from utils.model import load_model
+from utils.model import ModelSpec, build_model, load_model
 from utils.records import read_index, record_files
 from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
 
@@ -82,6 +84,50 @@ def test_fine_tuning_a_small_source_model_keeps_it_without_architecture_flags(co
     rows = read_csv(run / "rounds.csv")
     assert [r["round"] for r in rows] == ["-1", "0"]
     assert rows[0]["val_macro_f1"] == rows[1]["val_macro_f1"], "round 0 is the source model itself"
+
+
+def test_rounds_minus_one_scores_the_source_model_and_keeps_it_without_a_label(cohort, source_model, tmp_path,
+                                                                              capsys):
+    run = tmp_path / "zero"
+    args = ["--data", str(cohort / "tiles"), "--output", str(run), "--weights", str(source_model), "--eval-cap", "30"]
+    assert active_learning_train.main([*args, "--rounds", "-1"]) == 0
+    assert [r["round"] for r in read_csv(run / "rounds.csv")] == ["-1"]
+    assert read_csv(run / "labelled.csv") == [], "no tile was labelled"
+    source, kept = load_model(source_model), load_model(run / "model.keras")
+    for a, b in zip(source.get_weights(), kept.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The same score as round -1 of a run that goes on to fine-tune.
+    assert active_learning_train.main([*args, "--output", str(tmp_path / "tuned"), "--rounds", "0", *FIT]) == 0
+    tuned = read_csv(tmp_path / "tuned" / "rounds.csv")[0]
+    assert read_csv(run / "rounds.csv")[0]["val_macro_f1"] == tuned["val_macro_f1"] and tuned["round"] == "-1"
+    capsys.readouterr()
+    assert active_learning_train.main([*args, "--rounds", "2", "--resume", *FIT]) == 2
+    assert "holds a zero-label score (--rounds -1)" in capsys.readouterr().err
+    assert active_learning_train.main(["--data", str(cohort / "tiles"), "--output", str(tmp_path / "none"),
+                                       "--rounds", "-1", *SMALL]) == 2
+    assert "--rounds -1 scores the --weights model" in capsys.readouterr().err
+
+
+def test_rounds_minus_one_with_adapt_bn_keeps_the_adapted_model_it_scored(cohort, tmp_path):
+    """A MobileNetV2 given as a .weights.h5: the kept model's batch norm is the
+    pool's, and scoring that model again without --adapt-bn gives round -1's
+    numbers, so the score was taken after the adaptation."""
+    config = load_config(tile_size=TILE)
+    source = build_model(config, ModelSpec("mobilenetv2", 16), None)
+    weights = tmp_path / "source.weights.h5"
+    source.save_weights(weights)
+    common = ["--data", str(cohort / "tiles"), "--rounds", "-1", "--backbone", "mobilenetv2", "--head-units", "16",
+              "--backbone-weights", "none", "--eval-cap", "30"]
+    assert active_learning_train.main([*common, "--output", str(tmp_path / "adapted"), "--weights", str(weights),
+                                       "--adapt-bn"]) == 0
+    adapted = load_model(tmp_path / "adapted" / "model.keras")
+    pairs = list(zip(batch_norm_layers(source), batch_norm_layers(adapted)))
+    assert len(pairs) == 156 and all(a.name == b.name for a, b in pairs)
+    assert not np.allclose(pairs[0][0].moving_mean.numpy(), pairs[0][1].moving_mean.numpy())
+    assert active_learning_train.main([*common, "--output", str(tmp_path / "again"),
+                                       "--weights", str(tmp_path / "adapted" / "model.keras")]) == 0
+    once, again = (read_csv(tmp_path / name / "rounds.csv")[0] for name in ("adapted", "again"))
+    assert (once["val_loss"], once["test_macro_f1"]) == (again["val_loss"], again["test_macro_f1"])
 
 
 def test_a_flag_that_contradicts_the_source_model_stops_with_both_values(cohort, source_model, tmp_path, capsys):

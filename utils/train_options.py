@@ -66,7 +66,8 @@ class TrainOptions:
     strategy: str = option("random", "query strategy: random, which no rule beat in the README's experiment; "
                                       "class_ratio is the paper's", "active learning",
                            choices=tuple(STRATEGIES))
-    rounds: int = option(4, "rounds after the initial fit; 0 = initial fit only", "active learning")
+    rounds: int = option(4, "rounds after the initial fit; 0 = initial fit only; -1 = no fit: score the --weights "
+                         "model before any label (after --adapt-bn) and save it", "active learning")
     budget: int | None = option(
         None, f"tiles labelled per round (default: {SIMULATION_BUDGET}, the paper's, in simulation; {REVIEW_BATCH}, "
               f"what a pathologist reviews in one sitting, with --query-only)", "active learning")
@@ -157,9 +158,13 @@ class TrainOptions:
             self.budget = REVIEW_BATCH if self.query_only else SIMULATION_BUDGET
         for name in ("rounds", "budget", "initial", "epochs", "batch_size", "patience", "repeats", "mc_passes",
                      "spacing"):
-            least = 0 if name in ("rounds", "budget") else 1  # budget 0 refits the same set (a ceiling)
+            # budget 0 refits the same set (a ceiling); rounds -1 only scores the source model
+            least = {"rounds": -1, "budget": 0}.get(name, 1)
             if getattr(self, name) < least:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
+        if self.rounds == -1 and (self.weights is None or self.query_only):
+            raise InputError("--rounds -1 scores the --weights model on the labelled validation and test tiles "
+                             "before any label; it needs --weights, and cannot be combined with --query-only")
         if not 0 <= self.warm_start <= 1:
             raise InputError(f"warm-start is a fraction of the training tiles, from 0 to 1, not {self.warm_start}")
         if self.semi_supervised == "fixmatch" and self.freeze_backbone:

@@ -5,7 +5,9 @@ strategy for ``budget`` more tiles from the pool, adds them, and fits again
 from the best weights so far with a fresh optimizer (early stopping on the
 validation loss, best epoch kept). After each round everything needed to
 resume is on disk: the round's model, the labelled set as (slide, x, y) keys,
-``rounds.csv`` and ``state.json``.
+``rounds.csv`` and ``state.json``. With ``--weights``, round -1 scores the
+source model first; ``--rounds -1`` stops there and keeps it
+(:func:`keep_zero_label_model`).
 
 :func:`run_training` reads as that story: the fixed data
 (:class:`~utils.training_data.TrainingData`), the state to start from
@@ -218,6 +220,9 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     info(describe(strategy, options.batch_size))
     with strategy.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
+    if state and state.round == -1 and options.rounds >= 0:
+        raise InputError(f"{out} holds a zero-label score (--rounds -1), not a fine-tuning run: fine-tune into "
+                         f"another --output, with --weights {out / 'model.keras'} to start from its model")
     if state:
         model.set_weights(load_model(out / "model.keras").get_weights())
         info(f"resuming {out} at round {state.round + 1} with {len(state.labelled)} labelled tiles")
@@ -227,7 +232,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
                  f"{options.batch_size}, so the rounds fit the same way up to floating-point order and dropout")
     else:
         load_source_weights(model, options)
-        state = RunState.initial(data, options.initial, options.query_only, rng)
+        state = RunState.initial(data, 0 if options.rounds == -1 else options.initial, options.query_only, rng)
         describe_data(options, data, state)
         if options.adapt_bn:
             adapt_to_pool(model, data, options)
@@ -237,6 +242,8 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     if state.round == -1 and options.weights and not state.rows:
         state.rows.append(evaluate_source(learner, data))
     atomic_write_json(out / "config.json", {**model_metadata(options, config), "options": asdict(options)})
+    if options.rounds == -1 and not (out / "state.json").exists():
+        keep_zero_label_model(options, config, data, model, state)
     last_round = state.round + 1 if options.query_only else options.rounds
     for round_number in range(state.round + 1, last_round + 1):
         play_round(options, data, model, learner, state, round_number)
@@ -244,6 +251,17 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         save_queries(options, data, query(data, learner, options, state), last_round + 1)
         info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
     return state
+
+
+def keep_zero_label_model(options: TrainOptions, config: Config, data: TrainingData, model: keras.Model,
+                          state: RunState) -> None:
+    """``--rounds -1``: the source model as scored at round -1 (with its
+    batch-norm statistics from the pool under ``--adapt-bn``) becomes the run's
+    model, for inference with no target label; no tile is labelled."""
+    save_model(model, options.output / "model.keras", model_metadata(options, config))
+    row = state.rows[-1]
+    state.best = {"round": -1, "val_macro_f1": row["val_macro_f1"], "val_loss": row["val_loss"]}
+    state.save(options.output, data.index)
 
 
 #: Pool tiles whose batch-norm statistics ``--adapt-bn`` averages: enough for
