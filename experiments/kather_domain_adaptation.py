@@ -500,11 +500,17 @@ def table_lines(table: dict, baseline: str, what: str = "strategy") -> list[str]
              "|---|---|---|---|---|---|---|---|---|"]
     for name, e in sorted(table.items(), key=lambda kv: -kv[1]["aulc"]):
         stay = "never" if math.isnan(e["stay_mean"]) else f"{e['stay_mean']:.0%} ± {e['stay_sd']:.0%}"
-        diff = "—" if name == baseline else "{:+.3f} ({:+.3f}, {:+.3f})".format(*e["vs_random"])
+        diff = "—" if name == baseline else paired_difference(*e["vs_random"])
         lines.append(f"| {name} | {e['seeds']} | {stay} | {e['stayed']}/{e['seeds']} "
                      f"| {e['aulc']:.3f} ± {e['aulc_sd']:.3f} | {diff} | {e['f1_at_10']:.3f} "
                      f"| {e['f1_at_25']:.3f} | {e['f1_at_50']:.3f} |")
     return lines
+
+
+def paired_difference(mean: float, low: float, high: float) -> str:
+    """``+0.004 (-0.010, +0.018)``; one seed has no interval, and says so."""
+    interval = "one seed, no interval" if math.isnan(low) else f"{low:+.3f}, {high:+.3f}"
+    return f"{mean:+.3f} ({interval})"
 
 
 def plot(results: dict, path: Path) -> None:

@@ -41,6 +41,9 @@ def test_paired_interval_matches_scipy():
     expected = stats.ttest_rel(a, b).confidence_interval(0.95)
     assert mean == pytest.approx(np.mean(a - b))
     assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert experiment.paired_difference(mean, low, high) == f"{mean:+.3f} ({expected.low:+.3f}, {expected.high:+.3f})"
+    assert experiment.paired_difference(*analysis.paired_interval(a[:1], b[:1])) == \
+        f"{a[0] - b[0]:+.3f} (one seed, no interval)"
 
 
 def test_stain_change_keeps_glass_and_is_the_identity_at_scale_one():
