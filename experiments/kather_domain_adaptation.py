@@ -513,7 +513,8 @@ def paired_difference(mean: float, low: float, high: float) -> str:
     return f"{mean:+.3f} ({interval})"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, baseline: str = "random") -> None:
+    """Mean learning curves per lab and mode, ``baseline`` in black."""
     panels = [(shift, mode, r) for shift, modes in results["shifts"].items() for mode, r in modes.items()]
     fig = plots.Figure(figsize=(6.2 * len(panels), 4.8))
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -522,7 +523,7 @@ def plot(results: dict, path: Path) -> None:
         for strategy, (mean, sd) in r["curves"].items():
             mean, sd = np.array(mean, float), np.array(sd, float)
             line, = ax.plot(grid * 100, mean, label=f"{strategy} ({r['table'][strategy]['seeds']})",
-                            lw=1.6 if strategy != "random" else 2.4, color="black" if strategy == "random" else None)
+                            lw=2.4 if strategy == baseline else 1.6, color="black" if strategy == baseline else None)
             ax.fill_between(grid * 100, mean - sd, mean + sd, color=line.get_color(), alpha=0.12, lw=0)
         ax.axhspan(r["ceiling"] - 0.01, r["ceiling"], color="tab:green", alpha=0.25,
                    label=f"fair ceiling − 1 pt ({r['ceiling']:.3f})")

@@ -328,7 +328,7 @@ def write_report(out: Path, results: dict, pool: int) -> None:
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if results["shifts"]:
-        base.plot(results, out / "learning_curves.png")
+        base.plot(results, out / "learning_curves.png", TODAY)
 
 
 if __name__ == "__main__":
