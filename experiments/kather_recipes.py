@@ -120,19 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         check_the_stages_ran(args)
     out = base.prepare_labs(args, tuple(dict.fromkeys((base.HARD, *args.labs))))  # the harder lab picks the preset
-    kinds = ("plain", *PRESETS)
-    # Three waves, each filling the jobs: the source models; the zero-label
-    # scores; the preset's batch-norm check beside the fine-tuning runs.
+    # Two waves, each filling the jobs: every source model, each with its
+    # zero-label scores in the same job (recipe a's batch-norm check, the
+    # longest, first); then recipe b's batch-norm check, which needs the
+    # preset, beside the fine-tuning runs.
     with ThreadPoolExecutor(args.jobs) as executor:
-        training = {kind: executor.submit(base.train_source_model, args, out, source_name(kind),
-                                          () if kind == "plain" else ("--stain-jitter", kind)) for kind in kinds}
-        bn_plain = executor.submit(batch_norm_source, args, out, "a", None)
-    sources = {kind: future.result() for kind, future in training.items()}
-    with ThreadPoolExecutor(args.jobs) as executor:
-        scoring = {kind: executor.submit(zero_label_scores, args, out, sources[kind]) for kind in PRESETS}
-        bn_scoring = {(lab, adapt): executor.submit(batch_norm_score, args, out, "a", bn_plain.result(), lab, adapt)
-                      for lab in args.labs for adapt in (False, True)}
-    zero_label = {kind: future.result() for kind, future in scoring.items()}
+        bn_plain = executor.submit(batch_norm_recipe, args, out, "a", None)
+        scoring = {kind: executor.submit(preset_source, args, out, kind) for kind in PRESETS}
+        plain = executor.submit(base.train_source_model, args, out, source_name("plain"))
+    sources = {"plain": plain.result(), **{kind: future.result()[0] for kind, future in scoring.items()}}
+    zero_label = {kind: future.result()[1] for kind, future in scoring.items()}
     preset = max(PRESETS, key=lambda kind: zero_label[kind]["val"])
     print(f"stain preset: {preset} ({base.HARD} validation macro F1 before any label: "
           + ", ".join(f"{kind} {zero_label[kind]['val']:.3f}" for kind in PRESETS) + ")", flush=True)
@@ -149,8 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         bn_stained = executor.submit(batch_norm_recipe, args, out, "b", preset)
         if not args.report_only:
             list(executor.map(lambda job: run(args, out, sources, preset, budget, rounds, *job), jobs))
-    batch_norm = {"a": by_lab({key: future.result() for key, future in bn_scoring.items()}),
-                  "b": bn_stained.result()}
+    batch_norm = {"a": bn_plain.result(), "b": bn_stained.result()}
     seeds = {lab: finished_seeds(out / lab / "full", names, rounds, args.seeds) for lab in args.labs}
     for lab in [lab for lab, n in seeds.items() if n == 0]:
         print(f"{lab}: no seed has finished every run yet, so it has no table", flush=True)
@@ -188,6 +184,13 @@ def finished_seeds(folder: Path, names: list[str], rounds: int, seeds: int) -> i
         state = folder / folder_name(name) / f"seed_{seed}" / "state.json"
         return state.exists() and json.loads(state.read_text())["round"] == rounds
     return next((k for k in range(seeds) if not all(finished(name, k) for name in names)), seeds)
+
+
+def preset_source(args: argparse.Namespace, out: Path, preset: str) -> tuple[Path, dict[str, float]]:
+    """The source model trained with the stain jitter of ``preset``, and its
+    :func:`zero_label_scores`, in one job."""
+    source = base.train_source_model(args, out, source_name(preset), ("--stain-jitter", preset))
+    return source, zero_label_scores(args, out, source)
 
 
 def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict[str, float]:
