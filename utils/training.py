@@ -212,6 +212,9 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     state = RunState.load(out, data, options.query_only, rng) if options.resume else None
     if options.resume and state is None:
         info(f"nothing to resume in {out}; starting at round 0")
+    if state and state.round == -1 and options.rounds >= 0:
+        raise InputError(f"{out} holds a zero-label score (--rounds -1), not a fine-tuning run: fine-tune into "
+                         f"another --output, with --weights {out / 'model.keras'} to start from its model")
     if state is None and (out / "rounds.csv").exists() and not options.resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
@@ -220,9 +223,6 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     info(describe(strategy, options.batch_size))
     with strategy.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
-    if state and state.round == -1 and options.rounds >= 0:
-        raise InputError(f"{out} holds a zero-label score (--rounds -1), not a fine-tuning run: fine-tune into "
-                         f"another --output, with --weights {out / 'model.keras'} to start from its model")
     if state:
         model.set_weights(load_model(out / "model.keras").get_weights())
         info(f"resuming {out} at round {state.round + 1} with {len(state.labelled)} labelled tiles")
@@ -242,7 +242,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     if state.round == -1 and options.weights and not state.rows:
         state.rows.append(evaluate_source(learner, data))
     atomic_write_json(out / "config.json", {**model_metadata(options, config), "options": asdict(options)})
-    if options.rounds == -1 and not (out / "state.json").exists():
+    if options.rounds == -1 and state.best["round"] is None:  # scored just now, not resumed
         keep_zero_label_model(options, config, data, model, state)
     last_round = state.round + 1 if options.query_only else options.rounds
     for round_number in range(state.round + 1, last_round + 1):
