@@ -58,9 +58,10 @@ def mapped(synthetic_slide, model_path, tmp_path_factory):
     return output / "known"
 
 
-def decode_map(folder, config) -> np.ndarray:
+def decode_map(folder, config, rows: int = ROWS) -> np.ndarray:
+    """The class of each cell of a map with ``rows`` rows of tiles."""
     image = cv2.imread(str(folder / "tissue_map.png"))[..., ::-1]
-    scale = image.shape[0] // ROWS
+    scale = image.shape[0] // rows
     cells = image[scale // 2 :: scale, scale // 2 :: scale]
     colours = label_colours(config).astype(int)
     distance = ((cells[..., None, :].astype(int) - colours[None, None]) ** 2).sum(axis=-1)

@@ -26,10 +26,13 @@ import tensorflow as tf
 from utils.config import Config, fingerprint, fingerprint_difference, scale_name
 from utils.errors import ModelError
 from utils.io import atomic_path
+from utils.texture import texture_backbone
 
-BACKBONES = ("vgg16", "mobilenetv2", "small")
+#: ``texture`` is QuPath's filter bank (utils/texture.py), learned from
+#: nothing; ``texture+small`` concatenates the small CNN's features with it.
+BACKBONES = ("vgg16", "mobilenetv2", "small", "texture", "texture+small")
 METADATA_MEMBER = "tissue_al.json"
-_PREPROCESSING = {"vgg16": "caffe", "mobilenetv2": "tf", "small": "unit"}
+_PREPROCESSING = {"vgg16": "caffe", "mobilenetv2": "tf", "small": "unit", "texture": "unit", "texture+small": "unit"}
 #: Input scalings: a backbone's own, or ``raw`` 0-255 as the original code fed VGG16.
 INPUT_SCALINGS = ("caffe", "tf", "unit", "raw")
 _IMAGENET_FILES = {
@@ -69,7 +72,7 @@ class ModelSpec:
     backbone: str = "vgg16"
     head_units: int = 4096
     dropout: float = 0.4
-    #: None: the backbone's own (caffe for VGG16, tf for MobileNetV2, unit for small).
+    #: None: the backbone's own (caffe for VGG16, tf for MobileNetV2, unit for small and texture).
     input_scaling: str | None = None
 
     @property
@@ -89,6 +92,8 @@ def build_model(
         raise ModelError(f"unknown backbone {spec.backbone!r}; choose one of {BACKBONES}")
     if spec.input_scaling not in (None, *INPUT_SCALINGS):
         raise ModelError(f"unknown input scaling {spec.input_scaling!r}; choose one of {INPUT_SCALINGS}")
+    if spec.backbone.startswith("texture") and spec.scaling != "unit":
+        raise ModelError(f"the {spec.backbone} backbone filters RGB scaled to [0, 1]; leave --input-scaling out")
     size = config.tile_size
     inputs, features = [], []
     for magnification in config.magnifications:
@@ -121,8 +126,11 @@ def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Mod
                 _forget_faster(model)
         else:
             if weights not in (None, "none"):
-                raise ModelError("the 'small' backbone has no pre-trained weights; use --backbone-weights none")
-            model = _small_cnn(shape)
+                raise ModelError(f"the {kind!r} backbone has no pre-trained weights; use --backbone-weights none")
+            if kind == "small":
+                model = _small_cnn(shape)
+            else:
+                model = texture_backbone(shape, _small_cnn(shape) if kind == "texture+small" else None)
     except ModelError:
         raise
     except Exception as exc:  # download errors surface as several unrelated types

@@ -62,7 +62,8 @@ class TrainOptions:
     freeze_backbone: bool = option(False, "train the head only", "model")
     adapt_bn: bool = option(
         False, "before round 0, re-estimate the backbones' batch-norm statistics on the unlabelled pool (AdaBN; "
-               "mobilenetv2 has batch norm, vgg16 and small have none)", "model")
+               "mobilenetv2 has batch norm, vgg16 and small have none) and the texture backbones' standardisation",
+        "model")
     strategy: str = option("random", "query strategy: random, which no rule beat in the README's experiment; "
                                       "class_ratio is the paper's", "active learning",
                            choices=tuple(STRATEGIES))

@@ -56,7 +56,9 @@ from utils.log import info
 from utils.model import build_model, load_model, load_weights_by_name, save_model
 from utils.pseudo_labels import PoolUse, PseudoLabels, pseudo_label
 from utils.queries import Selection, query, write_queries
+from utils.records import triplet_dataset
 from utils.run_state import RunState
+from utils.texture import fit_standardization
 from utils.train_options import TrainOptions
 from utils.training_data import TrainingData
 
@@ -234,6 +236,8 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         load_source_weights(model, options)
         state = RunState.initial(data, 0 if options.rounds == -1 else options.initial, options.query_only, rng)
         describe_data(options, data, state)
+        if not options.weights:
+            standardize_on_pool(model, data, options)
         if options.adapt_bn:
             adapt_to_pool(model, data, options)
     check_the_pool_lasts(options, data, state)
@@ -264,22 +268,49 @@ def keep_zero_label_model(options: TrainOptions, config: Config, data: TrainingD
     state.save(options.output, data.index)
 
 
-#: Pool tiles whose batch-norm statistics ``--adapt-bn`` averages: enough for
-#: stable means and variances, few enough to take seconds.
+#: Training tiles whose statistics ``--adapt-bn`` and the texture backbone's
+#: standardisation average: enough for stable means and variances, few
+#: enough to take seconds.
 ADAPT_TILES = 4096
 
 
+def pool_sample(data: TrainingData, seed: int) -> np.ndarray:
+    """A seeded sample of the training split's tiles, labelled or not (their labels unused)."""
+    tiles = np.union1d(data.candidates, data.pool_ids)
+    return np.sort(np.random.default_rng(seed).permutation(tiles)[:ADAPT_TILES])
+
+
+def standardize_on_pool(model: keras.Model, data: TrainingData, options: TrainOptions) -> int:
+    """A texture backbone built here (not loaded) standardises its filter
+    statistics by their means and variances over the training split."""
+    sample = pool_sample(data, options.seed)
+    count = fit_standardization(model, data.dataset(sample))
+    if count:
+        info(f"texture backbone: filter statistics standardised on {count} training tiles")
+    return count
+
+
 def adapt_to_pool(model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
-    """``--adapt-bn``: the backbones' batch-norm statistics from a seeded sample
-    of the pool (its labels unused), or a warning that there are none."""
-    sample = np.sort(np.random.default_rng(options.seed).permutation(data.pool_ids)[:ADAPT_TILES])
-    batches = adapt_batch_norm(model, data.dataset(sample), data.config.magnifications)
-    if batches == 0:
-        warnings.warn(f"--adapt-bn: the {options.spec.backbone} backbone has no batch normalisation, so nothing was "
-                      f"adapted; it applies to mobilenetv2", stacklevel=2)
+    """``--adapt-bn``: the backbones' batch-norm statistics, and a texture
+    backbone's standardisation, from a seeded sample of the pool, or a warning
+    that there is neither. Batch-norm statistics are averaged over batches,
+    so the batches are drawn in random order: in stored order most batches
+    hold one class, and their variances miss the variance between classes."""
+    sample = pool_sample(data, options.seed)
+    shuffled = triplet_dataset(data.index, sample, data.config.magnifications, data.config.tile_size,
+                               data.batch_size, shuffle=True, seed=options.seed)
+    batches = adapt_batch_norm(model, shuffled, data.config.magnifications)
+    tiles = fit_standardization(model, data.dataset(sample))
+    if batches == 0 and tiles == 0:
+        warnings.warn(f"--adapt-bn: the {options.spec.backbone} backbone has no batch normalisation and no filter "
+                      f"bank, so nothing was adapted; it applies to mobilenetv2 and the texture backbones",
+                      stacklevel=2)
         return
-    info(f"--adapt-bn: batch-norm statistics of {len(batch_norm_layers(model))} layers re-estimated on "
-         f"{len(sample)} pool tiles ({batches} batches), before any target label")
+    if batches:
+        info(f"--adapt-bn: batch-norm statistics of {len(batch_norm_layers(model))} layers re-estimated on "
+             f"{len(sample)} pool tiles ({batches} shuffled batches), before any target label")
+    if tiles:
+        info(f"--adapt-bn: texture statistics standardised on {tiles} pool tiles, before any target label")
 
 
 def check_the_pool_lasts(options: TrainOptions, data: TrainingData, state: RunState) -> None:
