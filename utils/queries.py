@@ -103,7 +103,7 @@ def query(data: TrainingData, learner: Learner, options: TrainOptions, state: Ru
         pool.labelled_embeddings = learner.predict(labelled, embeddings=True)["embeddings"]
     stride = float(np.median(list(data.strides.values()))) if data.strides else 1.0
     shares = np.zeros(data.config.num_classes) if warm else state.misclassified
-    positions, scores = select(name, o.budget, pool, state.rng, shares, data.config.num_classes,
+    positions, scores = select(name, o.budget_of(state.round + 1), pool, state.rng, shares, data.config.num_classes,
                                stride=stride, spacing=o.spacing)
     probs = pool.probs[positions] if pool.probs is not None else None
     return Selection(pool_ids[positions], strategy.score_sign * scores[positions] if scores is not None else None,

@@ -72,6 +72,10 @@ class TrainOptions:
     budget: int | None = option(
         None, f"tiles labelled per round (default: {SIMULATION_BUDGET}, the paper's, in simulation; {REVIEW_BATCH}, "
               f"what a pathologist reviews in one sitting, with --query-only)", "active learning")
+    budgets: tuple[int, ...] = option(
+        (), "tiles labelled in rounds 1, 2, ... in turn, the last repeating (replaces --budget): growing budgets "
+            "measure a learning curve at the fractions of the pool that matter, such as 2, 5, 10, 20, 50 and 100%",
+        "active learning", metavar="N")
     initial: int = option(25000, "initial labelled tiles per class", "active learning")
     pool_sample: int | None = option(None, "score only a random sample of this many pool tiles", "active learning",
                                      metavar="N")
@@ -163,6 +167,8 @@ class TrainOptions:
             least = {"rounds": -1, "budget": 0}.get(name, 1)
             if getattr(self, name) < least:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
+        if any(b < 1 for b in self.budgets):
+            raise InputError(f"budgets must be at least 1 tile each, not {list(self.budgets)}")
         if self.rounds == -1 and (self.weights is None or self.query_only):
             raise InputError("--rounds -1 scores the --weights model on the labelled validation and test tiles "
                              "before any label; it needs --weights, and cannot be combined with --query-only")
@@ -186,6 +192,12 @@ class TrainOptions:
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
                              f"{list(self.split_fractions)}")
+
+    def budget_of(self, round_number: int) -> int:
+        """Tiles labelled in round ``round_number`` (from 1)."""
+        if not self.budgets:
+            return self.budget
+        return self.budgets[min(round_number, len(self.budgets)) - 1]
 
     @property
     def draw_seed(self) -> int:

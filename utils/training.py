@@ -324,17 +324,22 @@ def check_the_pool_lasts(options: TrainOptions, data: TrainingData, state: RunSt
             raise InputError(f"{options.data}: no unlabelled tissue tiles in the training split to ask about; "
                              f"extract the target slides with --unlabeled")
         return
-    query_rounds = options.rounds - max(state.round, 0)
-    if query_rounds <= 0 or options.budget == 0:
+    first = max(state.round, 0) + 1
+    query_rounds = options.rounds - first + 1
+    if query_rounds <= 0 or options.budget_of(first) == 0:
         return
     if left == 0:
         raise InputError(f"the initial set takes all {len(state.labelled)} labelled training tiles (--initial "
                          f"{options.initial} per class): nothing is left to query in {query_rounds} round(s); "
                          f"lower --initial, or pass --rounds 0 to fit once on everything")
-    lasting = -(-left // options.budget)
+    lasting, taken = 0, 0
+    while taken < left:
+        taken += options.budget_of(first + lasting)
+        lasting += 1
     if lasting < query_rounds:
-        smaller = f" or --budget to {left // query_rounds}" if left >= query_rounds else ""
-        raise InputError(f"the pool's {left} tiles last {lasting} round(s) of --budget {options.budget}, not the "
+        what = f"--budgets {' '.join(map(str, options.budgets))}" if options.budgets else f"--budget {options.budget}"
+        smaller = f" or --budget to {left // query_rounds}" if left >= query_rounds and not options.budgets else ""
+        raise InputError(f"the pool's {left} tiles last {lasting} round(s) of {what}, not the "
                          f"{query_rounds} asked for; lower --rounds to {options.rounds - query_rounds + lasting}"
                          f"{smaller}")
 

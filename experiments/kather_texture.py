@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""The texture backbone against what a pathologist already has, on real tissue.
+
+The anchor (experiments/anchor.py) is QuPath's way: a random forest on
+multi-scale filter statistics, trained on the new lab's labels. This
+experiment puts the project's ``--backbone texture`` (the same filter bank as
+Keras layers, with the paper's head, in head mode) beside it on the labs,
+splits and scripts of experiments/kather_domain_adaptation.py, the two
+target labs of the recipes (``stain_blur_jpeg``, the harder shift, and
+``eosin_gamma_resolution``, the lab no augmentation models):
+
+- **texture, no source**: the network built on the target lab alone (its
+  standardisation from the target pool), as the forest is;
+- **texture, source**: fine-tuned from a source model trained on the source
+  lab, one source model per seed (so the intervals include the source
+  model's variance), its standardisation re-estimated on the target pool
+  (``--adapt-bn``);
+
+each with ``random`` and ``margin+warm`` picks. Budgets grow so that every
+reported fraction is measured, none interpolated: 4 tiles per class to start
+(about 1% of the pool), then 2, 5, 10, 20, 50 and 100% of the pool. The
+anchors are fitted on exactly the tiles the ``random`` run of the same seed
+had labelled after each round: forest on target labels, forest on source +
+target labels, and logistic regression.
+
+    python experiments/kather_texture.py            # about 45 minutes on 2 CPU cores
+    python experiments/kather_texture.py --quick    # every stage, small
+    python experiments/kather_texture.py --report-only
+
+Outputs: OUTPUT/results.md (a table per lab: F1 at each measured fraction,
+AULC and its paired interval against the forest), results.json,
+learning_curves.png, and every run's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import analysis, anchor  # noqa: E402
+from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, paired_difference,  # noqa: E402
+                                                  pool_class_counts, prepare_labs, run_script, strategy_flags,
+                                                  train_source_model)
+from utils import plots  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.training import read_rounds  # noqa: E402
+
+LABS = (HARD, UNMODELLED)
+#: Labelled fractions of the pool measured after the initial set.
+FRACTIONS = (0.02, 0.05, 0.10, 0.20, 0.50, 1.0)
+STRATEGIES = ("random", "margin+warm")
+SOURCES = ("no source", "source")
+HEAD_FLAGS = ["--freeze-backbone", "--optimizer", "adam", "--learning-rate", "1e-3", "--epochs", "60",
+              "--patience", "8", "--batch-size", "128"]
+QUICK = {"images_per_class": 24, "seeds": 1, "initial": 2}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default experiment_output/texture, or experiment_output/texture_quick with --quick")
+    parser.add_argument("--quick", action="store_true", help=f"a small version that checks that every stage runs: {QUICK}")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, each with its own source model (default 3)")
+    parser.add_argument("--labs", nargs="+", default=list(LABS), choices=[HARD, UNMODELLED, "stain"])
+    parser.add_argument("--report-only", action="store_true", help="tables from the runs finished so far")
+    add_lab_arguments(parser)
+    parser.set_defaults(backbone="texture", initial=4)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    args.output = args.output or ROOT / "experiment_output" / ("texture_quick" if args.quick else "texture")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out = prepare_labs(args, tuple(args.labs))
+    sources = [train_source_model(args, out, f"source_model_seed_{k}", ("--freeze-backbone", "--seed", str(k)))
+               for k in range(args.seeds)]
+    results = {}
+    for lab in args.labs:
+        per_class = pool_class_counts(out / "records" / f"target_{lab}", out / "staged" / "target_split.json")
+        budgets, rounds = schedule(per_class, args.initial)
+        jobs = [(lab, source, strategy, seed) for seed in range(args.seeds) for source in SOURCES
+                for strategy in STRATEGIES]
+        if not args.report_only:
+            with ThreadPoolExecutor(args.jobs) as executor:
+                list(executor.map(lambda job: texture_run(args, out, sources, budgets, rounds, *job), jobs))
+        results[lab] = summarise(args, out, lab, sum(per_class.values()))
+    minutes = (time.perf_counter() - started) / 60
+    write_report(out, results, minutes)
+    print(f"\n{(out / 'results.md').read_text()}\nfigure: {out / 'learning_curves.png'}")
+
+
+def schedule(per_class: dict[str, int], initial: int) -> tuple[list[int], int]:
+    """Per-round budgets that bring the labelled set from the initial tiles
+    to each of :data:`FRACTIONS` of the pool, and the number of rounds."""
+    pool = sum(per_class.values())
+    start = sum(min(initial, n) for n in per_class.values())
+    targets = [max(start + 1, round(f * pool)) for f in FRACTIONS]
+    targets = sorted(set(targets))
+    budgets = np.diff([start, *targets]).tolist()
+    return [int(b) for b in budgets if b > 0], len(budgets)
+
+
+def run_folder(out: Path, lab: str, source: str, strategy: str, seed: int) -> Path:
+    return out / lab / source.replace(" ", "_") / strategy / f"seed_{seed}"
+
+
+def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], budgets: list[int], rounds: int,
+                lab: str, source: str, strategy: str, seed: int) -> None:
+    """One head-mode run of the texture backbone (skipped when finished)."""
+    run = run_folder(out, lab, source, strategy, seed)
+    state = run / "state.json"
+    if state.exists() and json.loads(state.read_text())["round"] >= rounds:
+        return
+    weights = ["--weights", str(sources[seed]), "--adapt-bn"] if source == "source" else []
+    started = time.perf_counter()
+    run_script("active_learning_train.py", [
+        "--data", str(out / "records" / f"target_{lab}"), "--output", str(run), "--resume",
+        "--split", str(out / "staged" / "target_split.json"), "--backbone", args.backbone,
+        "--backbone-weights", "none", "--head-units", args.head_units, *weights,
+        *strategy_flags(strategy), "--initial", str(args.initial), "--rounds", str(rounds),
+        "--budgets", *map(str, budgets), "--no-figures", "--slide-class-cap", "0", "--seed", str(seed),
+        *HEAD_FLAGS,
+    ], out / "logs" / lab / f"{source.replace(' ', '_')}_{strategy}_seed_{seed}.txt")
+    print(f"{lab} {source} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
+    """Per arm and anchor: the test macro F1 at each measured fraction (per
+    seed), the AULC, and its paired interval against the forest."""
+    config = load_config(ROOT / "experiments" / "kather.yaml")
+    tile_size = int(args.tile_size)
+    index, values = anchor.features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}.npy",
+                                    config.magnifications, tile_size)
+    source_index, source_values = anchor.features(out / "records" / "source", out / "anchor" / "source.npy",
+                                                  config.magnifications, tile_size)
+    split = json.loads((out / "staged" / "target_split.json").read_text())
+    test_ids = np.flatnonzero(np.isin(index.slide, split["test"]) & (index.label >= 0))
+    source_labelled = np.flatnonzero(source_index.label >= 0)
+    source = (source_values[source_labelled], source_index.label[source_labelled])
+    arms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for seed in range(args.seeds):
+        for name in SOURCES:
+            for strategy in STRATEGIES:
+                rows = [r for r in read_rounds(run_folder(out, lab, name, strategy, seed) / "rounds.csv")
+                        if int(r["round"]) >= 0]
+                arms.setdefault(f"texture, {name}, {strategy}", []).append(
+                    (np.array([int(r["labelled"]) / pool for r in rows]),
+                     np.array([float(r["test_macro_f1"]) for r in rows])))
+        sets = anchor.labelled_by_round(run_folder(out, lab, "no source", "random", seed), index)
+        fractions = np.array([len(sets[k]) / pool for k in sorted(sets)])
+        for name in anchor.ANCHORS:
+            scores = anchor.anchor_curve(name, (values, index.label), sets, test_ids, seed,
+                                         source if "source" in name else None)
+            arms.setdefault(name, []).append((fractions, np.array(scores)))
+    table = {}
+    forest = [analysis.area_under_curve(analysis.Curve(*c)) for c in arms["forest"]]
+    for name, curves in arms.items():
+        areas = [analysis.area_under_curve(analysis.Curve(*c)) for c in curves]
+        f1 = np.array([c[1] for c in curves])
+        table[name] = {"fractions": curves[0][0].tolist(), "f1": f1.mean(0).tolist(), "f1_sd": f1.std(0).tolist(),
+                       "per_seed": f1.tolist(), "aulc": float(np.mean(areas)), "areas": areas,
+                       "vs_forest": analysis.paired_interval(np.array(areas), np.array(forest))}
+    return {"pool": pool, "seeds": args.seeds, "table": table}
+
+
+def write_report(out: Path, results: dict, minutes: float) -> None:
+    lines = [f"Wall time {minutes:.0f} min (runs skipped when finished are not timed).", ""]
+    for lab, r in results.items():
+        table = r["table"]
+        fractions = next(iter(table.values()))["fractions"]
+        lines += [f"### {lab}: test macro F1, mean ± sd over {r['seeds']} seed(s); target pool {r['pool']} tiles", "",
+                  "| arm | " + " | ".join(f"{f:.1%}" for f in fractions) + " | AULC | AULC − forest (95% CI) |",
+                  "|---|" + "---|" * (len(fractions) + 2)]
+        for name, e in sorted(table.items(), key=lambda kv: -kv[1]["aulc"]):
+            cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(e["f1"], e["f1_sd"]))
+            diff = "—" if name == "forest" else paired_difference(*e["vs_forest"])
+            lines.append(f"| {name} | {cells} | {e['aulc']:.3f} | {diff} |")
+        best = max((n for n in table if n.startswith("texture")), key=lambda n: table[n]["aulc"])
+        ahead = np.array(table[best]["f1"]) - np.array(table["forest"]["f1"])
+        lines += ["", f"Best texture arm by AULC: {best}; its mean F1 minus the forest's at each fraction: "
+                  + ", ".join(f"{d:+.3f}" for d in ahead)
+                  + f" ({int((ahead >= 0).sum())} of {len(ahead)} fractions at or above).", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / "learning_curves.png")
+
+
+def plot(results: dict, path: Path) -> None:
+    """Mean curves per lab on a log axis of the labelled fraction; the forest in black."""
+    fig = plots.Figure(figsize=(6.4 * len(results), 4.8))
+    axes = fig.subplots(1, len(results), squeeze=False)
+    for ax, (lab, r) in zip(axes[0], results.items()):
+        for name, e in r["table"].items():
+            x = np.array(e["fractions"]) * 100
+            mean, sd = np.array(e["f1"]), np.array(e["f1_sd"])
+            anchor_line = name in anchor.ANCHORS
+            line, = ax.plot(x, mean, marker="o", ms=3, label=name, ls="--" if anchor_line else "-",
+                            color="black" if name == "forest" else None, lw=2.2 if name == "forest" else 1.5)
+            ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.12, lw=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("target pool labelled (%, log scale; every point measured)")
+        ax.set_ylabel("test macro F1")
+        ax.set_title(f"{lab}: mean ± sd over {r['seeds']} seed(s)", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    plots.save(fig, path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
