@@ -13,6 +13,7 @@ it is what a lab that pools its data would do.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,17 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from utils.config import scale_name
+from experiments.analysis import Curve
+from utils.config import load_config, scale_name
 from utils.io import read_csv
 from utils.records import RecordIndex, read_index, record_files, triplet_dataset
 
 #: The anchors, by the name their table rows carry.
 ANCHORS = ("forest", "forest, source + target", "logistic regression")
 FOREST_TREES = 200
+#: How an anchor's row is named in the tables of the other experiments.
+ROW_SUFFIX = " (anchor)"
+EXPERIMENT_CONFIG = Path(__file__).resolve().parent / "kather.yaml"
 
 
 def features(records: Path, cache: Path, magnifications: list[float], tile_size: int) -> tuple[RecordIndex, np.ndarray]:
@@ -65,18 +70,46 @@ def classifier(name: str, seed: int):
 
 
 def anchor_curve(name: str, target: tuple[np.ndarray, np.ndarray], sets: dict[int, np.ndarray],
-                 test_ids: np.ndarray, seed: int, source: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
-    """Test macro F1 of the anchor ``name`` fitted on each labelled set in
-    turn (target features and labels; ``source`` added for the source + target
-    forest), over the classes present in the test split, as the runs score."""
+                 evaluated: dict[str, np.ndarray], seed: int,
+                 source: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
+    """Macro F1 of the anchor ``name`` fitted on each labelled set in turn
+    (target features and labels; ``source`` added for the source + target
+    forest), on each of the ``evaluated`` sets (e.g. val and test ids), over
+    the classes present in that set, as the runs score."""
     values, labels = target
-    present = np.unique(labels[test_ids])
-    scores = []
+    scores: dict[str, list[float]] = {split: [] for split in evaluated}
     for k in sorted(sets):
         x, y = values[sets[k]], labels[sets[k]]
         if source is not None:
             x, y = np.concatenate([source[0], x]), np.concatenate([source[1], y])
         model = classifier(name, seed).fit(x, y)
-        predicted = model.predict(values[test_ids])
-        scores.append(float(f1_score(labels[test_ids], predicted, labels=present, average="macro", zero_division=0)))
+        for split, ids in evaluated.items():
+            present = np.unique(labels[ids])
+            scores[split].append(float(f1_score(labels[ids], model.predict(values[ids]), labels=present,
+                                                average="macro", zero_division=0)))
     return scores
+
+
+def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int) -> dict[str, dict[str, list[Curve]]]:
+    """Each anchor's validation and test curves (one per run, in order) on the
+    target lab ``lab`` of an experiment folder ``out`` (``records/``,
+    ``staged/target_split.json``), fitted on the labelled sets of ``runs``."""
+    config = load_config(EXPERIMENT_CONFIG)
+    index, values = features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}.npy",
+                             config.magnifications, tile_size)
+    source_index, source_values = features(out / "records" / "source", out / "anchor" / "source.npy",
+                                           config.magnifications, tile_size)
+    split = json.loads((out / "staged" / "target_split.json").read_text())
+    evaluated = {name: np.flatnonzero(np.isin(index.slide, split[name]) & (index.label >= 0)) for name in ("val", "test")}
+    labelled = np.flatnonzero(source_index.label >= 0)
+    source = (source_values[labelled], source_index.label[labelled])
+    curves: dict[str, dict[str, list[Curve]]] = {name: {"val": [], "test": []} for name in ANCHORS}
+    for seed, run in enumerate(runs):
+        sets = labelled_by_round(run, index)
+        fractions = np.array([len(sets[k]) / pool for k in sorted(sets)])
+        for name in ANCHORS:
+            scores = anchor_curve(name, (values, index.label), sets, evaluated, seed,
+                                  source if "source" in name else None)
+            for split_name, f1 in scores.items():
+                curves[name][split_name].append(Curve(fractions, np.array(f1)))
+    return curves

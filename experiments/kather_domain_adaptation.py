@@ -65,7 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import analysis  # noqa: E402
+from experiments import analysis, anchor  # noqa: E402
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
@@ -233,8 +233,20 @@ class Design:
         self.execute(shift, mode, {CEILING: ceiling_seeds, **seeds})
         budget, rounds = self.rounds(mode)
         print(f"{shift} {mode}: target pool {self.pool} tiles, {budget} labelled per round, {rounds} rounds", flush=True)
-        summary = summarise(self.out / shift / mode, seeds, ceiling_seeds, self.pool)
+        summary = summarise(self.out / shift / mode, seeds, ceiling_seeds, self.pool,
+                            anchors=anchor_rows(self.out, shift, mode, "random", ceiling_seeds, self.pool,
+                                                int(self.args.tile_size)))
         return {**summary, "budget": budget, "rounds": rounds}
+
+
+def anchor_rows(out: Path, shift: str, mode: str, baseline: str, seeds: int, pool: int,
+                tile_size: int) -> dict[str, list[analysis.Curve]]:
+    """The anchors' test curves, fitted on the labelled sets of the first
+    ``seeds`` ``baseline`` runs (random picks), named as table rows; their
+    paired intervals use those seeds only."""
+    runs = [out / shift / mode / baseline / f"seed_{k}" for k in range(seeds)]
+    return {name + anchor.ROW_SUFFIX: curves["test"]
+            for name, curves in anchor.curves_for(out, shift, runs, pool, tile_size).items()}
 
 
 def best_candidates(selection: dict[str, float], candidates: list[str], count: int = 2) -> list[str]:
@@ -427,11 +439,12 @@ def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[ana
 
 
 def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int, baseline: str = "random",
-              ceiling: str = CEILING) -> dict:
+              ceiling: str = CEILING, anchors: dict[str, list[analysis.Curve]] | None = None) -> dict:
     """The fair ceiling (the runs in ``folder/ceiling``), and per strategy the
     labels from which F1 stays within 1 point of it, the AULC with its paired
     interval against ``baseline`` (over the seeds both have), and the F1 at
-    fixed fractions."""
+    fixed fractions; the ``anchors``' test curves (experiments/anchor.py)
+    are rows of the same table."""
     ceiling_f1, ceiling_steps, source_f1 = [], [], []
     for seed in range(ceiling_seeds):
         rows = read_rounds(folder / ceiling / f"seed_{seed}" / "rounds.csv")
@@ -441,6 +454,7 @@ def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int
         source_f1.append(float(rows[0]["test_macro_f1"]))
     ceiling_mean = float(np.mean(ceiling_f1))
     curves = {s: [read_curve(folder / s / f"seed_{k}", pool) for k in range(n)] for s, n in seeds.items()}
+    curves.update({name: [(curve, []) for curve in anchor_curves] for name, anchor_curves in (anchors or {}).items()})
     al_steps = max(sum(int(r["steps"]) for r in rows) for runs in curves.values() for _, rows in runs)
     table = {}
     for strategy, runs in curves.items():
@@ -487,7 +501,8 @@ def write_report(out: Path, results: dict, pool: int, minutes: float) -> None:
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "learning_curves.png")
-    hard_head = results["shifts"][HARD]["head"]["table"]
+    hard_head = {s: e for s, e in results["shifts"][HARD]["head"]["table"].items()
+                 if not s.endswith(anchor.ROW_SUFFIX)}
     class_counts_plot(out / HARD / "head", {s: e["seeds"] for s, e in hard_head.items()}, out / "class_counts.png")
     picks_plot(out, [s for s in hard_head if s != ORACLE], out / "picks.png")
 
@@ -523,7 +538,8 @@ def plot(results: dict, path: Path, baseline: str = "random") -> None:
         for strategy, (mean, sd) in r["curves"].items():
             mean, sd = np.array(mean, float), np.array(sd, float)
             line, = ax.plot(grid * 100, mean, label=f"{strategy} ({r['table'][strategy]['seeds']})",
-                            lw=2.4 if strategy == baseline else 1.6, color="black" if strategy == baseline else None)
+                            lw=2.4 if strategy == baseline else 1.6, color="black" if strategy == baseline else None,
+                            ls="--" if strategy.endswith(anchor.ROW_SUFFIX) else "-")
             ax.fill_between(grid * 100, mean - sd, mean + sd, color=line.get_color(), alpha=0.12, lw=0)
         ax.axhspan(r["ceiling"] - 0.01, r["ceiling"], color="tab:green", alpha=0.25,
                    label=f"fair ceiling − 1 pt ({r['ceiling']:.3f})")

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = {lab: finished_seeds(out / lab / "full", names, rounds, args.seeds) for lab in args.labs}
     for lab in [lab for lab, n in seeds.items() if n == 0]:
         print(f"{lab}: no seed has finished every run yet, so it has no table", flush=True)
-    results = {"shifts": {lab: {"full": {**summary(out / lab / "full", n, pool, args.strategies),
+    results = {"shifts": {lab: {"full": {**summary(out / lab / "full", n, pool, args.strategies,
+                                                     int(args.tile_size)),
                                          "budget": budget, "rounds": rounds}} for lab, n in seeds.items() if n},
                "preset": preset, "zero_label": zero_label, "adapt_bn": batch_norm,
                "minutes": None if args.report_only else (time.perf_counter() - started) / 60}
@@ -267,18 +268,21 @@ def folder_name(name: str) -> str:
     return name.replace(" ", "_").replace("(", "").replace(")", "")
 
 
-def summary(folder: Path, seeds: int, pool: int, strategies: list[str]) -> dict:
+def summary(folder: Path, seeds: int, pool: int, strategies: list[str], tile_size: int) -> dict:
     """:func:`base.summarise` of every run against today's recipe, with each
     run's zero-label F1 and its use of the pool (tiles or FixMatch views per
-    round, and their accuracy)."""
+    round, and their accuracy), and the anchors fitted on today's recipe's
+    labelled sets."""
     names = {folder_name(name): name for name in runs(strategies)}
     ceilings = {name: kept_scores(folder / folder_name(name), seeds) for name in CEILINGS}
     fair = max(ceilings, key=lambda name: ceilings[name]["val"])
+    anchors = base.anchor_rows(folder.parents[1], folder.parent.name, folder.name, folder_name(TODAY), seeds, pool,
+                               tile_size)
     result = base.summarise(folder, dict.fromkeys(names, seeds), seeds, pool, baseline=folder_name(TODAY),
-                            ceiling=folder_name(fair))
+                            ceiling=folder_name(fair), anchors=anchors)
     result["fair_ceiling"], result["ceilings"] = fair, ceilings
-    result["table"] = {names[k]: v for k, v in result["table"].items()}
-    result["curves"] = {names[k]: v for k, v in result["curves"].items()}
+    result["table"] = {names.get(k, k): v for k, v in result["table"].items()}
+    result["curves"] = {names.get(k, k): v for k, v in result["curves"].items()}
     for short, name in names.items():
         rows = [read_rounds(folder / short / f"seed_{k}" / "rounds.csv") for k in range(seeds)]
         entry = result["table"][name]
@@ -324,7 +328,7 @@ def write_report(out: Path, results: dict, pool: int) -> None:
                   *base.table_lines(r["table"], TODAY, "recipe, strategy"), "",
                   "| recipe, strategy | zero-label F1 (round -1) | pool tiles used per round | right |",
                   "|---|---|---|---|"]
-        for name, e in r["table"].items():
+        for name, e in [(name, e) for name, e in r["table"].items() if "zero_label_f1" in e]:
             right = "—" if np.isnan(e["pool_accuracy"]) else f"{e['pool_accuracy']:.1%}"
             lines.append(f"| {name} | {e['zero_label_f1']:.3f} | {e['pool_used_per_round']:.0f} | {right} |")
         lines.append("")

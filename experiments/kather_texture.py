@@ -51,7 +51,6 @@ from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_argu
                                                   pool_class_counts, prepare_labs, run_script, strategy_flags,
                                                   train_source_model)
 from utils import plots  # noqa: E402
-from utils.config import load_config  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
 
 LABS = (HARD, UNMODELLED)
@@ -141,40 +140,29 @@ def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], budget
 def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
     """Per arm and anchor: the test macro F1 at each measured fraction (per
     seed), the AULC, and its paired interval against the forest."""
-    config = load_config(ROOT / "experiments" / "kather.yaml")
-    tile_size = int(args.tile_size)
-    index, values = anchor.features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}.npy",
-                                    config.magnifications, tile_size)
-    source_index, source_values = anchor.features(out / "records" / "source", out / "anchor" / "source.npy",
-                                                  config.magnifications, tile_size)
-    split = json.loads((out / "staged" / "target_split.json").read_text())
-    test_ids = np.flatnonzero(np.isin(index.slide, split["test"]) & (index.label >= 0))
-    source_labelled = np.flatnonzero(source_index.label >= 0)
-    source = (source_values[source_labelled], source_index.label[source_labelled])
-    arms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    arms: dict[str, dict[str, list[analysis.Curve]]] = {}
     for seed in range(args.seeds):
         for name in SOURCES:
             for strategy in STRATEGIES:
                 rows = [r for r in read_rounds(run_folder(out, lab, name, strategy, seed) / "rounds.csv")
                         if int(r["round"]) >= 0]
-                arms.setdefault(f"texture, {name}, {strategy}", []).append(
-                    (np.array([int(r["labelled"]) / pool for r in rows]),
-                     np.array([float(r["test_macro_f1"]) for r in rows])))
-        sets = anchor.labelled_by_round(run_folder(out, lab, "no source", "random", seed), index)
-        fractions = np.array([len(sets[k]) / pool for k in sorted(sets)])
-        for name in anchor.ANCHORS:
-            scores = anchor.anchor_curve(name, (values, index.label), sets, test_ids, seed,
-                                         source if "source" in name else None)
-            arms.setdefault(name, []).append((fractions, np.array(scores)))
+                fractions = np.array([int(r["labelled"]) / pool for r in rows])
+                for split in ("val", "test"):
+                    arms.setdefault(f"texture, {name}, {strategy}", {}).setdefault(split, []).append(
+                        analysis.Curve(fractions, np.array([float(r[f"{split}_macro_f1"]) for r in rows])))
+    arms.update(anchor.curves_for(out, lab, [run_folder(out, lab, "no source", "random", seed)
+                                             for seed in range(args.seeds)], pool, int(args.tile_size)))
     table = {}
-    forest = [analysis.area_under_curve(analysis.Curve(*c)) for c in arms["forest"]]
+    forest = [analysis.area_under_curve(c) for c in arms["forest"]["test"]]
     for name, curves in arms.items():
-        areas = [analysis.area_under_curve(analysis.Curve(*c)) for c in curves]
-        f1 = np.array([c[1] for c in curves])
-        table[name] = {"fractions": curves[0][0].tolist(), "f1": f1.mean(0).tolist(), "f1_sd": f1.std(0).tolist(),
-                       "per_seed": f1.tolist(), "aulc": float(np.mean(areas)), "areas": areas,
-                       "vs_forest": analysis.paired_interval(np.array(areas), np.array(forest))}
-    return {"pool": pool, "seeds": args.seeds, "table": table}
+        areas = [analysis.area_under_curve(c) for c in curves["test"]]
+        f1 = np.array([c.f1 for c in curves["test"]])
+        table[name] = {"fractions": curves["test"][0].fraction.tolist(), "f1": f1.mean(0).tolist(),
+                       "f1_sd": f1.std(0).tolist(), "per_seed": f1.tolist(), "aulc": float(np.mean(areas)),
+                       "areas": areas, "vs_forest": analysis.paired_interval(np.array(areas), np.array(forest)),
+                       "val_aulc": float(np.mean([analysis.area_under_curve(c) for c in curves["val"]]))}
+    chosen = max(table, key=lambda n: table[n]["val_aulc"])
+    return {"pool": pool, "seeds": args.seeds, "table": table, "chosen": chosen}
 
 
 def write_report(out: Path, results: dict, minutes: float) -> None:
@@ -183,16 +171,16 @@ def write_report(out: Path, results: dict, minutes: float) -> None:
         table = r["table"]
         fractions = next(iter(table.values()))["fractions"]
         lines += [f"### {lab}: test macro F1, mean ± sd over {r['seeds']} seed(s); target pool {r['pool']} tiles", "",
-                  "| arm | " + " | ".join(f"{f:.1%}" for f in fractions) + " | AULC | AULC − forest (95% CI) |",
-                  "|---|" + "---|" * (len(fractions) + 2)]
+                  "| arm | " + " | ".join(f"{f:.1%}" for f in fractions) + " | AULC | validation AULC | AULC − forest (95% CI) |",
+                  "|---|" + "---|" * (len(fractions) + 3)]
         for name, e in sorted(table.items(), key=lambda kv: -kv[1]["aulc"]):
             cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(e["f1"], e["f1_sd"]))
             diff = "—" if name == "forest" else paired_difference(*e["vs_forest"])
-            lines.append(f"| {name} | {cells} | {e['aulc']:.3f} | {diff} |")
-        best = max((n for n in table if n.startswith("texture")), key=lambda n: table[n]["aulc"])
-        ahead = np.array(table[best]["f1"]) - np.array(table["forest"]["f1"])
-        lines += ["", f"Best texture arm by AULC: {best}; its mean F1 minus the forest's at each fraction: "
-                  + ", ".join(f"{d:+.3f}" for d in ahead)
+            lines.append(f"| {name} | {cells} | {e['aulc']:.3f} | {e['val_aulc']:.3f} | {diff} |")
+        chosen = r["chosen"]
+        ahead = np.array(table[chosen]["f1"]) - np.array(table["forest"]["f1"])
+        lines += ["", f"Chosen on validation AULC: {chosen}. Its mean test F1 minus the forest's at each "
+                  f"fraction: " + ", ".join(f"{d:+.3f}" for d in ahead)
                   + f" ({int((ahead >= 0).sum())} of {len(ahead)} fractions at or above).", ""]
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))

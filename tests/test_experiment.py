@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 import cv2
-from experiments import analysis
+from experiments import analysis, anchor
 from experiments import kather_domain_adaptation as experiment
 from experiments.kather_domain_adaptation import stratified_split
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains
@@ -121,6 +121,7 @@ def test_the_experiment_runs_every_stage(tmp_path):
         stays = r["table"]["random"]["stays"][0]
         assert (np.isnan(expected) and np.isnan(stays)) or stays == pytest.approx(expected)
     assert "class_ratio+oracle" in results["shifts"][experiment.HARD]["head"]["table"]
+    assert "forest" + anchor.ROW_SUFFIX in results["shifts"][experiment.HARD]["full"]["table"]
     report = (out / "results.md").read_text()
     assert "chosen: " + ", ".join(results["chosen"]) in report
     assert (out / "learning_curves.png").exists() and (out / "stain_examples.png").exists()
@@ -148,8 +149,12 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
     recipes.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(out), "--jobs", "2"])
     results = json.loads((out / "results.json").read_text())
     r = results["shifts"][experiment.HARD]["full"]
-    assert set(r["table"]) == {f"{recipe} random" for recipe in recipes.RECIPES}
-    for name, entry in r["table"].items():
+    anchors = {name + anchor.ROW_SUFFIX for name in anchor.ANCHORS}
+    assert set(r["table"]) == {f"{recipe} random" for recipe in recipes.RECIPES} | anchors
+    for name in anchors:  # fitted on today's recipe's labelled sets: the same fractions of the pool
+        assert np.array_equal(np.isnan(r["curves"][name][0]), np.isnan(r["curves"][recipes.TODAY][0]))
+        assert r["table"][name]["seeds"] == 1 and 0 < r["table"][name]["aulc"] <= 1
+    for name, entry in [(name, e) for name, e in r["table"].items() if name not in anchors]:
         rows = read_rounds(out / experiment.HARD / "full" / recipes.folder_name(name) / "seed_0" / "rounds.csv")
         assert entry["zero_label_f1"] == pytest.approx(float(rows[0]["test_macro_f1"])) and rows[0]["round"] == "-1"
         assert entry["pool_used_per_round"] == pytest.approx(

@@ -91,11 +91,11 @@ def test_a_tile_narrower_than_the_widest_filter_is_refused_with_the_size():
 
 @pytest.fixture(scope="module")
 def texture_run(tiles, tmp_path_factory):
-    """The texture backbone trained from nothing in head mode, then one round
-    of coreset picks on its features."""
+    """The texture backbone trained from nothing in head mode, then two
+    rounds of coreset picks on its features, of growing budgets."""
     output = tmp_path_factory.mktemp("texture") / "run"
     argv = ["--data", str(tiles), "--output", str(output), *FAST, "--backbone", "texture", "--freeze-backbone",
-            "--rounds", "1", "--strategy", "coreset", "--epochs", "30", "--learning-rate", "3e-3", "--no-figures"]
+            "--rounds", "2", "--budgets", "10", "30", "--strategy", "coreset", "--epochs", "30", "--learning-rate", "3e-3", "--no-figures"]
     assert active_learning_train.main(argv) == 0
     return output
 
@@ -125,10 +125,12 @@ def test_texture_backbone_learns_saves_reloads_and_maps_a_slide(texture_run, til
     rows = (texture_run / "rounds.csv").read_text().splitlines()
     header = rows[0].split(",")
     last = dict(zip(header, rows[-1].split(",")))
-    assert int(last["round"]) == 1
+    assert int(last["round"]) == 2
     assert float(last["test_macro_f1"]) > 0.8, "the synthetic textures differ in colour and grain"
-    picked = [line for line in (texture_run / "labelled.csv").read_text().splitlines()[1:] if line.endswith(",1")]
-    assert len(picked) == 40, "coreset chose a round's budget on the texture features"
+    added = [line.rsplit(",", 1)[1] for line in (texture_run / "labelled.csv").read_text().splitlines()[1:]]
+    assert (added.count("1"), added.count("2")) == (10, 30), "coreset chose each round's budget on the texture features"
+    labelled = [int(dict(zip(header, row.split(",")))["labelled"]) for row in rows[1:]]
+    assert np.diff(labelled).tolist() == [10, 30]
 
     model = load_model(texture_run / "model.keras")
     mean, _ = model.get_layer("backbone_mag_40x").get_layer(texture.STANDARDIZE).get_weights()

@@ -474,10 +474,13 @@ def test_only_the_squares_a_pathologist_classified_become_labels(tmp_path, capsy
 
 
 def test_rounds_that_would_find_the_pool_empty_stop_before_any_fit(tiles, tmp_path, capsys):
-    """--initial taking every labelled tile, or a --budget that empties the
-    pool before the last round, stops with the fix before round 0 is fitted."""
+    """--initial taking every labelled tile, or a --budget or --budgets that
+    empties the pool before the last round, stops with the fix before round 0
+    is fitted."""
     for flags, message in ((["--initial", "100000", "--rounds", "2"], "nothing is left to query in 2 round(s)"),
-                           (["--budget", "100000", "--rounds", "3"], "last 1 round(s) of --budget 100000, not the 3")):
+                           (["--budget", "100000", "--rounds", "3"], "last 1 round(s) of --budget 100000, not the 3"),
+                           (["--budgets", "10", "100000", "--rounds", "3"],
+                            "last 2 round(s) of --budgets 10 100000, not the 3")):
         out = tmp_path / flags[1]
         assert active_learning_train.main(["--data", str(tiles), "--output", str(out), *FAST, *flags]) == 2
         assert message in capsys.readouterr().err
