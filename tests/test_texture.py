@@ -19,6 +19,7 @@ from tests.conftest import FAST, RECORD_TILE, known_regions, shared_file
 from tests.test_inference import decode_map
 from utils import texture
 from utils.config import load_config
+from utils.errors import ModelError
 from utils.model import ModelSpec, Predictor, build_model, load_model
 from utils.records import read_index, record_files, triplet_dataset
 from utils.synthetic import truth_grid
@@ -83,10 +84,11 @@ def test_statistics_match_numpy_and_the_names():
     assert texture.feature_names()[0] == "mean_gaussian_sigma1_red"
 
 
-def test_a_tile_narrower_than_the_widest_filter_is_refused_with_the_size():
-    config = load_config(tile_size=16)
-    with pytest.raises(Exception, match=f"at least {texture.smallest_tile()} px"):
-        build_model(config, ModelSpec("texture", 16), None)
+def test_a_tile_narrower_than_the_widest_filter_or_another_input_scaling_is_refused():
+    with pytest.raises(ModelError, match=f"at least {texture.smallest_tile()} px"):
+        build_model(load_config(tile_size=16), ModelSpec("texture", 16), None)
+    with pytest.raises(ModelError, match="RGB scaled to \\[0, 1\\]; leave --input-scaling out"):
+        build_model(load_config(tile_size=32), ModelSpec("texture", 16, input_scaling="caffe"), None)
 
 
 @pytest.fixture(scope="module")
