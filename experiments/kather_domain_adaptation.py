@@ -128,13 +128,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiles per round in full mode, as a fraction of the pool (default 0.2)")
     add_lab_arguments(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    args.output = args.output or ROOT / "experiment_output" / ("kather_quick" if args.quick else "kather")
+    apply_quick(args, QUICK, "kather")
     for name in args.candidates:
         strategy_flags(name)  # an unknown name fails here, not after an hour
     return args
+
+
+def apply_quick(args: argparse.Namespace, quick: dict, name: str) -> None:
+    """With ``--quick``, the small settings ``quick``; the output folder
+    experiment_output/<name> (or <name>_quick) unless ``--output`` is given."""
+    if args.quick:
+        for key, value in quick.items():
+            setattr(args, key, value)
+    args.output = args.output or ROOT / "experiment_output" / (f"{name}_quick" if args.quick else name)
 
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:

@@ -107,10 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "zero-label runs have finished)")
     base.add_lab_arguments(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    args.output = args.output or ROOT / "experiment_output" / ("recipes_quick" if args.quick else "recipes")
+    base.apply_quick(args, QUICK, "recipes")
     return args
 
 

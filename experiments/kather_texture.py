@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import analysis, anchor  # noqa: E402
-from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, paired_difference,  # noqa: E402
-                                                  pool_class_counts, prepare_labs, run_script, strategy_flags,
+from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, apply_quick,  # noqa: E402
+                                                  paired_difference, pool_class_counts, prepare_labs, run_script,
+                                                  strategy_flags,
                                                   train_source_model)
 from utils import plots  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
@@ -74,10 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_lab_arguments(parser)
     parser.set_defaults(backbone="texture", initial=4)
     args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    args.output = args.output or ROOT / "experiment_output" / ("texture_quick" if args.quick else "texture")
+    apply_quick(args, QUICK, "texture")
     return args
 
 

@@ -199,3 +199,13 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
         recipes.main(["--quick", "--kather", str(shared_file("kather")), "--output", str(tmp_path / "new"),
                       "--report-only"])
     assert not (tmp_path / "new").exists()
+
+
+def test_growing_budgets_measure_each_fraction_of_the_pool_without_interpolation():
+    from experiments import kather_texture
+
+    per_class = {"tumour": 700, "stroma": 600, "adipose": 676}
+    budgets, rounds = kather_texture.schedule(per_class, 4)
+    labelled = 12 + np.cumsum(budgets)
+    assert rounds == len(kather_texture.FRACTIONS) == len(budgets)
+    assert labelled.tolist() == [round(f * 1976) for f in kather_texture.FRACTIONS]
