@@ -49,8 +49,7 @@ sys.path.insert(0, str(ROOT))
 from experiments import analysis, anchor  # noqa: E402
 from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, apply_quick,  # noqa: E402
                                                   paired_difference, pool_class_counts, prepare_labs, run_script,
-                                                  strategy_flags,
-                                                  train_source_model)
+                                                  strategy_flags, train_source_model)
 from utils import plots  # noqa: E402
 from utils.training import read_rounds  # noqa: E402
 

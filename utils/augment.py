@@ -29,7 +29,7 @@ import tensorflow as tf
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 #: The darkest intensity deconvolved, as a fraction of full scale (scikit-image's).
-_FLOOR = 1e-6
+DENSITY_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def stain_jitter_of(preset: str, sigma: float | None = None) -> StainJitter | No
 def hed_transform(rgb: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     """float32 RGB in 0..255 (any leading shape) with each stain concentration
     c replaced by ``scale * c + shift`` (one value per stain, H, E, D)."""
-    density = -tf.math.log(tf.maximum(rgb / 255.0, _FLOOR))  # 0 for white
+    density = -tf.math.log(tf.maximum(rgb / 255.0, DENSITY_FLOOR))  # 0 for white
     hed = tf.tensordot(density, tf.constant(HED_FROM_RGB, tf.float32), axes=1)
     hed = hed * scale + shift
     density = tf.tensordot(hed, tf.constant(RGB_FROM_HED, tf.float32), axes=1)

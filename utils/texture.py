@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import HED_FROM_RGB
+from utils.augment import DENSITY_FLOOR, HED_FROM_RGB
 from utils.errors import ModelError
 
 #: Scales of the filters, in px of the tile's own magnification (QuPath's defaults go 1, 2, 4, 8).
@@ -47,7 +47,6 @@ STATISTICS = ("mean", "std", *(f"p{p}" for p in PERCENTILES))
 TRUNCATE = 4.0
 #: Added to the structure tensor's trace so that flat regions have coherence 0, not 0/0.
 COHERENCE_EPSILON = 1e-8
-_FLOOR = 1e-6  # the darkest intensity deconvolved, as in utils.augment
 
 
 def kernel_radius(sigma: float) -> int:
@@ -96,7 +95,7 @@ class FilterResponses(keras.layers.Layer):
 
     def call(self, rgb):
         rgb = tf.cast(rgb, tf.float32)
-        density = -tf.math.log(tf.maximum(rgb, _FLOOR))
+        density = -tf.math.log(tf.maximum(rgb, DENSITY_FLOOR))
         stains = tf.maximum(tf.tensordot(density, tf.constant(HED_FROM_RGB[:, :2], tf.float32), axes=1), 0.0)
         image = tf.concat([rgb, stains], axis=-1)
         maps = []
@@ -147,9 +146,8 @@ class MapStatistics(keras.layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, maps):
-        shape = tf.shape(maps)
-        flat = tf.reshape(maps, [shape[0], shape[1] * shape[2], maps.shape[-1]])
-        count = flat.shape[1] if flat.shape[1] is not None else shape[1] * shape[2]
+        count = maps.shape[1] * maps.shape[2]  # tiles have a fixed size
+        flat = tf.reshape(maps, [-1, count, maps.shape[-1]])
         mean = tf.reduce_mean(flat, axis=1)
         std = tf.sqrt(tf.reduce_mean(tf.square(flat - mean[:, None, :]), axis=1))
         ordered = tf.sort(flat, axis=1)
@@ -239,11 +237,11 @@ def fit_standardization(model: keras.Model, dataset: tf.data.Dataset) -> int:
     return count
 
 
-def feature_model(tile_size: int, magnifications_names: list[str]) -> keras.Model:
+def feature_model(tile_size: int, scale_names: list[str]) -> keras.Model:
     """The raw statistics of every scale, concatenated, from raw 0-255 RGB
     inputs named after the scales: the random-forest anchor's features."""
     inputs, outputs = [], []
-    for name in magnifications_names:
+    for name in scale_names:
         x = keras.Input((tile_size, tile_size, 3), name=name)
         inputs.append(x)
         maps = FilterResponses(name=f"filters_{name}")(keras.layers.Rescaling(1 / 255, name=f"unit_{name}")(x))
