@@ -13,6 +13,7 @@ it is what a lab that pools its data would do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from experiments.analysis import Curve
 from utils.config import load_config, scale_name
-from utils.io import read_csv
+from utils.io import atomic_write_json, read_csv
 from utils.records import RecordIndex, read_index, record_files, triplet_dataset
 
 #: The anchors, by the name their table rows carry.
@@ -93,7 +94,17 @@ def anchor_curve(name: str, target: tuple[np.ndarray, np.ndarray], sets: dict[in
 def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int) -> dict[str, dict[str, list[Curve]]]:
     """Each anchor's validation and test curves (one per run, in order) on the
     target lab ``lab`` of an experiment folder ``out`` (``records/``,
-    ``staged/target_split.json``), fitted on the labelled sets of ``runs``."""
+    ``staged/target_split.json``), fitted on the labelled sets of ``runs``.
+    Kept in ``out/anchor/`` under a digest of those labelled sets, so that a
+    report written again fits nothing."""
+    digest = hashlib.sha1(json.dumps([lab, pool, FOREST_TREES, ANCHORS]).encode())
+    for run in runs:
+        digest.update((run / "labelled.csv").read_bytes())
+    kept = out / "anchor" / f"curves_{lab}_{digest.hexdigest()[:16]}.json"
+    if kept.exists():
+        saved = json.loads(kept.read_text())
+        return {name: {split: [Curve(np.array(c[0]), np.array(c[1])) for c in curves] for split, curves in splits.items()}
+                for name, splits in saved.items()}
     config = load_config(EXPERIMENT_CONFIG)
     index, values = features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}.npy",
                              config.magnifications, tile_size)
@@ -112,4 +123,6 @@ def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int)
                                   source if "source" in name else None)
             for split_name, f1 in scores.items():
                 curves[name][split_name].append(Curve(fractions, np.array(f1)))
+    atomic_write_json(kept, {name: {split: [[c.fraction.tolist(), c.f1.tolist()] for c in cs]
+                                    for split, cs in splits.items()} for name, splits in curves.items()})
     return curves
