@@ -41,7 +41,7 @@ def features(records: Path, cache: Path, magnifications: list[float], tile_size:
     """Every record's texture statistics, computed once and kept in ``cache`` (.npy)."""
     index = read_index(record_files(records))
     if cache.exists():
-        values = np.load(cache)
+        values = np.load(cache, allow_pickle=False)
         if len(values) == len(index.label):
             return index, values
     from utils.texture import feature_model  # TensorFlow only where features are computed
