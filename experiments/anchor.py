@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from experiments.analysis import Curve
@@ -64,7 +64,7 @@ def labelled_by_round(run: Path, index: RecordIndex) -> dict[int, np.ndarray]:
     return {k: np.sort(ids[added <= k]) for k in sorted(set(added.tolist()))}
 
 
-def classifier(name: str, seed: int):
+def classifier(name: str, seed: int) -> RandomForestClassifier | Pipeline:
     if name.startswith("forest"):
         return RandomForestClassifier(FOREST_TREES, random_state=seed, n_jobs=1)
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
@@ -97,7 +97,7 @@ def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int)
     ``staged/target_split.json``), fitted on the labelled sets of ``runs``.
     Kept in ``out/anchor/`` under a digest of those labelled sets, so that a
     report written again fits nothing."""
-    digest = hashlib.sha1(json.dumps([lab, pool, FOREST_TREES, ANCHORS]).encode())
+    digest = hashlib.sha1(json.dumps([lab, pool, tile_size, FOREST_TREES, ANCHORS]).encode())
     for run in runs:
         digest.update((run / "labelled.csv").read_bytes())
     kept = out / "anchor" / f"curves_{lab}_{digest.hexdigest()[:16]}.json"
@@ -106,9 +106,9 @@ def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int)
         return {name: {split: [Curve(np.array(c[0]), np.array(c[1])) for c in curves] for split, curves in splits.items()}
                 for name, splits in saved.items()}
     config = load_config(EXPERIMENT_CONFIG)
-    index, values = features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}.npy",
+    index, values = features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}_{tile_size}px.npy",
                              config.magnifications, tile_size)
-    source_index, source_values = features(out / "records" / "source", out / "anchor" / "source.npy",
+    source_index, source_values = features(out / "records" / "source", out / "anchor" / f"source_{tile_size}px.npy",
                                            config.magnifications, tile_size)
     split = json.loads((out / "staged" / "target_split.json").read_text())
     evaluated = {name: np.flatnonzero(np.isin(index.slide, split[name]) & (index.label >= 0)) for name in ("val", "test")}

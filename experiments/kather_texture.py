@@ -18,12 +18,12 @@ target labs of the recipes (``stain_blur_jpeg``, the harder shift, and
 
 each with ``random`` and ``margin+warm`` picks. Budgets grow so that every
 reported fraction is measured, none interpolated: 4 tiles per class to start
-(about 1% of the pool), then 2, 5, 10, 20, 50 and 100% of the pool. The
+(1.6% of the Kather pool), then 2, 5, 10, 20, 50 and 100% of the pool. The
 anchors are fitted on exactly the tiles the ``random`` run of the same seed
 had labelled after each round: forest on target labels, forest on source +
 target labels, and logistic regression.
 
-    python experiments/kather_texture.py            # about 45 minutes on 2 CPU cores
+    python experiments/kather_texture.py            # about an hour on 2 CPU cores
     python experiments/kather_texture.py --quick    # every stage, small
     python experiments/kather_texture.py --report-only
 
@@ -104,10 +104,9 @@ def schedule(per_class: dict[str, int], initial: int) -> tuple[list[int], int]:
     to each of :data:`FRACTIONS` of the pool, and the number of rounds."""
     pool = sum(per_class.values())
     start = sum(min(initial, n) for n in per_class.values())
-    targets = [max(start + 1, round(f * pool)) for f in FRACTIONS]
-    targets = sorted(set(targets))
-    budgets = np.diff([start, *targets]).tolist()
-    return [int(b) for b in budgets if b > 0], len(budgets)
+    targets = sorted({max(start + 1, round(f * pool)) for f in FRACTIONS})
+    budgets = [int(b) for b in np.diff([start, *targets])]
+    return budgets, len(budgets)
 
 
 def run_folder(out: Path, lab: str, source: str, strategy: str, seed: int) -> Path:

@@ -76,7 +76,7 @@ def percentile_stride(size: int) -> int:
 
 
 def feature_names() -> list[str]:
-    """Names of :class:`TextureFeatures`' outputs, in order."""
+    """Names of :class:`MapStatistics`' outputs for :class:`FilterResponses`' maps, in order."""
     return [f"{statistic}_{name}_sigma{sigma:g}_{channel}" for statistic in STATISTICS for sigma in SIGMAS
             for name in FILTERS for channel in CHANNELS]
 

@@ -236,10 +236,10 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         load_source_weights(model, options)
         state = RunState.initial(data, 0 if options.rounds == -1 else options.initial, options.query_only, rng)
         describe_data(options, data, state)
-        if not options.weights:
-            standardize_on_pool(model, data, options)
         if options.adapt_bn:
             adapt_to_pool(model, data, options)
+        elif not options.weights:
+            standardize_on_pool(model, data, options)
     check_the_pool_lasts(options, data, state)
     state.devices = device_names(strategy) or ["default"]
     learner = make_learner(model, data, options, strategy)
@@ -280,14 +280,12 @@ def pool_sample(data: TrainingData, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(tiles)[:ADAPT_TILES])
 
 
-def standardize_on_pool(model: keras.Model, data: TrainingData, options: TrainOptions) -> int:
+def standardize_on_pool(model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
     """A texture backbone built here (not loaded) standardises its filter
     statistics by their means and variances over the training split."""
-    sample = pool_sample(data, options.seed)
-    count = fit_standardization(model, data.dataset(sample))
+    count = fit_standardization(model, data.dataset(pool_sample(data, options.seed)))
     if count:
         info(f"texture backbone: filter statistics standardised on {count} training tiles")
-    return count
 
 
 def adapt_to_pool(model: keras.Model, data: TrainingData, options: TrainOptions) -> None:
