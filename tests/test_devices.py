@@ -47,8 +47,9 @@ def state(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def two_replicas(tiles, tmp_path_factory) -> tuple[Path, str]:
     """Every training path on two replicas, in one process: full mode
-    interrupted in round 1 and resumed, head mode, and a fine-tune from the
-    full run's model at an even global batch. Returns the folder of the runs
+    interrupted in round 1 and resumed, head mode, a fine-tune from the
+    full run's model at an even global batch, and the texture backbone in
+    head mode. Returns the folder of the runs
     and the process's log."""
     root = tmp_path_factory.mktemp("two_replicas")
     common = ["--data", str(tiles), "--seed", "1", *FAST, *TWO]
@@ -57,6 +58,8 @@ def two_replicas(tiles, tmp_path_factory) -> tuple[Path, str]:
         {"argv": [*common, "--output", str(root / "full"), "--rounds", "1", "--resume"]},
         {"argv": [*common, "--output", str(root / "head"), "--rounds", "1", "--freeze-backbone"]},
         {"argv": [*common, *fine_tuning(root / "full", root / "tuned")]},
+        {"argv": [*common, "--output", str(root / "texture"), "--rounds", "1", "--freeze-backbone",
+                  "--backbone", "texture"]},
     ]
     (root / "runs.json").write_text(json.dumps(runs))
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "two_replicas.py"), str(root / "runs.json")],
@@ -80,13 +83,13 @@ def test_every_training_path_runs_on_two_replicas(two_replicas):
     be integers or slices, not MirroredVariable")."""
     root, log = two_replicas
     statuses = [line for line in log.splitlines() if line.startswith("run ")]
-    assert statuses == ["run 0: 130", "run 1: 0", "run 2: 0", "run 3: 0"], log[-4000:]
+    assert statuses == ["run 0: 130", "run 1: 0", "run 2: 0", "run 3: 0", "run 4: 0"], log[-4000:]
     assert log.count("training on 2 replicas (MirroredStrategy over CPU:0, CPU:1): --batch-size 32 is the global "
-                     "batch, 16 tiles per replica per step") == 3
+                     "batch, 16 tiles per replica per step") == 4
     assert f"--batch-size {EVEN_BATCH} is the global batch, {EVEN_BATCH // 2} tiles per replica" in log
     assert f"resuming {root / 'full'} at round 1" in log
     assert f"loaded source weights from {root / 'full' / 'model.keras'}" in log
-    for name, last_round in (("full", 1), ("head", 1), ("tuned", 0)):
+    for name, last_round in (("full", 1), ("head", 1), ("tuned", 0), ("texture", 1)):
         saved = state(root / name)
         assert saved["devices"] == ["CPU:0", "CPU:1"]
         assert saved["round"] == last_round
@@ -189,3 +192,24 @@ def test_mixed_precision_trains_and_its_model_reloads_in_float32(tiles, tmp_path
     clear = top2[:, 1] - top2[:, 0] > 2e-3
     assert clear.sum() >= 64, "enough tiles that are not near-ties for the class check to mean something"
     np.testing.assert_array_equal(probs16.argmax(axis=1)[clear], probs32.argmax(axis=1)[clear])
+
+
+def test_the_texture_backbone_is_standardised_and_trains_on_two_replicas(two_replicas, tiles):
+    """Its standardisation is set on the mirrored variables outside a replica
+    context: the saved model carries the training split's means, and
+    predicts as the same network rebuilt on one device."""
+    from utils.model import ModelSpec, Predictor, build_model
+    from utils.texture import STANDARDIZE
+
+    root, _ = two_replicas
+    assert [int(r["round"]) for r in rounds(root / "texture")] == [0, 1]
+    model = load_model(root / "texture" / "model.keras")
+    mean, variance = model.get_layer("backbone_mag_40x").get_layer(STANDARDIZE).get_weights()
+    assert np.abs(mean).max() > 0 and not np.allclose(variance, 1.0), "fitted, not the initial 0 and 1"
+    config = load_config(tile_size=RECORD_TILE)
+    rebuilt = build_model(config, ModelSpec("texture", 32), None)
+    rebuilt.set_weights(model.get_weights())
+    inputs, _ = next(iter(triplet_dataset(read_index(record_files(tiles)), np.arange(32), config.magnifications,
+                                          RECORD_TILE, 32)))
+    np.testing.assert_allclose(Predictor(model).probabilities(inputs), Predictor(rebuilt).probabilities(inputs),
+                               atol=1e-6)
