@@ -15,7 +15,8 @@ from scipy.spatial import cKDTree
 import active_learning_train
 import tfrecord_generator
 from tests.conftest import FAST, RECORD_TILE as TILE
-from utils.data_split import BLOCK_WINDOWS, SlideGrid, assign_records, choose_split_by, split_blocks
+from utils.data_split import (BLOCK_WINDOWS, SlideGrid, assign_records, choose_split_by, extend_split, split_blocks,
+                              split_slides)
 from utils.errors import InputError
 from utils.records import RecordIndex, read_index, record_files
 from utils.synthetic import make_slide, random_layout
@@ -138,7 +139,6 @@ def test_slides_without_labels_are_pool_only_and_never_scored():
     """A slide taken whole by --unlabeled never lands in validation or test,
     whatever the seed (before, some seeds put it there: an error, or a test
     score of NaN with exit 0)."""
-    from utils.data_split import split_slides
 
     landed = set()
     for seed in range(40):
@@ -168,3 +168,77 @@ def test_the_per_slide_cap_draws_at_random_not_the_first_tiles_in_scan_order():
     assert len(kept) == 1000 and not np.array_equal(kept, np.arange(1000))
     assert abs(rows[kept].mean() - rows.mean()) < 5, "drawn from the whole slide, not its top fifth"
     assert np.array_equal(kept, cap_per_slide_and_class(np.arange(n), index, 1000, [], np.random.default_rng(0)))
+
+
+def _index(slides: list[str], labels: np.ndarray, width: int = 40) -> RecordIndex:
+    """Records on a ``width``-wide grid of 128-px steps per slide (row-major)."""
+    k = np.arange(len(labels)) % (width * width)
+    return RecordIndex([Path("s.tfrecord")], np.array([0]), np.array(slides, dtype=object), labels.astype(np.int64),
+                       np.array([""] * len(labels)), ((k % width + 0.5) * 128).astype(np.int64),
+                       ((k // width + 0.5) * 128).astype(np.int64))
+
+
+def test_labels_added_between_rounds_join_the_split_their_slide_already_has():
+    """Slide split: a label on a pool-only slide, labels on a validation
+    slide and a slide new to the data. Drawing the split again from the new
+    labels (what a resumed run did) moves whole slides; the kept split
+    never moves a tile."""
+
+    names = ["a", "b", "c", "d", "pool"]
+    per = 200
+    slides = np.repeat(names, per)
+    before = np.where(slides == "pool", -1, np.arange(len(slides)) % 3)
+    kept = split_slides(slides, (0.6, 0.2, 0.2), 0, labelled=sorted(set(slides[before >= 0])))
+    old = _index(list(slides), before)
+    old_codes, _ = assign_records(old, kept, {})
+    after = before.copy()
+    after[slides == "pool"] = np.where(np.arange(per) < 3, 1, -1)  # three squares answered on the pool slide
+    val_slide = kept["val"][0]
+    grown = np.concatenate([after, np.zeros(per, np.int64)])
+    new = _index([*slides, *["new"] * per], grown)
+    redrawn = split_slides(new.slide, (0.6, 0.2, 0.2), 0, labelled=sorted(set(new.slide[new.label >= 0])))
+    moved = assign_records(new, redrawn, {})[0][: len(slides)] != old_codes
+    assert moved.any(), "redrawing from the new labels moves slides (the defect)"
+    split, added = extend_split(kept, new)
+    assert added == ["new"] and set(split["val"]) == {val_slide} and split["test"] == kept["test"]
+    codes, _ = assign_records(new, split, {})
+    np.testing.assert_array_equal(codes[: len(slides)], old_codes)
+    assert (codes[len(slides):] == 0).all(), "a slide new to the data trains"
+
+
+def test_labels_added_on_new_blocks_train_and_listed_blocks_keep_their_split():
+    grid = SlideGrid(stride=128.0, window=128.0 * 4)  # blocks of 16 tiles
+    labels = np.full(1600, -1)
+    labels[: 800] = (np.arange(800) // 40 // 8) % 2  # the top half labelled, two classes in bands
+    old = _index(["s"] * 1600, labels)
+    kept = split_blocks(old, {"s": grid}, 2, (0.6, 0.2, 0.2), seed=1)
+    listed = {e for name in ("train", "val", "test") for e in kept[name]}
+    old_codes, _ = assign_records(old, kept, {"s": grid})
+    grown = labels.copy()
+    grown[1500:1503] = 1  # answers at the bottom, in blocks that were pool only
+    grown[np.flatnonzero(old_codes == 1)[:5]] = 0  # and labels added inside a validation block
+    new = _index(["s"] * 1600, grown)
+    split, added = extend_split(kept, new)
+    assert not set(added) & listed and all(name.startswith("s:") for name in added)
+    codes, _ = assign_records(new, split, {"s": grid})
+    np.testing.assert_array_equal(codes, old_codes)
+    redrawn = assign_records(new, split_blocks(new, {"s": grid}, 2, (0.6, 0.2, 0.2), seed=1), {"s": grid})[0]
+    assert (redrawn != old_codes).any(), "drawing the blocks again from the new labels moves tiles (the defect)"
+
+
+def test_a_resumed_run_keeps_its_split_and_stops_when_its_data_no_longer_fits(one_slide, tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning):
+        assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "0",
+                                           *FAST]) == 0
+    split = json.loads((run / "split.json").read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**split, "train": split["val"], "val": split["train"]}))
+    assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "1",
+                                       "--resume", "--split", str(other), *FAST]) == 2
+    assert "differs from the split of the run being resumed" in capsys.readouterr().err
+    (run / "split.json").write_text(json.dumps({**split, "test": [*split["test"], "gone"]}))
+    assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "1",
+                                       "--resume", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "['gone']" in err and "keeps the split it started with" in err

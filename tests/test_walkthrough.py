@@ -168,6 +168,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     assert [r["round"] for r in read_csv("runs/lab2_simulated/rounds.csv")] == ["-1", "0", "1"]
     run(4)
     first = read_csv("runs/lab2/labelled.csv")
+    split = Path("runs/lab2/split.json").read_text()
     queries = Path("runs/lab2/queries/round_1")
     assert (queries / "queries.csv").exists() and (queries / "contact_sheet_1.png").exists()
 
@@ -182,6 +183,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     assert {key: names[int(r["label"])]["name"].casefold() for key, r in added.items()} == expected, \
         "a corrected square has its new class, a confirmed one the predicted class"
     assert {r["round"] for r in added.values()} == {"1"}
+    assert Path("runs/lab2/split.json").read_text() == split, "the resumed run keeps its split"
     assert Path("runs/lab2/queries/round_2/queries.csv").exists()
     run(7)
     assert {"tissue_map.geojson", "overlay.png", "summary.json"} <= set(p.name for p in Path("maps/new").iterdir())

@@ -194,6 +194,24 @@ def read_split_file(path: str | Path, slides: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+def extend_split(split: Mapping[str, Any], index: RecordIndex) -> tuple[dict[str, Any], list[str]]:
+    """A run's split, kept for good, over data that may have grown since it
+    was drawn: the slides it does not list (and, on a slide split by blocks,
+    the blocks it does not list) join training, so that a label added between
+    rounds lands in the split its slide or block already has and no tile ever
+    moves between training, validation and test. Returns the split and the
+    entries added."""
+    sides = {str(k): float(v) for k, v in split.get("block_side_level0", {}).items()}
+    listed = {str(e) for name in SPLITS for e in split.get(name, [])}
+    blocked = np.isin(index.slide, list(sides))
+    entries = set(np.unique(index.slide[~blocked]).tolist())
+    if blocked.any():
+        entries |= set(block_ids(index.slide[blocked], index.x[blocked], index.y[blocked], sides).tolist())
+    added = sorted(entries - listed)
+    extended = {**split, "train": sorted([*split.get("train", []), *added])}
+    return extended, added
+
+
 def _entry_slide(entry: str, sides: Mapping[str, float]) -> str:
     block = _BLOCK.match(entry)
     return block["slide"] if block and block["slide"] in sides else entry

@@ -211,6 +211,8 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     keras.utils.set_random_seed(options.seed)
     rng = np.random.default_rng(options.draw_seed)
     data = TrainingData(options, config, rng)
+    if data.joined:
+        atomic_write_json(out / "split.json", data.split)
     state = RunState.load(out, data, options.query_only, rng) if options.resume else None
     if options.resume and state is None:
         info(f"nothing to resume in {out}; starting at round 0")

@@ -16,8 +16,10 @@ import tensorflow as tf
 from utils.augment import StrongAugment, stain_jitter_of
 from utils.config import Config, fingerprint_difference
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
-                              choose_split_by, read_split_file, split_blocks, split_slides)
+                              choose_split_by, extend_split, read_split_file, split_blocks,
+                              split_slides)
 from utils.errors import InputError, ModelError
+from utils.log import info
 from utils.records import read_index, record_files, triplet_dataset
 from utils.summaries import ShardSummary
 from utils.train_options import TrainOptions
@@ -42,6 +44,8 @@ class TrainingData:
         if (self.index.label >= config.num_classes).any():
             raise ModelError(f"records have labels up to {self.index.label.max()} but the configuration has "
                              f"{config.num_classes} classes; use the configuration the data was extracted with")
+        #: Slides or blocks that the resumed run's split did not list: they joined training.
+        self.joined: list[str] = []
         self.split = self._split(options)
         codes, self.guard_dropped = assign_records(self.index, self.split, self.grids)
         in_split = {name: codes == code for code, name in enumerate(SPLITS)}
@@ -80,6 +84,12 @@ class TrainingData:
         return {slide: grid.origin for slide, grid in self.grids.items()}
 
     def _split(self, options: TrainOptions) -> dict[str, Any]:
+        """The split of the run: kept in its ``split.json`` once drawn and
+        reused by every ``--resume``; else read from ``--split FILE``; else
+        drawn with the data seed."""
+        kept = options.output / "split.json"
+        if options.resume and kept.exists():
+            return self._kept_split(kept, options)
         if options.split_file:
             return read_split_file(options.split_file, sorted(set(self.index.slide)))
         annotated = sorted(set(self.index.slide[self.index.label >= 0]))
@@ -94,6 +104,25 @@ class TrainingData:
                              f"unknown; re-extract them to split them into blocks")
         return split_blocks(self.index, self.grids, self.config.num_classes, options.split_fractions,
                             options.draw_seed)
+
+    def _kept_split(self, kept: Path, options: TrainOptions) -> dict[str, Any]:
+        """The resumed run's own split, grown by what the data gained (new
+        slides and blocks join training, see :func:`extend_split`)."""
+        slides = sorted(set(self.index.slide))
+        try:
+            split = read_split_file(kept, slides)
+        except InputError as exc:
+            raise InputError(f"{exc}: the run in {options.output} keeps the split it started with; put the "
+                             f"missing slides' shards back in {options.data}, or start a new run in another "
+                             f"--output") from None
+        if options.split_file and read_split_file(options.split_file, slides) != split:
+            raise InputError(f"--split {options.split_file} differs from the split of the run being resumed "
+                             f"({kept}); a run keeps its split: drop --split, or start a new run in another --output")
+        split, self.joined = extend_split(split, self.index)
+        if self.joined:
+            info(f"kept the split of {kept}; {len(self.joined)} {split['by']}(s) new since it was drawn join "
+                 f"training: {', '.join(self.joined[:5])}{' ...' if len(self.joined) > 5 else ''}")
+        return split
 
     def counts(self, ids: np.ndarray) -> dict[str, int]:
         bins = np.bincount(self.index.label[ids][self.index.label[ids] >= 0], minlength=self.config.num_classes)
