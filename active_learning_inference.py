@@ -25,9 +25,9 @@ from utils.batch import report, run_per_slide, slides_to_process
 from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
                        prepare_output, resolve_config, start)
 from utils.failures import exit_on_input_error
-from utils.inference import InferenceOptions, infer_slide, inference_settings, summary_path
+from utils.inference_options import InferenceOptions
 from utils.log import info
-from utils.model import Predictor, check_compatible, load_model, read_metadata
+from utils.model_spec import read_metadata
 from utils.options import add_option_arguments, resolve_options
 from utils.provenance import check_stale, file_digest
 from utils.setup import setup_process
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     file_keys, section = start(args, "inference")
     setup_process()
+    # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
+    from utils.inference import infer_slide, inference_settings, summary_path
+    from utils.model import Predictor, check_compatible, load_model
+
     metadata = read_metadata(args.model)
     config = resolve_config(args, file_keys, base=metadata["config"])
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)

@@ -30,11 +30,10 @@ from utils.cli import add_config_arguments, add_message_arguments, make_parser, 
 from utils.config import Config
 from utils.failures import exit_on_input_error
 from utils.log import info
-from utils.model import check_fits_source, source_metadata, source_spec
-from utils.options import add_option_arguments, resolve_options
+from utils.model_spec import check_fits_source, source_metadata, source_spec
+from utils.options import add_option_arguments, origin, resolve_options
 from utils.setup import setup_process
 from utils.train_options import TrainOptions
-from utils.training import run_repeats, run_training, test_set_scores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +69,13 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
     base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
     config = resolve_config(args, file_keys, base=base, uncapped_classes=args.uncapped)
     options = replace(options, spec=source_spec(source, options.backbone, options.head_units, options.input_scaling))
+    where = {name: origin(TrainOptions, name, args, section, str(args.config)) for name in ("optimizer", "learning_rate")}
+    notes = [] if (options.optimizer, options.learning_rate) == ("sgd", 1.5e-5) else \
+        ["the paper's is sgd at 1.5e-5 (--config presets/original.yaml)"]
+    if options.weights:
+        notes.append("the --weights model brings its architecture, not its optimizer")
+    info(f"fitting with {options.optimizer} ({where['optimizer']}) at learning rate {options.learning_rate:g} "
+         f"({where['learning_rate']}); " + "; ".join(notes))
     if source and not options.allow_partial_weights:
         check_fits_source(options.weights, source, options.spec, config)
     return options, config
@@ -79,6 +85,9 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
 def main(argv: list[str] | None = None) -> int:
     options, config = resolve(parse_args(argv))
     setup_process()
+    # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
+    from utils.training import run_repeats, run_training, test_set_scores
+
     if options.repeats > 1:
         run_repeats(options, config)
         return 0

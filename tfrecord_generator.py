@@ -35,8 +35,7 @@ from utils.cli import (add_config_arguments, add_message_arguments, add_slide_ar
                        prepare_output, resolve_config, start)
 from utils.config import Config, save_config
 from utils.errors import InputError
-from utils.extract import (ExtractOptions, check_output_configuration, extract_slide, extraction_settings,
-                           summary_path)
+from utils.extract_options import ExtractOptions
 from utils.failures import exit_on_input_error
 from utils.log import info, warn
 from utils.options import add_option_arguments, resolve_options
@@ -44,7 +43,6 @@ from utils.provenance import check_stale
 from utils.setup import setup_process
 from utils.slide import parse_mpp
 from utils.summaries import ShardSummary
-from utils.tile_folders import extract_tile_folders
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     file_keys, section = start(args, "extraction")
     setup_process()
+    # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
+    from utils.extract import check_output_configuration, extract_slide, extraction_settings, summary_path
+
     config = resolve_config(args, file_keys, allow_upsampling=args.allow_upsampling)
     options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
                               annotations=args.annotations, overwrite=args.overwrite)
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def extract_tiles(tiles: Path, mpp: float, config: Config, options: ExtractOptions) -> int:
+    from utils.extract import check_output_configuration
+    from utils.tile_folders import extract_tile_folders
+
     prepare_output(options.output)
     check_output_configuration(options.output, config, options.overwrite)
     save_config(config, options.output / "extraction_config.json")

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 
 from utils.config import load_config, scale_name  # noqa: E402
-from utils.model import BACKBONES, ModelSpec, Predictor, build_model  # noqa: E402
+from utils.model import Predictor, build_model  # noqa: E402
+from utils.model_spec import BACKBONES, ModelSpec  # noqa: E402
 
 
 def triplets_per_second(backbone: str, tile_size: int, batch: int, batches: int, repeats: int) -> float:

@@ -91,8 +91,10 @@ def inference(slide_path: str, tile: int) -> tuple[float, float]:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from utils.inference import InferenceOptions, predict_slide
-    from utils.model import ModelSpec, Predictor, build_model
+    from utils.inference import predict_slide
+    from utils.inference_options import InferenceOptions
+    from utils.model import Predictor, build_model
+    from utils.model_spec import ModelSpec
     from utils.slide import Slide
 
     config, _, _, _, _ = _grid(slide_path, tile)

@@ -467,3 +467,49 @@ def test_compressed_exports_as_qupath_writes_them_read_as_the_plain_file(tmp_pat
         archive.writestr("readme.txt", "nothing")
     with pytest.raises(AnnotationError, match="without a .geojson or .json file"):
         read_annotations(tmp_path / "empty.zip")
+
+
+def _extract(slide: Path, annotations: Path, out: Path, *extra: str) -> tuple[dict, dict[tuple[int, int], int]]:
+    assert tfrecord_generator.main(["--slides", str(slide), "--annotations", str(annotations), "--output", str(out),
+                                    "--magnifications", "20", "5", "1.25", *extra]) == 0
+    summary = json.loads((out / f"{slide.stem}.summary.json").read_text())
+    index = read_index(record_files(out))
+    return summary, {(int(x), int(y)): int(label) for x, y, label in zip(index.x, index.y, index.label)}
+
+
+def test_every_annotation_file_of_a_slide_is_read_and_a_near_miss_is_named(tmp_path):
+    """An ASAP XML and a QuPath GeoJSON named after the file (``slide.svs.geojson``)
+    beside one slide: both are read, giving the labels of one file holding all
+    the regions; where they disagree the area is reported, and matches shapely's
+    intersection. With --unlabeled, a file named nearly right is named in the
+    warning instead of the slide being pooled whole in silence."""
+    slide = shared_file("slides", "CMU-1-Small-Region.svs")
+    tumour = [(np.array([[900, 700], [1400, 700], [1400, 1200], [900, 1200]], float), [])]
+    stroma = [(np.array([[1300, 1900], [1800, 1900], [1800, 2500], [1300, 2500]], float), [])]
+    for folder in ("one", "two", "overlap", "near"):
+        (tmp_path / folder).mkdir()
+    write_asap(tmp_path / "one" / f"{slide.stem}.xml", {"Grade 3 High": tumour, "Lamina propria": stroma}, True)
+    write_asap(tmp_path / "two" / f"{slide.stem}.xml", {"Grade 3 High": tumour}, True)
+    write_geojson(tmp_path / "two" / f"{slide.name}.geojson", {"Lamina propria": stroma}, True)
+    reference, labels = _extract(slide, tmp_path / "one", tmp_path / "tiles_one")
+    both, merged = _extract(slide, tmp_path / "two", tmp_path / "tiles_two")
+    assert merged == labels and both["tiles_per_class"] == reference["tiles_per_class"]
+    assert set(reference["tiles_per_class"]) == {"urothelium", "stroma"}
+    assert any(f"{slide.stem}.xml and {slide.name}.geojson together" in w and "no area" in w
+               for w in both["warnings"])
+
+    shifted = [(tumour[0][0] + [300, 250], [])]
+    write_asap(tmp_path / "overlap" / f"{slide.stem}.xml", {"Grade 3 High": tumour}, True)
+    write_geojson(tmp_path / "overlap" / f"{slide.stem}.geojson", {"Lamina propria": shifted}, True)
+    summary, _ = _extract(slide, tmp_path / "overlap", tmp_path / "tiles_overlap")
+    (line,) = [w for w in summary["warnings"] if "together" in w]
+    reported = float(re.search(r"to ([\d.e+-]+) mm2", line).group(1))
+    expected = ShapelyPolygon(tumour[0][0]).intersection(ShapelyPolygon(shifted[0][0])).area \
+        * (summary["base_mpp"] / 1000) ** 2
+    assert reported == pytest.approx(expected, rel=0.1)
+
+    write_asap(tmp_path / "near" / f"{slide.stem}_annotations.xml", {"Grade 3 High": tumour}, True)
+    pooled, _ = _extract(slide, tmp_path / "near", tmp_path / "tiles_near", "--unlabeled")
+    assert set(pooled["tiles_per_class"]) == {"unlabeled"}
+    (line,) = [w for w in pooled["warnings"] if "no annotation file" in w]
+    assert f"{slide.stem}.geojson" in line and f"{slide.stem}_annotations.xml" in line and "pooled" in line

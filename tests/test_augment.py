@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import RECORD_TILE, shared_file
-from utils.augment import STAIN_PRESETS, augment_triplet, hed_transform, stain_jitter_of
+from utils.augment import augment_triplet, hed_transform
+from utils.stain_jitter import STAIN_PRESETS, stain_jitter_of
 from utils.config import load_config
 from utils.errors import InputError
 from utils.records import read_index, record_files, triplet_dataset

@@ -26,7 +26,8 @@ from utils.annotations import read_annotations
 from utils.config import load_config
 from utils.errors import AnnotationError, InputError, ModelError
 from utils.labels import rasterize_regions
-from utils.model import ModelSpec, build_model, load_model, load_weights_by_name, save_model
+from utils.model import build_model, load_model, load_weights_by_name, save_model
+from utils.model_spec import ModelSpec
 from utils.records import make_example, read_index
 from utils.synthetic import make_slide, random_layout, write_pyramid_tiff
 

@@ -198,7 +198,8 @@ def test_the_texture_backbone_is_standardised_and_trains_on_two_replicas(two_rep
     """Its standardisation is set on the mirrored variables outside a replica
     context: the saved model carries the training split's means, and
     predicts as the same network rebuilt on one device."""
-    from utils.model import ModelSpec, Predictor, build_model
+    from utils.model import Predictor, build_model
+    from utils.model_spec import ModelSpec
     from utils.texture import STANDARDIZE
 
     root, _ = two_replicas

@@ -184,8 +184,9 @@ def test_slide_without_annotations_is_skipped_with_a_message(synthetic_slide, tm
     assert code == 0
     captured = capsys.readouterr()
     assert "known: skipped (no annotation file" in captured.out
-    assert f"known.tiff: no annotation file; looked for known.geojson, known.json, known.geojson.gz, known.json.gz, known.zip, known.xml in {tmp_path}" \
-        in captured.err, "the names looked for, so that a misnamed export is found"
+    assert (f"known.tiff: no annotation file in {tmp_path}; looked for known.geojson, known.tiff.geojson (or .json, "
+            f".geojson.gz, .json.gz, .zip, .xml in place of .geojson)") in captured.err, \
+        "the names looked for, so that a misnamed export is found"
     assert not (tmp_path / "out" / "known.tfrecord").exists()
 
 

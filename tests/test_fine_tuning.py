@@ -17,7 +17,8 @@ import tfrecord_generator
 from utils.batch_norm import batch_norm_layers
 from utils.config import load_config
 from utils.io import read_csv
-from utils.model import ModelSpec, build_model, load_model
+from utils.model import build_model, load_model
+from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files
 from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
 
@@ -249,7 +250,8 @@ def test_input_scaling_is_a_switch_the_model_keeps_and_fine_tuning_honours(tmp_p
 
     from utils.config import load_config
     from utils.errors import ModelError
-    from utils.model import ModelSpec, build_model, check_fits_source, save_model, source_metadata, source_spec
+    from utils.model import build_model, save_model
+    from utils.model_spec import ModelSpec, check_fits_source, source_metadata, source_spec
 
     assert ModelSpec().scaling == "caffe" and ModelSpec("mobilenetv2").scaling == "tf"
     config = load_config(tile_size=32, magnifications=[10])

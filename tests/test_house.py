@@ -148,3 +148,20 @@ def test_map_summaries_of_earlier_versions_load():
     assert summary.to_json() == first
     no_tiles = MapSummary.from_json({**first, "tiles_per_second": None, "tissue_tiles": 0})
     assert no_tiles.to_json()["tiles_per_second"] is None
+
+
+@pytest.mark.parametrize("script, bad", [("tfrecord_generator.py", ["--slides"]),
+                                         ("active_learning_train.py", ["--data", "x"]),
+                                         ("active_learning_inference.py", ["--model", "m.keras", "--sildes", "s"])])
+def test_help_and_argument_errors_answer_before_tensorflow_loads(script, bad):
+    """TensorFlow takes seconds to load; --help and a mistyped command line
+    must not wait for it (each script imports it once its arguments are read)."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = sys.argv[1:]\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as exit:\n    code = exit.code\n"
+             "print('TF' if 'tensorflow' in sys.modules else 'no TF', code)\n")
+    for argv, code in ((["--help"], 0), (bad, 2)):
+        done = subprocess.run([sys.executable, "-c", probe, str(ROOT / script), *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip().splitlines()[-1] == f"no TF {code}", (argv, done.stderr[-500:])

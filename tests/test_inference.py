@@ -18,7 +18,8 @@ from utils.config import load_config, scale_name
 from utils.geometry import slide_geometry
 from utils.inference import classify, label_colours
 from utils.labels import rasterize_regions
-from utils.model import ModelSpec, build_model, save_model
+from utils.model import build_model, save_model
+from utils.model_spec import ModelSpec
 from utils.qupath import qupath_class_name
 from utils.slide import Slide
 from utils.synthetic import GLASS, TEXTURES, make_slide, truth_grid

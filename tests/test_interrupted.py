@@ -15,7 +15,8 @@ import active_learning_inference
 import tfrecord_generator
 from tests.conftest import ROOT, wait_for
 from utils.config import load_config
-from utils.model import ModelSpec, build_model, save_model
+from utils.model import build_model, save_model
+from utils.model_spec import ModelSpec
 from utils.synthetic import make_slide, random_layout
 
 

@@ -13,7 +13,7 @@ import active_learning_inference
 import active_learning_train
 from tests.conftest import ROOT
 from utils.config import Config, ConfigError, load_config, read_settings
-from utils.inference import InferenceOptions
+from utils.inference_options import InferenceOptions
 from utils.options import declared, resolve_options
 from utils.train_options import TrainOptions
 
@@ -90,7 +90,7 @@ def test_help_shows_the_dataclass_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag, default in (("--budget", "20000, the paper's, in simulation; 48, what a pathologist reviews in one sitting, with "
                                        "--query-only"), ("--initial", 25000),
-                          ("--learning-rate", 1.5e-5), ("--slide-class-cap", 1000), ("--strategy", "random")):
+                          ("--learning-rate", 0.0001), ("--slide-class-cap", 1000), ("--strategy", "random")):
         start = text.rindex(flag + " ")
         assert f"(default: {default})" in text[start:start + 400], flag
 
@@ -156,7 +156,7 @@ def test_a_class_list_of_ones_own_keeps_the_paper_exemption_only_where_it_has_th
 def test_extraction_options_come_from_the_dataclass_and_the_file_is_read_once(tmp_path, monkeypatch):
     import tfrecord_generator
     from utils import cli
-    from utils.extract import ExtractOptions
+    from utils.extract_options import ExtractOptions
 
     settings = tmp_path / "lab.yaml"
     settings.write_text("tile_size: 64\nextraction:\n  encoding: jpeg\n  unlabeled: true\n  workers: 3\n")

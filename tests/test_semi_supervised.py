@@ -17,7 +17,8 @@ from tests.conftest import FAST, RECORD_TILE
 from utils.batch_norm import adapt_batch_norm, batch_norm_layers
 from utils.config import load_config
 from utils.fixmatch import FixMatch
-from utils.model import ModelSpec, build_model
+from utils.model import build_model
+from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files, triplet_dataset
 from utils.pseudo_labels import pseudo_label
 from utils.train_options import TrainOptions

@@ -4,7 +4,6 @@ the backbone trained, saved, reloaded and mapping a slide."""
 
 from __future__ import annotations
 
-import json
 
 import cv2
 import numpy as np
@@ -20,7 +19,8 @@ from tests.test_inference import decode_map
 from utils import texture
 from utils.config import load_config
 from utils.errors import ModelError
-from utils.model import ModelSpec, Predictor, build_model, load_model
+from utils.model import Predictor, build_model, load_model
+from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files, triplet_dataset
 from utils.synthetic import truth_grid
 

@@ -25,8 +25,8 @@ from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
 from utils.devices import training_strategy
 from utils.errors import ModelError
-from utils.model import (ModelSpec, Predictor, build_model, check_compatible, load_weights_by_name, read_metadata,
-                         save_model)
+from utils.model import Predictor, build_model, check_compatible, load_weights_by_name, save_model
+from utils.model_spec import ModelSpec, read_metadata
 from utils.records import read_index, record_files
 from utils.synthetic import SyntheticRegion, make_slide, rectangle, write_geojson
 from utils import learners, queries

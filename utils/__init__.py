@@ -8,10 +8,7 @@ import os
 __version__ = "0.1.0"
 
 # TensorFlow's C++ chatter (CPU features, oneDNN notes) buries the progress
-# bars users read: keep its warnings and errors only, unless set otherwise,
-# and filter the notes it prints while loading whatever that setting says.
+# bars users read: keep its warnings and errors only, unless set otherwise.
+# TensorFlow itself is not imported here: the scripts load it after reading
+# their arguments (utils.setup.setup_process), so that --help answers at once.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from utils.startup import import_tensorflow_quietly  # noqa: E402
-
-import_tensorflow_quietly()

@@ -45,7 +45,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
 
 _EPS = 1e-12
 #: typiclust: at most this many clusters, and neighbours for typicality; clusters
@@ -290,6 +289,8 @@ def badge(probs: np.ndarray, penultimate: np.ndarray, k: int, rng: np.random.Gen
 def _kmeans(x: np.ndarray, clusters: int, rng: np.random.Generator) -> np.ndarray:
     """Cluster labels; mini-batch k-means for many clusters, as TypiClust does."""
     seed = int(rng.integers(2**31 - 1))
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # a second to import: only where clusters are made
+
     method = KMeans(clusters, n_init=1, random_state=seed) if clusters <= 50 else \
         MiniBatchKMeans(clusters, n_init=1, random_state=seed, batch_size=max(1024, 3 * clusters))
     return method.fit_predict(np.asarray(x, np.float32))

@@ -13,6 +13,7 @@ file it came from.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import re
@@ -20,6 +21,7 @@ import warnings
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,13 +87,30 @@ class Region:
     square: bool = False
 
 
-def find_annotation_file(directory: str | Path, stem: str) -> Path | None:
-    """The annotation file of a slide: same stem, one of the known suffixes."""
-    for suffix in ANNOTATION_SUFFIXES:
-        candidate = Path(directory) / f"{stem}{suffix}"
-        if candidate.exists():
-            return candidate
-    return None
+def find_annotation_files(directory: str | Path, names: Sequence[str]) -> list[Path]:
+    """Every annotation file of a slide in ``directory``: one of ``names``
+    (the slide's name, its file's full name, its file's stem) followed by one
+    of the known suffixes. All are returned, so that a second export beside
+    the first is read too rather than silently shadowing it."""
+    found = []
+    for name in dict.fromkeys(names):
+        for suffix in ANNOTATION_SUFFIXES:
+            candidate = Path(directory) / f"{name}{suffix}"
+            if candidate.is_file() and candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def near_misses(directory: str | Path, names: Sequence[str]) -> list[str]:
+    """Files in ``directory`` that start with one of ``names`` but are not
+    named as an annotation file is looked for (``slide.geojson.txt``,
+    ``slide_annotations.xml``): named in the warning, since they are most
+    likely the file meant."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted({p.name for name in names for p in directory.glob(f"{glob.escape(name)}*")
+                   if p.is_file() and p.suffix.lower() in {".geojson", ".json", ".gz", ".zip", ".xml", ".txt"}})
 
 
 def read_annotations(path: str | Path, qupath_origin: tuple[float, float] = (0.0, 0.0)) -> list[Region]:

@@ -24,39 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from utils.stain_jitter import STAIN_PRESETS, StainJitter
+
 #: Rows: the optical density (R, G, B) of a unit of haematoxylin, eosin and
 #: DAB (Ruifrok & Johnston 2001; scikit-image's ``rgb_from_hed``).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 #: The darkest intensity deconvolved, as a fraction of full scale (scikit-image's).
 DENSITY_FLOOR = 1e-6
-
-
-@dataclass(frozen=True)
-class StainJitter:
-    """How far a triplet's stains and colours may move."""
-
-    sigma: float  # HED scale in [1 - σ, 1 + σ], shift in [-σ, σ]
-    brightness: float  # added to every channel, as a fraction of full scale, in [-b, b]
-    contrast: float  # contrast factor in [1 - c, 1 + c] about the image mean
-    saturation: float  # saturation factor in [1 - s, 1 + s]
-
-
-#: ``--stain-jitter`` presets: Tellez et al.'s HED-light and HED-strong stain
-#: ranges; the brightness, contrast and saturation ranges are this project's,
-#: small beside the stain change and four times wider in the strong preset.
-STAIN_PRESETS = {
-    "light": StainJitter(sigma=0.05, brightness=0.025, contrast=0.05, saturation=0.05),
-    "strong": StainJitter(sigma=0.2, brightness=0.1, contrast=0.2, saturation=0.2),
-}
-
-
-def stain_jitter_of(preset: str, sigma: float | None = None) -> StainJitter | None:
-    """The preset (``none``, ``light``, ``strong``), with its HED σ replaced by ``sigma`` when given."""
-    if preset == "none":
-        return None
-    jitter = STAIN_PRESETS[preset]
-    return jitter if sigma is None else StainJitter(sigma, jitter.brightness, jitter.contrast, jitter.saturation)
 
 
 def hed_transform(rgb: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:

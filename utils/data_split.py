@@ -23,13 +23,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from utils.errors import InputError
-from utils.records import RecordIndex
+
+if TYPE_CHECKING:  # records load TensorFlow; the options name SPLIT_BY before it loads
+    from utils.records import RecordIndex
 
 SPLITS = ("train", "val", "test")
 SPLIT_BY = ("slide", "block")

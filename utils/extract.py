@@ -9,64 +9,30 @@ import warnings
 from collections.abc import Sequence
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from utils.annotations import ANNOTATION_SUFFIXES, find_annotation_file, read_annotations
+from utils.annotations import ANNOTATION_SUFFIXES, find_annotation_files, near_misses, read_annotations
 from utils.batch import Progress
 from utils.config import Config, fingerprint, fingerprint_difference
 from utils.errors import ConfigError, SlideError
+from utils.extract_options import ExtractOptions
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path
 from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, rasterize_regions,
                           report_unmatched)
-from utils.options import option
 from utils.record_offsets import shard_offsets
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
 from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
-from utils.slide import MppOverride, Slide, check_readable
+from utils.slide import Slide, check_readable
 from utils.slide_files import SlideFile
 from utils.summaries import DONE, ShardSummary
 from utils.tissue import tile_fractions, tissue_grid
 
 SUMMARY_SUFFIX = ".summary.json"
 ENCODER_THREADS = 4
-
-
-#: How tiles are stored in the records.
-ENCODINGS = ("png", "jpeg")
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """Settings of an extraction run, from slides or from tile folders. The
-    fields declared with :func:`~utils.options.option` are also flags of
-    ``tfrecord_generator.py`` and keys of a configuration file's
-    ``extraction:`` section."""
-
-    output: Path
-    annotations: Path | None = None
-    mpp: MppOverride = MppOverride()
-    overwrite: bool = False
-    encoding: str = option("png", "tile encoding: png is lossless; jpeg (quality 90) is about 3x faster to write and 5x smaller",
-                           "extraction", choices=ENCODINGS)
-    unlabeled: bool = option(False, "also write every unlabelled tissue tile (label -1), the active-learning pool; "
-                                    "slides without annotation file are then pooled whole", "extraction")
-    strict: bool = option(False, "fail a slide whose annotation names match no rule (with --tiles: stop on a class "
-                                 "folder that matches no rule)", "extraction")
-    slide_pattern: str = option(
-        r"^(.+?)[._]", "with --tiles: regular expression whose first group, searched in a file name, is the tile's "
-                       "slide (default: the name up to the first '.' or '_')", "extraction")
-    workers: int = option(1, "slides processed in parallel", "slides")
-
-    def __post_init__(self) -> None:
-        if self.encoding not in ENCODINGS:
-            raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, not {self.encoding!r}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, not {self.workers}")
 
 
 def check_output_configuration(output: Path, config: Config, overwrite: bool,
@@ -116,22 +82,41 @@ def summary_path(output: Path, slide: SlideFile) -> Path:
     return shard_paths(output, slide.name)[1]
 
 
-def annotation_file(slide: SlideFile, options: ExtractOptions) -> Path | None:
-    return find_annotation_file(options.annotations, slide.name) if options.annotations else None
+def annotation_names(slide: SlideFile) -> list[str]:
+    """What a slide's annotation file may be named after: the slide's name,
+    its file's full name (QuPath's ``slide.svs.geojson``) and, for a DICOM
+    series named after its folder, the stem of the file OpenSlide opens."""
+    return list(dict.fromkeys([slide.name, slide.path.name, slide.path.stem]))
+
+
+def annotation_files(slide: SlideFile, options: ExtractOptions) -> list[Path]:
+    return find_annotation_files(options.annotations, annotation_names(slide)) if options.annotations else []
+
+
+def missing_annotation_warning(slide: SlideFile, options: ExtractOptions) -> str:
+    """The names looked for, and any file that nearly matches them."""
+    names = annotation_names(slide)
+    looked_for = ", ".join(f"{name}{ANNOTATION_SUFFIXES[0]}" for name in names)
+    close = near_misses(options.annotations, names)
+    hint = f"; found {', '.join(close)}: rename it to one of those names" if close else ""
+    pooled = "; its tissue tiles are pooled unlabelled" if options.unlabeled else ""
+    return (f"{slide.path}: no annotation file in {options.annotations}; looked for {looked_for} (or "
+            f"{', '.join(ANNOTATION_SUFFIXES[1:])} in place of {ANNOTATION_SUFFIXES[0]}){hint}{pooled}")
 
 
 def extraction_settings(slide: SlideFile, *, config: Config, options: ExtractOptions,
-                        annotation: Path | None = None) -> dict[str, Any]:
+                        annotations: list[Path] | None = None) -> dict[str, Any]:
     """What a slide's shard depends on: configuration, µm/px override, the
-    annotation file's content (``annotation``, else looked up), flags and the
+    annotation files' content (``annotations``, else looked up), flags and the
     slide file."""
-    annotation = annotation or annotation_file(slide, options)
+    files = annotation_files(slide, options) if annotations is None else annotations
+    digests = [{"file": path.name, "sha256": file_digest(path)} for path in files]
     return normalised({
         "configuration": config.extraction_settings(),
         "mpp": options.mpp.for_slide(slide.name),
         "encoding": options.encoding,
         "unlabeled": options.unlabeled,
-        "annotations": {"file": annotation.name, "sha256": file_digest(annotation)} if annotation else None,
+        "annotations": (digests[0] if len(digests) == 1 else digests) or None,
         "slide": {"file": slide.path.name, "bytes": slide.path.stat().st_size},
     })
 
@@ -148,17 +133,16 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
     started = time.perf_counter()
     stem, slide_path = slide_file.name, slide_file.path
     record_path, summary_path = shard_paths(options.output, stem)
-    annotation_path = annotation_file(slide_file, options)
-    made_with = extraction_settings(slide_file, config=config, options=options, annotation=annotation_path)
+    annotation_paths = annotation_files(slide_file, options)
+    made_with = extraction_settings(slide_file, config=config, options=options, annotations=annotation_paths)
     if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
                                               f"{stem}: its shard in {options.output}"):
         return ShardSummary(stem, UNCHANGED)
-    if annotation_path is None and not options.unlabeled:
+    missing = [missing_annotation_warning(slide_file, options)] if options.annotations and not annotation_paths \
+        else []
+    if missing and not options.unlabeled:
         check_readable(slide_path)  # a broken file is reported as broken, not as merely unannotated
-        looked_for = ", ".join(f"{stem}{suffix}" for suffix in ANNOTATION_SUFFIXES)
-        return ShardSummary(stem, "skipped (no annotation file; --unlabeled pools its tiles)",
-                            warnings=[f"{slide_path}: no annotation file; looked for {looked_for} in "
-                                      f"{options.annotations}"])
+        return ShardSummary(stem, "skipped (no annotation file; --unlabeled pools its tiles)", warnings=missing)
 
     with Slide(slide_path, mpp=options.mpp.for_slide(stem), name=stem) as slide:
         geometry = slide_geometry(slide, config)
@@ -167,10 +151,14 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
                              f"{config.tile_size}-px tile at {config.magnifications[0]:g}x; nothing to extract")
         k = config.mask_cells_per_tile
         tissue = tissue_grid(slide, geometry, config.tissue_method, k)
-        regions = read_annotations(annotation_path, slide.bounds) if annotation_path else []
-        cells = rasterize_regions(regions, config, tissue.shape, geometry.stride / k)
+        per_file = [read_annotations(path, slide.bounds) for path in annotation_paths]
+        cells = rasterize_regions([r for regions in per_file for r in regions], config, tissue.shape,
+                                  geometry.stride / k)
         unmatched = report_unmatched(cells, stem, options.strict)
-        warnings = [unmatched] if unmatched else []
+        warnings = missing + ([unmatched] if unmatched else [])
+        if len(per_file) > 1:
+            warnings.append(disagreement(annotation_paths, per_file, config, tissue.shape, geometry.stride / k,
+                                         slide.mpp))
         if not tissue.any():
             warnings.append(f"{stem}: no tissue found; check the slide, or try tissue_method 'green' in --config")
         labels, name_index = label_tiles(cells, tissue, config)
@@ -192,7 +180,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
         slide=stem,
         status=DONE,
         slide_path=str(slide_path),
-        annotations=str(annotation_path) if annotation_path else None,
+        annotations=", ".join(map(str, annotation_paths)) or None,
         tiles=int(sum(counts.values())),
         tiles_per_class={(config.class_names[c] if c >= 0 else "unlabeled"): n for c, n in sorted(counts.items())},
         base_mpp=slide.mpp,
@@ -220,6 +208,24 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
     )
     summary.write(summary_path)
     return summary
+
+
+def disagreement(paths: list[Path], per_file: list[list], config: Config, cells: tuple[int, int],
+                 cell_size: float, mpp: float) -> str:
+    """One line for a slide with several annotation files, all read: which
+    they are, and how much tissue they give different classes (where the
+    class higher in the configuration's priority wins)."""
+    rasters = [rasterize_regions(regions, config, cells, cell_size).classes for regions in per_file]
+    stack = np.stack(rasters)
+    labelled = stack >= 0
+    first = np.where(labelled, stack, np.iinfo(stack.dtype).max).min(axis=0)
+    last = np.where(labelled, stack, -1).max(axis=0)
+    area = float(((labelled.sum(axis=0) > 1) & (first != last)).sum()) * (cell_size * mpp / 1000) ** 2
+    names = " and ".join(path.name for path in paths)
+    if area == 0:
+        return f"{paths[0].parent}: read {names} together (no area labelled differently by them)"
+    return (f"{paths[0].parent}: read {names} together; they give different classes to {area:.4g} mm2 of the "
+            f"slide, where the class higher in the configuration's priority wins")
 
 
 def _write_shard(slide, geometry, rows, cols, labels, name_index, cells: CellLabels, options, path, progress) -> Counter:

@@ -8,9 +8,7 @@ per 16x16 tiles) decoded in parallel threads and handed to the model through
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,51 +19,21 @@ import tensorflow as tf
 from utils import plots
 from utils.batch import Progress
 from utils.config import Config, hex_to_rgb, scale_name
-from utils.errors import ConfigError
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path
 from utils.model import Predictor
-from utils.options import option
 from utils.provenance import UNCHANGED, keep_previous, normalised
 from utils.qupath import feature, mask_polygons, write_feature_collection
-from utils.slide import MppOverride, Slide
+from utils.inference_options import InferenceOptions
+from utils.slide import Slide
 from utils.slide_files import SlideFile
 from utils.summaries import DONE, ClassArea, MapSummary
 from utils.tissue import tile_fractions, tissue_grid
 
 OUTPUT_FILES = ("tissue_map.png", "tissue_map_legend.png", "overlay.png", "probabilities.npz",
                 "tissue_map.geojson", "summary.json")
-OVERLAY_STYLES = ("fill", "outline")
 #: Longest side of the map and overlay images in pixels (cells are enlarged to it).
 MAP_IMAGE_SIDE = 1600
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """Settings of an inference run. The fields declared with
-    :func:`~utils.options.option` are also flags of
-    ``active_learning_inference.py`` and keys of a configuration file's
-    ``inference:`` section."""
-
-    output: Path
-    model_path: Path
-    model_sha256: str = ""
-    mpp: MppOverride = MppOverride()
-    overwrite: bool = False
-    workers: int = option(min(8, os.cpu_count() or 1),
-                          "threads reading and decoding slide blocks (default: cores, at most 8)", "slides")
-    batch_size: int = option(512, "tiles per model call", "inference")
-    smooth: bool = option(
-        False, "3x3 majority smoothing of the map (also erodes structures one cell wide)", "inference")
-    overlay: str = option(
-        "fill", "overlay.png: 'fill' blends the class colours into the slide at 40%; 'outline' draws the class "
-                "boundaries on the unaltered slide", "inference", choices=OVERLAY_STYLES)
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, not {self.workers}")
-        if self.overlay not in OVERLAY_STYLES:
-            raise ConfigError(f"overlay must be one of {', '.join(OVERLAY_STYLES)}, not {self.overlay!r}")
 
 
 #: A cell of no class: glass, when the configuration has no background class.

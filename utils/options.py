@@ -80,6 +80,15 @@ def resolve_options(cls: type, args: argparse.Namespace, file_values: dict[str, 
     return cls(**values, **fixed)
 
 
+def origin(cls: type, name: str, args: argparse.Namespace, file_values: dict[str, Any], source: str) -> str:
+    """Where the value of option ``name`` came from, for the log: its flag,
+    the configuration file (``source``) or the default."""
+    field = next(f for f in declared(cls) if f.name == name)
+    if getattr(args, name, None) is not None:
+        return field.metadata["flag"] or "--" + name.replace("_", "-")
+    return source if name in file_values else "default"
+
+
 def _coerce(hint: Any, name: str, value: Any, source: str) -> Any:
     """A value read from YAML as the field's type: paths from strings, tuples from lists."""
     if value is None:

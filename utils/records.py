@@ -32,7 +32,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import StainJitter, StrongAugment, augment_triplet, weak_and_strong_views
+from utils.augment import StrongAugment, augment_triplet, weak_and_strong_views
+from utils.stain_jitter import StainJitter
 from utils.config import scale_name
 from utils.errors import InputError
 from utils.log import info

@@ -3,8 +3,11 @@
 module.
 
 One setting cannot wait for ``main``: TensorFlow reads
-``TF_CPP_MIN_LOG_LEVEL`` once, when it is first imported, which happens while
-a script's imports run; ``utils/__init__.py`` therefore sets its default.
+``TF_CPP_MIN_LOG_LEVEL`` once, when it is first imported; ``utils/__init__.py``
+therefore sets its default. The scripts import only light modules at the top
+and call :func:`setup_process` once their arguments are read: it loads
+TensorFlow (its start-up notes filtered), and the modules that need it are
+imported after it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+
+from utils.startup import import_tensorflow_quietly
 
 
 @functools.cache
@@ -31,6 +36,7 @@ def setup_process() -> None:
     * Mixed precision halves the memory of activations on a GPU; the model's
       output layer stays in float32 (:func:`utils.model.build_model`).
     """
+    import_tensorflow_quietly()
     import keras
     import tensorflow as tf
 

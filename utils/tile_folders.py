@@ -34,7 +34,8 @@ import tensorflow as tf
 from utils.config import Config
 from utils.errors import InputError
 from utils.log import progress
-from utils.extract import ExtractOptions, shard_paths
+from utils.extract import shard_paths
+from utils.extract_options import ExtractOptions
 from utils.geometry import SNAP_TOLERANCE, scale_factor
 from utils.io import atomic_path, atomic_write_csv
 from utils.provenance import UNCHANGED, keep_previous, normalised

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import StrongAugment, stain_jitter_of
+from utils.augment import StrongAugment
+from utils.stain_jitter import stain_jitter_of
 from utils.config import Config, fingerprint_difference
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                               choose_split_by, extend_split, read_split_file, split_blocks,
