@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from utils.batch import report, run_per_slide, slides_to_process
-from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
-                       prepare_output, resolve_config, start)
+from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, add_upsampling_argument,
+                       make_parser, prepare_output, resolve_config, start)
 from utils.failures import exit_on_input_error
 from utils.inference_options import InferenceOptions
 from utils.log import info
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     paths.add_argument("--slides", nargs="+", required=True, help="slide files and/or folders of slides")
     paths.add_argument("--model", type=Path, required=True, help="model.keras saved by active_learning_train.py")
     paths.add_argument("--output", type=Path, required=True, help="folder for one sub-folder per slide")
-    add_config_arguments(parser, defaults_from="the model's", section="inference")
+    add_upsampling_argument(add_config_arguments(parser, defaults_from="the model's", section="inference"))
     add_option_arguments(parser, InferenceOptions, {"slides": add_slide_arguments(parser)})
     add_message_arguments(parser)
     return parser.parse_args(argv)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.model import Predictor, check_compatible, load_model
 
     metadata = read_metadata(args.model)
-    config = resolve_config(args, file_keys, base=metadata["config"])
+    config = resolve_config(args, file_keys, base=metadata["config"], allow_upsampling=args.allow_upsampling)
     slides, mpp = slides_to_process(args.slides, args.shard, args.mpp)
     options = resolve_options(InferenceOptions, args, section, f"{args.config}: inference", output=args.output,
                               model_path=args.model, model_sha256=file_digest(args.model), mpp=mpp,

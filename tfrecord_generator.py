@@ -31,8 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from utils.batch import report, run_per_slide, slides_to_process
-from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, make_parser,
-                       prepare_output, resolve_config, start)
+from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, add_upsampling_argument,
+                       make_parser, prepare_output, resolve_config, start)
 from utils.config import Config, save_config
 from utils.errors import InputError
 from utils.extract_options import ExtractOptions
@@ -54,9 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     paths.add_argument("--annotations", type=Path, help="folder of annotation files named like the slides")
     paths.add_argument("--output", type=Path, required=True, help="folder for the TFRecord shards")
     configuration = add_config_arguments(parser, section="extraction")
-    configuration.add_argument("--allow-upsampling", action="store_true", default=None,
-                               help="allow magnifications above the scan's by resampling up "
-                                    "(the configuration's allow_upsampling)")
+    add_upsampling_argument(configuration)
     add_option_arguments(parser, ExtractOptions, {"slides": add_slide_arguments(parser)})
     add_message_arguments(parser)
     args = parser.parse_args(argv)

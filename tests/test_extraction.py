@@ -5,6 +5,7 @@ skipping, failure isolation and sharding."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -197,3 +198,13 @@ def test_strict_fails_a_slide_with_unmatched_annotation_names(synthetic_slide, t
     assert code == 1
     assert "Unknown thing" in capsys.readouterr().err
     assert not (tmp_path / "known.tfrecord").exists()
+
+
+def test_a_scan_coarser_than_the_magnifications_gets_a_fix_that_the_same_command_accepts(synthetic_slide, tmp_path,
+                                                                                        capsys):
+    slide, geojson = synthetic_slide
+    argv = ["--slides", str(slide), "--annotations", str(geojson.parent), "--tile-size", str(TILE), "--mpp", "0.5"]
+    assert tfrecord_generator.main([*argv, "--output", str(tmp_path / "a")]) == 1
+    fix = re.search(r"--magnifications ([\d. ]+\d)", capsys.readouterr().err).group(1).split()
+    assert fix == ["20", "5", "1.25"]
+    assert tfrecord_generator.main([*argv, "--output", str(tmp_path / "b"), "--magnifications", *fix]) == 0

@@ -4,6 +4,7 @@ stub model whose output is a known function of the tile colour."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import cv2
@@ -262,3 +263,17 @@ def test_without_a_background_class_glass_belongs_to_no_class_in_any_output(synt
     features = json.loads((folder / "tissue_map.geojson").read_text())["features"]
     area = sum(shapely.geometry.shape(f["geometry"]).area for f in features)
     assert area == pytest.approx(int(tissue.sum()) * summary["cell_size_level0"] ** 2), "features cover tissue only"
+
+
+def test_a_scan_coarser_than_the_model_gets_a_fix_that_the_same_command_accepts(synthetic_slide, model_path,
+                                                                                tmp_path, capsys):
+    """The model fixes the scales, so a hint to pass other magnifications would
+    be refused by the model (its inputs are named after them): the hint is the
+    flag that resamples, and running with it maps the slide."""
+    argv = ["--slides", str(synthetic_slide[0]), "--model", str(model_path), "--mpp", "0.5"]
+    assert active_learning_inference.main([*argv, "--output", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "--magnifications" not in err
+    fix = re.search(r"resample up with (--[a-z-]+)", err).group(1)
+    assert active_learning_inference.main([*argv, "--output", str(tmp_path / "b"), fix]) == 0
+    assert (tmp_path / "b" / "known" / "tissue_map.png").exists()

@@ -154,10 +154,13 @@ def qupath_reads(feature: dict) -> dict:
             "roi": shapely.geometry.shape(feature["geometry"])}
 
 
-def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_path):
+def test_query_only_writes_the_next_batch_from_the_unlabelled_pool(tiles, tmp_path, capsys):
     run = tmp_path / "annotate"
     assert active_learning_train.main(["--data", str(tiles), "--output", str(run), "--query-only",
                                        "--strategy", "margin", *FAST]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "no built-in class" in x]
+    assert "blood, damaged, muscle, urothelium:" in line, "the configured classes QuPath would add as new ones"
+    assert "Stroma" in line.split(":", 1)[1] and "stroma," not in line.split(":", 1)[0]
     folder = run / "queries" / "round_1"
     queries = rows_of(folder / "queries.csv")
     assert len(queries) == 40

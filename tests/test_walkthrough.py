@@ -74,14 +74,14 @@ def regions(i: int) -> list[SyntheticRegion]:
 
 def truth(square: dict, known: list[SyntheticRegion]) -> str | None:
     """The class of the known region that holds the square whole, as a
-    pathologist would pick it in QuPath: "tumour", or QuPath's built-in
-    "Stroma" (which differs from the configured "stroma" only in case)."""
+    pathologist would pick it in QuPath: its built-in "Tumor" or "Stroma"
+    (the configured "tumor" and "stroma" but for case)."""
     (ring,) = square["geometry"]["coordinates"]
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
     for region in known:
         (x0, y0), (x1, y1) = region.exterior[0], region.exterior[2]
         if x0 <= min(xs) and max(xs) <= x1 and y0 <= min(ys) and max(ys) <= y1:
-            return "tumour" if region.name == "Tumour" else "Stroma"
+            return "Tumor" if region.name == "Tumour" else "Stroma"
     return None
 
 
@@ -99,7 +99,7 @@ def label_in_qupath(queries: Path, annotations: Path) -> dict[str, dict]:
     are left as imported, unreviewed. Everything is then exported together
     with the earlier annotations, as QuPath writes them (with an id per
     object). Returns the expected class of every square that should count,
-    casefolded (QuPath's "Stroma" is the configured "stroma")."""
+    casefolded (QuPath's "Tumor" and "Stroma" are the configured "tumor" and "stroma")."""
     expected, judged, unjudged = {}, 0, 0
     for path in sorted(queries.glob("*.geojson")):
         known = regions(int(path.stem[1:]))
@@ -163,7 +163,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
         p.name for p in Path("runs/lab1").iterdir())
     run(2)
     summary = json.loads(Path("lab2/tiles/b0.summary.json").read_text())
-    assert summary["tiles_per_class"]["unlabeled"] > 0 and set(summary["coverage"]) == {"tumour", "stroma"}
+    assert summary["tiles_per_class"]["unlabeled"] > 0 and set(summary["coverage"]) == {"tumor", "stroma"}
     run(3)
     simulated = read_csv("runs/lab2_simulated/rounds.csv")
     assert [r["round"] for r in simulated] == ["-1", "0", "1"]

@@ -54,6 +54,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults_from: str = "
     return group
 
 
+def add_upsampling_argument(group: argparse._ArgumentGroup) -> None:
+    """``--allow-upsampling``, for the scripts that read slides: the fix their
+    errors suggest for a scan coarser than the finest scale."""
+    group.add_argument("--allow-upsampling", action="store_true", default=None,
+                       help="allow magnifications above the scan's by resampling up "
+                            "(the configuration's allow_upsampling)")
+
+
 def add_slide_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The "slides" group of the two scripts that read whole slides; each adds
     its own ``--workers`` there, from its options."""

@@ -69,31 +69,39 @@ class Geometry:
         return x, y
 
 
-def scale_factor(config: Config, magnification: float, mpp: float, base_mpp: float, source: str) -> float:
+def scale_factor(config: Config, magnification: float, mpp: float, base_mpp: float, source: str,
+                 fixed_by: str | None = None) -> float:
     """Source pixels per output pixel of one scale (``mpp`` wanted, ``base_mpp``
     available); more than the tolerated upsampling is an error naming ``source``
-    (e.g. "the slide was scanned at") and the magnifications the scan can
-    give, unless ``allow_upsampling`` is set."""
+    (e.g. "the slide was scanned at") and a fix the same command accepts: the
+    magnifications the scan can give, or, when the scales are ``fixed_by`` a
+    model that takes no others, resampling up. Unless ``allow_upsampling`` is set."""
     factor = mpp / base_mpp
     if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
         finest = MICRONS_PER_PIXEL_AT_1X / base_mpp
+        problem = (f"{magnification:g}x needs {mpp:.3g} µm/px but {source} {base_mpp:.3g} µm/px, so its finest level "
+                   f"gives {finest:.3g}x at most")
+        if fixed_by:
+            scales = ", ".join(f"{m:g}x" for m in config.magnifications)
+            raise MagnificationError(f"{problem}; {fixed_by} takes {scales} only: resample up with "
+                                     f"--allow-upsampling, or pass the scan's µm/px with --mpp if {base_mpp:.3g} is "
+                                     f"wrong")
         halvings = 0  # the asked magnifications halved until the scan gives them within the tolerance
         while config.magnifications[0] / 2**halvings > finest / (1.0 - UPSAMPLE_TOLERANCE):
             halvings += 1
         possible = " ".join(f"{m / 2**halvings:.3g}" for m in config.magnifications)
-        raise MagnificationError(
-            f"{magnification:g}x needs {mpp:.3g} µm/px but {source} {base_mpp:.3g} µm/px, so its finest level "
-            f"gives {finest:.3g}x at most; pass magnifications it can give, in the same ratios: "
-            f"--magnifications {possible}, or resample up with --allow-upsampling"
-        )
+        raise MagnificationError(f"{problem}; pass magnifications it can give, in the same ratios: "
+                                 f"--magnifications {possible}, or resample up with --allow-upsampling")
     return factor
 
 
-def slide_geometry(slide: Slide, config: Config) -> Geometry:
-    """Scales of the configuration resolved against one slide's µm/px and levels."""
+def slide_geometry(slide: Slide, config: Config, fixed_by: str | None = None) -> Geometry:
+    """Scales of the configuration resolved against one slide's µm/px and
+    levels; ``fixed_by``: what fixes the scales (inference: the model)."""
     scales = []
     for magnification, mpp in zip(config.magnifications, config.scale_mpps):
-        factor = scale_factor(config, magnification, mpp, slide.mpp, f"{slide.path}: the slide was scanned at")
+        factor = scale_factor(config, magnification, mpp, slide.mpp, f"{slide.path}: the slide was scanned at",
+                              fixed_by)
         level = best_level(slide.level_downsamples, factor)
         downsample = slide.level_downsamples[level]
         if abs(factor / downsample - 1.0) <= SNAP_TOLERANCE:

@@ -94,7 +94,7 @@ def label_names(config: Config) -> list[str]:
 def predict_slide(slide: Slide, config: Config, predictor: Predictor, options: InferenceOptions,
                   progress: Progress) -> dict[str, Any]:
     """Probabilities on the cell grid (zeros outside tissue) and the tissue mask."""
-    geometry = slide_geometry(slide, config)
+    geometry = slide_geometry(slide, config, "the model")
     k = config.mask_cells_per_tile
     tissue_cells = tissue_grid(slide, geometry, config.tissue_method, k)
     tissue = tile_fractions(tissue_cells, k) >= config.tissue_fraction

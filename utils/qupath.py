@@ -34,6 +34,14 @@ def qupath_class_name(name: str) -> str:
     return next((builtin for builtin in QUPATH_CLASSES if builtin.casefold() == name.casefold()), name)
 
 
+def classes_new_to_qupath(names: list[str]) -> list[str]:
+    """Configured classes that QuPath has no built-in class for, in any case:
+    importing squares of them adds them to its class list, beside its own
+    (a configured "tumour" would sit beside QuPath's "Tumor")."""
+    builtin = {name.casefold() for name in QUPATH_CLASSES}
+    return [name for name in names if name.casefold() not in builtin]
+
+
 def feature(coordinates: list, kind: str, class_name: str, color: str, **properties: Any) -> dict[str, Any]:
     """A QuPath annotation of the configured class ``class_name`` (written as :func:`qupath_class_name`)."""
     return {

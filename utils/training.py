@@ -56,6 +56,7 @@ from utils.log import info
 from utils.model import build_model, load_model, load_weights_by_name, save_model
 from utils.pseudo_labels import PoolUse, PseudoLabels, pseudo_label
 from utils.queries import Selection, query, write_queries
+from utils.qupath import classes_new_to_qupath, qupath_class_name
 from utils.records import triplet_dataset
 from utils.run_state import RunState
 from utils.texture import fit_standardization
@@ -256,6 +257,11 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     if options.query_only:
         save_queries(options, data, query(data, learner, options, state), last_round + 1)
         info(f"next tiles to label: {out / 'queries' / f'round_{last_round + 1}'}")
+        new = classes_new_to_qupath(config.class_names)
+        if new:
+            info(f"QuPath has no built-in class {', '.join(new)}: importing the squares adds them to its class "
+                 f"list; set each square to one of {', '.join(map(qupath_class_name, config.class_names))}, or "
+                 f"Ignore*")
     return state
 
 
