@@ -140,7 +140,7 @@ def read_annotations(path: str | Path, qupath_origin: tuple[float, float] = (0.0
                 regions += [_moved(r, qupath_origin) for r in _read_geojson(json.loads(text), path, skipped)]
         except (ET.ParseError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
                 AttributeError) as exc:
-            raise AnnotationError(f"{path}: not a valid annotation file ({type(exc).__name__}: {exc})") from None
+            raise AnnotationError(f"{path}: not a valid annotation file ({exc})") from None
     if skipped:
         details = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()))
         warnings.warn(f"{path}: skipped {details}", stacklevel=2)

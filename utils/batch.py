@@ -23,7 +23,7 @@ from typing import Any
 
 from utils.errors import InputError
 from utils.failures import describe_os_error
-from utils.log import debugging, error, info, note_on_stderr, progress
+from utils.log import debugging, info, note_on_stderr, progress
 from utils.provenance import UNCHANGED
 from utils.slide import MppOverride, parse_mpp
 from utils.slide_files import SlideFile, find_slides
@@ -102,7 +102,7 @@ def _call(task: SlideTask, slide: SlideFile, updates: Any) -> SlideOutcome:
     except Exception as exc:
         if debugging():
             return SlideOutcome(slide, None, f"{slide.path}: unexpected error\n{traceback.format_exc()}")
-        return SlideOutcome(slide, None, f"{slide.path}: unexpected error ({type(exc).__name__}: {exc}); "
+        return SlideOutcome(slide, None, f"{slide.path}: unexpected error ({exc or 'no message'}); "
                                          f"rerun with --debug for the traceback")
 
 
@@ -118,7 +118,7 @@ def run_per_slide(task: SlideTask, slides: Sequence[SlideFile], workers: int, un
         outcomes.append(outcome)
         slide_bar.update(1)
         if outcome.error:
-            note_on_stderr(f"FAILED {outcome.error.splitlines()[0]}")
+            note_on_stderr(f"error: {outcome.error}")  # as it happens, once: the closing line counts it
 
     if workers <= 1:
         for slide in slides:
@@ -160,11 +160,9 @@ def _drain(updates: Any, bar: Any) -> None:
 
 
 def report(outcomes: Sequence[SlideOutcome]) -> int:
-    """Failures on stderr, then one line counting each outcome; the exit
-    status is 1 if any slide failed."""
+    """One line counting each outcome (each failure was printed as it
+    happened); the exit status is 1 if any slide failed."""
     failed = [o for o in outcomes if o.error]
-    for outcome in failed:
-        error(outcome.error)
     statuses = Counter(o.result.status for o in outcomes if o.result)
     parts = [f"{statuses.pop('done', 0)} done", f"{statuses.pop(UNCHANGED, 0)} {UNCHANGED}"]
     parts += [f"{n} {status}" for status, n in sorted(statuses.items())]

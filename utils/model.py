@@ -116,7 +116,7 @@ def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Mod
     except Exception as exc:  # download errors surface as several unrelated types
         if weights == "imagenet":
             raise ModelError(
-                f"cannot get ImageNet weights for {kind} ({type(exc).__name__}: {exc}); without internet, "
+                f"cannot get ImageNet weights for {kind} ({exc}); without internet, "
                 f"download {_IMAGENET_FILES[kind]} elsewhere and pass --backbone-weights PATH, "
                 f"or train from scratch with --backbone-weights none"
             ) from None
@@ -212,7 +212,7 @@ def load_model(path: str | Path) -> keras.Model:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first})") from None
+        raise ModelError(f"{path}: cannot load model ({first})") from None
     return in_process_precision(model)
 
 

@@ -47,7 +47,9 @@ IMPLIED_CONFIGURATION = {"background_class": "background"}
 
 
 def difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | None:
-    """The first setting that differs, as "key old vs new" (nested keys joined by '.')."""
+    """The first setting that differs, in words: "key old vs new this run"
+    (nested keys joined by '.'); for a content digest, that the file
+    changed, never the digests."""
     if old is None:
         return f"settings of {EARLIER_VERSION}"
     old = normalised(old)
@@ -58,12 +60,19 @@ def difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | N
 
 def _first_difference(old: Any, new: Any, prefix: str) -> str | None:
     if isinstance(old, dict) and isinstance(new, dict):
+        if old.get("sha256") != new.get("sha256") and old.get("file") == new.get("file") is not None:
+            return f"{prefix.rstrip('.').replace('_', ' ')} file {new['file']} changed since"
         for key in sorted(set(old) | set(new)):
             found = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
             if found:
                 return found
         return None
-    return None if old == new else f"{prefix.rstrip('.')} {_short(old)} vs {_short(new)}"
+    if old == new:
+        return None
+    key = prefix.rstrip(".")
+    if key.endswith("sha256"):
+        return f"the {key.removesuffix('sha256').replace('_', ' ').strip('. ') or 'input'} differs in content"
+    return f"{key} {_short(old)} vs {_short(new)} this run"
 
 
 def _short(value: Any) -> str:
@@ -94,7 +103,7 @@ def keep_previous(summary: Path, made_with: Mapping[str, Any], overwrite: bool, 
         return True
     if overwrite:
         return False
-    raise InputError(f"{what} was made with other settings ({change} this run); pass --overwrite to redo it")
+    raise InputError(f"{what} was made with other settings ({change}); pass --overwrite to redo it")
 
 
 def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], Path],
@@ -114,5 +123,5 @@ def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], P
     if stale:
         name, change = stale[0]
         others = f" (and {len(stale) - 1} more slide(s))" if len(stale) > 1 else ""
-        raise InputError(f"{output}: the outputs of {name}{others} were made with other settings ({change} "
-                         f"this run); pass --overwrite to redo them, or choose another --output")
+        raise InputError(f"{output}: the outputs of {name}{others} were made with other settings ({change}); "
+                         f"pass --overwrite to redo them, or choose another --output")

@@ -26,6 +26,7 @@ import numpy as np
 
 from utils.config import MICRONS_PER_PIXEL_AT_1X, hex_to_rgb
 from utils.errors import ConfigError, MppError, SlideError
+from utils.log import debugging
 from utils.slide_files import TIFF_SUFFIXES, detect_vendor
 from utils.tiff_tiles import TiffTiles
 
@@ -81,9 +82,9 @@ def open_reader(path: Path, backend: str = "auto") -> tuple[str, str, Any]:
             handle.close()
             raise
     except Exception as exc:  # both libraries raise several unrelated types
-        raise SlideError(f"{path}: cannot open slide ({type(exc).__name__}: {exc}); the file is truncated "
-                         f"or unreadable (copy it again), or not a whole-slide format this tool reads "
-                         f"(OpenSlide's formats, tiled TIFF)") from None
+        said = f" ({exc})" if debugging() else "; --debug shows the reader's own message"
+        raise SlideError(f"{path}: cannot open slide: the file is truncated or unreadable (copy it again), or not a "
+                         f"whole-slide format this tool reads (OpenSlide's formats, tiled TIFF){said}") from None
     return vendor, backend, handle
 
 

@@ -86,7 +86,7 @@ class TiffTiles:
             tile = np.ascontiguousarray(decoded.reshape(page.tilelength, page.tilewidth, -1)[..., :3])
         except Exception as exc:  # codecs raise their own types
             raise SlideError(f"{self._tif.filehandle.path}: tile {index} of level {level} cannot be decoded "
-                             f"({type(exc).__name__}: {exc}); the file is truncated or corrupt") from None
+                             f"({exc}); the file is truncated or corrupt") from None
         with self._lock:
             self._cache[key] = tile
             while len(self._cache) > CACHE_TILES:
