@@ -72,7 +72,7 @@ def test_fine_tuning_a_small_source_model_keeps_it_without_architecture_flags(co
 
     monkeypatch.setattr(keras.applications, "VGG16", no_download)
     run = tmp_path / "target"
-    # The README's command, without --backbone or --head-units; SGD with a zero
+    # The README's command, without --backbone or --head-units; a zero
     # learning rate keeps round 0 at exactly the loaded weights.
     assert active_learning_train.main(["--data", str(cohort / "tiles"), "--output", str(run), "--weights",
                                        str(source_model), "--rounds", "0", "--epochs", "1", "--learning-rate", "0",

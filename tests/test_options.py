@@ -54,7 +54,7 @@ def test_the_original_preset_resolves_to_the_original_codes_values():
     default_options, default_config = active_learning_train.resolve(active_learning_train.parse_args(train_args()))
     differing = {key for key in ORIGINAL_TRAINING if getattr(default_options, key) != ORIGINAL_TRAINING[key]}
     assert differing == {"cap_eval_per_slide", "eval_cap", "augment", "model_selection", "repeats", "oracle_classes",
-                         "strategy", "repeats_share_data"}
+                         "strategy", "repeats_share_data", "optimizer", "learning_rate"}
     assert default_options.spec.scaling == "caffe", "VGG16's own: BGR minus the ImageNet means"
     assert (default_config.tissue_method, default_config.tissue_fraction) == ("otsu", 0.5)
 
