@@ -197,3 +197,9 @@ def test_the_readme_fine_tuning_commands_give_no_architecture_flags(step):
     """The walk-through must show that the source model brings its architecture."""
     command = readme_commands()[step]
     assert "--weights" in command and not {"--backbone", "--head-units", "--backbone-weights"} & set(command)
+
+
+def test_the_readme_is_short_and_starts_with_the_workflow():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 500, "details belong in docs/"
+    assert lines.index("## Use on your own slides") < 80
