@@ -35,7 +35,7 @@ import active_learning_train
 import tfrecord_generator
 from utils.config import load_config
 from utils.synthetic import SOURCE_STAIN, TARGET_STAIN, make_slide, random_layout, truth_grid
-from utils.training import read_rounds
+from utils.io import read_csv
 
 SIZES = {
     # slides per domain, slide side (px), tile size (px), epochs of the source fit and of each
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         ["--slides", str(held_out), "--model", str(target_run / "model.keras"), "--output", str(maps),
          "--batch-size", "128"])
 
-    rounds = read_rounds(target_run / "rounds.csv")
+    rounds = read_csv(target_run / "rounds.csv")
     best = json.loads((target_run / "state.json").read_text())["best"]["round"]
     kept = next(r for r in rounds if int(r["round"]) == best)
     accuracy = map_accuracy(maps / held_out_stem, held_out_regions, size["side"], size["tile"])

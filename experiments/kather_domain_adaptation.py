@@ -72,7 +72,6 @@ from utils.active_learning import STRATEGIES  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import read_csv  # noqa: E402
 from utils.summaries import ShardSummary  # noqa: E402
-from utils.training import read_rounds  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
 KATHER_MPP = 0.495
@@ -439,7 +438,7 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
 
 # -- results ----------------------------------------------------------------------------
 def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[analysis.Curve, list[dict[str, str]]]:
-    rows = [r for r in read_rounds(run / "rounds.csv") if int(r["round"]) >= 0]
+    rows = [r for r in read_csv(run / "rounds.csv") if int(r["round"]) >= 0]
     return (analysis.Curve(np.array([int(r["labelled"]) / pool for r in rows]),
                            np.array([float(r[column]) for r in rows])), rows)
 
@@ -453,7 +452,7 @@ def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int
     are rows of the same table."""
     ceiling_f1, ceiling_steps, source_f1 = [], [], []
     for seed in range(ceiling_seeds):
-        rows = read_rounds(folder / ceiling / f"seed_{seed}" / "rounds.csv")
+        rows = read_csv(folder / ceiling / f"seed_{seed}" / "rounds.csv")
         kept = max((r for r in rows if int(r["round"]) >= 0), key=lambda r: float(r["val_macro_f1"]))
         ceiling_f1.append(float(kept["test_macro_f1"]))
         ceiling_steps.append(sum(int(r["steps"]) for r in rows))
@@ -567,7 +566,7 @@ def class_counts_plot(folder: Path, seeds: dict[str, int], path: Path, rounds: i
     axes = fig.subplots(1, len(seeds), squeeze=False, sharey=True)
     names = load_config(ROOT / "experiments" / "kather.yaml").class_names
     for ax, (strategy, count) in zip(axes[0], seeds.items()):
-        runs = [[r for r in read_rounds(folder / strategy / f"seed_{k}" / "rounds.csv") if 0 <= int(r["round"]) < rounds]
+        runs = [[r for r in read_csv(folder / strategy / f"seed_{k}" / "rounds.csv") if 0 <= int(r["round"]) < rounds]
                 for k in range(count)]
         labelled = np.mean([[int(r["labelled"]) for r in rows] for rows in runs], axis=0)
         for name in names:

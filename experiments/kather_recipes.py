@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import kather_domain_adaptation as base  # noqa: E402
-from utils.training import read_rounds  # noqa: E402
+from utils.io import read_csv  # noqa: E402
 
 #: The labs of the default design; the first shift (``stain``, colour only)
 #: runs on request, ``--labs stain``, since a third lab would pass 3 hours.
@@ -196,7 +196,7 @@ def zero_label_scores(args: argparse.Namespace, out: Path, source: Path) -> dict
     test splits before any label (a ``--rounds -1`` run)."""
     name = zero_label_name(source.parent.name)
     base.target_run(args, out, source, 1, -1, base.HARD, "full", "random", 0, name=name)
-    first = read_rounds(out / base.HARD / "full" / name / "seed_0" / "rounds.csv")[0]
+    first = read_csv(out / base.HARD / "full" / name / "seed_0" / "rounds.csv")[0]
     return {"val": float(first["val_macro_f1"]), "test": float(first["test_macro_f1"])}
 
 
@@ -212,7 +212,7 @@ def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: P
     name = zero_label_name(batch_norm_kind(recipe), adapt)
     base.target_run(batch_norm_args(args), out, source, 1, -1, lab, "full", "random", 0,
                     ("--adapt-bn",) if adapt else (), name)
-    return float(read_rounds(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
+    return float(read_csv(out / lab / "full" / name / "seed_0" / "rounds.csv")[0]["test_macro_f1"])
 
 
 def batch_norm_recipe(args: argparse.Namespace, out: Path, recipe: str,
@@ -281,7 +281,7 @@ def summary(folder: Path, seeds: int, pool: int, strategies: list[str], tile_siz
     result["table"] = {names.get(k, k): v for k, v in result["table"].items()}
     result["curves"] = {names.get(k, k): v for k, v in result["curves"].items()}
     for short, name in names.items():
-        rows = [read_rounds(folder / short / f"seed_{k}" / "rounds.csv") for k in range(seeds)]
+        rows = [read_csv(folder / short / f"seed_{k}" / "rounds.csv") for k in range(seeds)]
         entry = result["table"][name]
         entry["zero_label_f1"] = float(np.mean([float(r[0]["test_macro_f1"]) for r in rows]))
         used = [float(row["pseudo_labelled"]) for r in rows for row in r if int(row["round"]) >= 0]
@@ -295,7 +295,7 @@ def summary(folder: Path, seeds: int, pool: int, strategies: list[str], tile_siz
 def kept_scores(run: Path, seeds: int) -> dict[str, float]:
     """Validation and test macro F1 of the round kept by validation F1 in
     ``run/seed_<k>``, mean over the seeds."""
-    kept = [max((r for r in read_rounds(run / f"seed_{k}" / "rounds.csv") if int(r["round"]) >= 0),
+    kept = [max((r for r in read_csv(run / f"seed_{k}" / "rounds.csv") if int(r["round"]) >= 0),
                 key=lambda r: float(r["val_macro_f1"])) for k in range(seeds)]
     return {key: float(np.mean([float(r[f"{key}_macro_f1"]) for r in kept])) for key in ("val", "test")}
 

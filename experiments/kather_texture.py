@@ -51,7 +51,7 @@ from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_argu
                                                   paired_difference, pool_class_counts, prepare_labs, run_script,
                                                   strategy_flags, train_source_model)
 from utils import plots  # noqa: E402
-from utils.training import read_rounds  # noqa: E402
+from utils.io import read_csv  # noqa: E402
 
 LABS = (HARD, UNMODELLED)
 #: Labelled fractions of the pool measured after the initial set.
@@ -139,11 +139,11 @@ def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
     arms: dict[str, dict[str, list[analysis.Curve]]] = {}
     zero_label = []
     for seed in range(args.seeds):
-        first = read_rounds(run_folder(out, lab, "source", "random", seed) / "rounds.csv")[0]
+        first = read_csv(run_folder(out, lab, "source", "random", seed) / "rounds.csv")[0]
         zero_label.append({split: float(first[f"{split}_macro_f1"]) for split in ("val", "test")})
         for name in SOURCES:
             for strategy in STRATEGIES:
-                rows = [r for r in read_rounds(run_folder(out, lab, name, strategy, seed) / "rounds.csv")
+                rows = [r for r in read_csv(run_folder(out, lab, name, strategy, seed) / "rounds.csv")
                         if int(r["round"]) >= 0]
                 fractions = np.array([int(r["labelled"]) / pool for r in rows])
                 for split in ("val", "test"):

@@ -15,7 +15,7 @@ from experiments import kather_domain_adaptation as experiment
 from experiments.kather_domain_adaptation import stratified_split
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains
 from tests.conftest import shared_file
-from utils.training import read_rounds
+from utils.io import read_csv
 
 
 def test_curve_statistics():
@@ -111,7 +111,7 @@ def test_the_experiment_runs_every_stage(tmp_path):
     for shift, mode in ((experiment.HARD, "head"), (experiment.HARD, "full"), (experiment.EASY, "head")):
         r = results["shifts"][shift][mode]
         assert set(r["table"]) >= {"random", "class_ratio", *results["chosen"]}
-        rows = read_rounds(out / shift / mode / "random" / "seed_0" / "rounds.csv")
+        rows = read_csv(out / shift / mode / "random" / "seed_0" / "rounds.csv")
         f1 = np.array([float(row["test_macro_f1"]) for row in rows if int(row["round"]) >= 0])
         assert int(rows[-1]["labelled"]) == pool, "every run labels the whole pool"
         fractions = np.array([int(row["labelled"]) / pool for row in rows if int(row["round"]) >= 0])
@@ -155,7 +155,7 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
         assert np.array_equal(np.isnan(r["curves"][name][0]), np.isnan(r["curves"][recipes.TODAY][0]))
         assert r["table"][name]["seeds"] == 1 and 0 < r["table"][name]["aulc"] <= 1
     for name, entry in [(name, e) for name, e in r["table"].items() if name not in anchors]:
-        rows = read_rounds(out / experiment.HARD / "full" / recipes.folder_name(name) / "seed_0" / "rounds.csv")
+        rows = read_csv(out / experiment.HARD / "full" / recipes.folder_name(name) / "seed_0" / "rounds.csv")
         assert entry["zero_label_f1"] == pytest.approx(float(rows[0]["test_macro_f1"])) and rows[0]["round"] == "-1"
         assert entry["pool_used_per_round"] == pytest.approx(
             np.mean([float(row["pseudo_labelled"]) for row in rows if int(row["round"]) >= 0]))
@@ -165,13 +165,13 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
         options = json.loads((out / f"source_{kind}" / "config.json").read_text())["options"]
         assert options["stain_jitter"] == ("none" if kind == "plain" else kind)
     for kind in recipes.PRESETS:
-        first = read_rounds(out / experiment.HARD / "full" / f"zero_label_source_{kind}" / "seed_0" / "rounds.csv")[0]
+        first = read_csv(out / experiment.HARD / "full" / f"zero_label_source_{kind}" / "seed_0" / "rounds.csv")[0]
         assert results["zero_label"][kind]["val"] == pytest.approx(float(first["val_macro_f1"]))
     fixmatch = json.loads((out / experiment.HARD / "full" / "d_random" / "seed_0" / "config.json").read_text())
     assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == preset
     bn = out / experiment.HARD / "full"
     for recipe in ("a", "b"):
-        first = {adapt: read_rounds(bn / f"zero_label_mobilenetv2_{recipe}{adapt}" / "seed_0" / "rounds.csv")[0]
+        first = {adapt: read_csv(bn / f"zero_label_mobilenetv2_{recipe}{adapt}" / "seed_0" / "rounds.csv")[0]
                  for adapt in ("", "_adapt_bn")}
         scores = results["adapt_bn"][recipe][experiment.HARD]
         assert scores == {"without": pytest.approx(float(first[""]["test_macro_f1"])),

@@ -466,7 +466,7 @@ def _other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
         if not (folder / "rounds.csv").exists():
             raise InputError(f"{folder}: no rounds.csv to compare with")
         strategy = json.loads((folder / "config.json").read_text())["options"]["strategy"]
-        runs[f"{folder.name} ({strategy})"] = read_rounds(folder / "rounds.csv")
+        runs[f"{folder.name} ({strategy})"] = read_csv(folder / "rounds.csv")
     return runs
 
 
@@ -476,6 +476,3 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
     for split, row in counts.items():
         info(f"{split:18s}" + "".join(f"{row[n]:12d}" for n in names))
 
-
-def read_rounds(path: str | Path) -> list[dict[str, str]]:
-    return read_csv(path)
