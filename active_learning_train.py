@@ -28,6 +28,7 @@ from pathlib import Path
 
 from utils.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config, start
 from utils.config import Config
+from utils.errors import InputError
 from utils.failures import exit_on_input_error
 from utils.log import info
 from utils.model_spec import check_fits_source, source_metadata, source_spec
@@ -39,7 +40,8 @@ from utils.train_options import TrainOptions
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__)
     paths = parser.add_argument_group("input and output")
-    paths.add_argument("--data", type=Path, required=True, help="folder of TFRecord shards")
+    paths.add_argument("--data", type=Path, nargs="+", required=True,
+                       help="folder of TFRecord shards (several with --self-supervised)")
     paths.add_argument("--output", type=Path, required=True, help="run folder")
     paths.add_argument("--resume", action="store_true", help="continue the run in --output after its last round")
     paths.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN_DIR",
@@ -61,10 +63,13 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
     the --weights model's < the data's extraction_config.json < --config <
     flags. The architecture is the flags', else the source model's."""
     file_keys, section = start(args, "training")
-    options = resolve_options(TrainOptions, args, section, f"{args.config}: training", data=args.data,
-                              output=args.output, resume=args.resume, compare=tuple(args.compare))
+    options = resolve_options(TrainOptions, args, section, f"{args.config}: training", data=args.data[0],
+                              output=args.output, resume=args.resume, compare=tuple(args.compare),
+                              pretrain_data=tuple(args.data))
+    if len(args.data) > 1 and options.self_supervised == "none":
+        raise InputError("--data takes one folder, except with --self-supervised")
     source = source_metadata(options.weights)
-    extraction = args.data / "extraction_config.json"
+    extraction = options.data / "extraction_config.json"
     base = dict(source["config"]) if source and "config" in source else {}
     base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
     config = resolve_config(args, file_keys, base=base, uncapped_classes=args.uncapped)
@@ -88,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
     from utils.training import run_repeats, run_training, test_set_scores
 
+    if options.self_supervised == "simclr":
+        from utils.pretraining import run_pretraining
+
+        run_pretraining(options, config)
+        return 0
     if options.repeats > 1:
         run_repeats(options, config)
         return 0

@@ -76,6 +76,18 @@ def tiles(tmp_path_factory) -> Path:
     return root / "tiles"
 
 
+@pytest.fixture(scope="session")
+def small_tiles(tmp_path_factory) -> Path:
+    """One 768-px synthetic slide cut into 32-px triplets, every tissue tile
+    kept: a few thousand windows, for jobs that read all of a folder."""
+    root = tmp_path_factory.mktemp("small_tiles")
+    make_slide(root / "slides", "only", 768, 768, random_layout(768, 768, 1), seed=5, annotations_dir=root / "ann")
+    assert tfrecord_generator.main(["--slides", str(root / "slides"), "--annotations", str(root / "ann"),
+                                    "--output", str(root / "tiles"), "--tile-size", str(RECORD_TILE),
+                                    "--unlabeled"]) == 0
+    return root / "tiles"
+
+
 def wait_for(condition, timeout: float = 300.0) -> None:
     """Poll ``condition`` every 20 ms until it holds (for tests that kill a process part-way)."""
     deadline = time.monotonic() + timeout

@@ -45,7 +45,7 @@ def state(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_replicas(tiles, tmp_path_factory) -> tuple[Path, str]:
+def two_replicas(tiles, small_tiles, tmp_path_factory) -> tuple[Path, str]:
     """Every training path on two replicas, in one process: full mode
     interrupted in round 1 and resumed, head mode, a fine-tune from the
     full run's model at an even global batch, and the texture backbone in
@@ -60,6 +60,9 @@ def two_replicas(tiles, tmp_path_factory) -> tuple[Path, str]:
         {"argv": [*common, *fine_tuning(root / "full", root / "tuned")]},
         {"argv": [*common, "--output", str(root / "texture"), "--rounds", "1", "--freeze-backbone",
                   "--backbone", "texture"]},
+        {"argv": ["--self-supervised", "simclr", "--data", str(small_tiles), "--output", str(root / "simclr"),
+                  "--backbone", "small", "--backbone-weights", "none", "--batch-size", "64", "--optimizer", "adam",
+                  "--learning-rate", "1e-3", "--epochs", "2", *TWO]},
     ]
     (root / "runs.json").write_text(json.dumps(runs))
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "two_replicas.py"), str(root / "runs.json")],
@@ -83,7 +86,7 @@ def test_every_training_path_runs_on_two_replicas(two_replicas):
     be integers or slices, not MirroredVariable")."""
     root, log = two_replicas
     statuses = [line for line in log.splitlines() if line.startswith("run ")]
-    assert statuses == ["run 0: 130", "run 1: 0", "run 2: 0", "run 3: 0", "run 4: 0"], log[-4000:]
+    assert statuses == ["run 0: 130", "run 1: 0", "run 2: 0", "run 3: 0", "run 4: 0", "run 5: 0"], log[-4000:]
     assert log.count("training on 2 replicas (MirroredStrategy over CPU:0, CPU:1): --batch-size 32 is the global "
                      "batch, 16 tiles per replica per step") == 4
     assert f"--batch-size {EVEN_BATCH} is the global batch, {EVEN_BATCH // 2} tiles per replica" in log
@@ -95,6 +98,9 @@ def test_every_training_path_runs_on_two_replicas(two_replicas):
         assert saved["round"] == last_round
         assert all(np.isfinite(epoch["loss"]) and np.isfinite(epoch["val_loss"]) for epoch in saved["history"])
         assert all(np.isfinite(w).all() for w in load_model(root / name / "model.keras").get_weights()), name
+    assert "--batch-size 64 is the global batch, 32 tiles per replica per step" in log
+    pretraining = json.loads((root / "simclr" / "pretraining.json").read_text())["history"]
+    assert len(pretraining) == 2 and all(np.isfinite(epoch["loss"]) for epoch in pretraining)
     for name in ("full", "head"):
         first, second = rounds(root / name)
         assert int(second["labelled"]) == int(first["labelled"]) + 40

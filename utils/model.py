@@ -81,7 +81,7 @@ def build_model(
         x = keras.Input((size, size, 3), name=name)
         inputs.append(x)
         h = Preprocess(spec.scaling, name=f"preprocess_{name}")(x)
-        backbone = _backbone(spec.backbone, size, backbone_weights, name=f"backbone_{name}")
+        backbone = build_backbone(spec.backbone, size, backbone_weights, name=f"backbone_{name}")
         backbone.trainable = not freeze_backbone
         h = backbone(h, training=False if freeze_backbone else None)
         features.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(h))
@@ -95,7 +95,11 @@ def build_model(
     return keras.Model(inputs, outputs, name=names[len(inputs)])
 
 
-def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Model:
+def build_backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Model:
+    """One scale's backbone. ``weights``: "imagenet" (VGG16, MobileNetV2),
+    None, or a local file: ImageNet weights, or for ``small`` and the small
+    CNN of ``texture+small`` the ``backbone.weights.h5`` of a
+    ``--self-supervised simclr`` pretraining."""
     shape = (size, size, 3)
     try:
         if kind == "vgg16":
@@ -104,13 +108,16 @@ def _backbone(kind: str, size: int, weights: str | None, name: str) -> keras.Mod
             model = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape, alpha=0.35)
             if weights in (None, "none"):
                 _forget_faster(model)
+        elif kind == "texture" and weights not in (None, "none"):
+            raise ModelError("the 'texture' backbone has nothing to learn or load; use --backbone-weights none")
+        elif weights == "imagenet":
+            raise ModelError(f"the {kind!r} backbone has no ImageNet weights; use --backbone-weights none, or the "
+                             f"backbone.weights.h5 of a --self-supervised simclr pretraining")
         else:
-            if weights not in (None, "none"):
-                raise ModelError(f"the {kind!r} backbone has no pre-trained weights; use --backbone-weights none")
-            if kind == "small":
-                model = _small_cnn(shape)
-            else:
-                model = texture_backbone(shape, _small_cnn(shape) if kind == "texture+small" else None)
+            small = None if kind == "texture" else _small_cnn(shape)
+            if small is not None and weights not in (None, "none"):
+                small.load_weights(weights)
+            model = small if kind == "small" else texture_backbone(shape, small)
     except ModelError:
         raise
     except Exception as exc:  # download errors surface as several unrelated types

@@ -43,6 +43,8 @@ class TrainOptions:
     spec: ModelSpec = field(default_factory=ModelSpec)
     resume: bool = False
     compare: tuple[Path, ...] = ()
+    #: Every ``--data`` folder: several only for ``--self-supervised`` pretraining.
+    pretrain_data: tuple[Path, ...] = ()
     backbone: str | None = option(None, "per-scale backbone (default: the --weights model's, else vgg16)", "model",
                                   choices=BACKBONES)
     head_units: int | None = option(None, "units of each dense layer (default: the --weights model's, else 4096)",
@@ -52,8 +54,9 @@ class TrainOptions:
               "own: caffe for vgg16, tf for mobilenetv2); raw feeds 0-255 unchanged, as the original code did",
         "model", choices=INPUT_SCALINGS)
     backbone_weights: str | None = option(
-        "imagenet", "imagenet (download), none, or a local backbone weights file; not used with --weights, whose "
-                    "model replaces them", "model", metavar="imagenet|none|PATH")
+        "imagenet", "imagenet (download), none, or a local backbone weights file (ImageNet's, or for small and "
+                    "texture+small the backbone.weights.h5 of --self-supervised simclr); not used with --weights, "
+                    "whose model replaces them", "model", metavar="imagenet|none|PATH")
     weights: Path | None = option(None, "source-domain model (.keras) to fine-tune, or a matching .weights.h5",
                                   "model", metavar="FILE")
     allow_partial_weights: bool = option(
@@ -92,6 +95,10 @@ class TrainOptions:
     oracle_classes: bool = option(
         False, "simulation only: split class budgets by the pool tiles' true labels, as the original code did, "
                "instead of by their predicted classes as real use must", "active learning")
+    self_supervised: str = option(
+        "none", "simclr: pretrain the backbone without labels on every window of the --data folders (one or more) "
+                "for --epochs, writing backbone.weights.h5 for --backbone-weights; --rounds and the split unused",
+        "pretraining", choices=("none", "simclr"))
     semi_supervised: str = option(
         "none", "also learn from the unlabelled pool: pseudo adds the pool tiles predicted with confidence at least "
                 "--pseudo-threshold to each round's training with their predicted class (never to the labelled set); "
@@ -191,6 +198,12 @@ class TrainOptions:
             raise InputError("--stain-sigma sets the range of --stain-jitter; pass --stain-jitter light or strong too")
         if self.oracle_classes and self.query_only:
             raise InputError("--oracle-classes needs the pool's labels, which --query-only does not have")
+        if self.self_supervised != "none" and self.backbone == "texture":
+            raise InputError("the texture backbone has nothing to learn; pretrain --backbone small, then use its "
+                             "weights with --backbone texture+small")
+        if self.self_supervised != "none" and (self.weights or self.query_only or self.repeats > 1):
+            raise InputError("--self-supervised pretrains a backbone from nothing, without labels: it takes no "
+                             "--weights, --query-only or --repeats")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
                              f"{list(self.split_fractions)}")
