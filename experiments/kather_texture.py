@@ -16,6 +16,11 @@ target labs of the recipes (``stain_blur_jpeg``, the harder shift, and
   model's variance), its standardisation re-estimated on the target pool
   (``--adapt-bn``);
 
+- **texture+simclr, no source** and **simclr, no source**: the filter bank
+  beside a small CNN pretrained without labels by ``--self-supervised
+  simclr`` on the source lab and this lab's pool (never its validation or
+  test images), and that CNN alone, in head mode on the target lab;
+
 each with ``random`` and ``margin+warm`` picks. Budgets grow so that every
 reported fraction is measured, none interpolated: 4 tiles per class to start
 (1.6% of the Kather pool), then 2, 5, 10, 20, 50 and 100% of the pool. The
@@ -58,9 +63,13 @@ LABS = (HARD, UNMODELLED)
 FRACTIONS = (0.02, 0.05, 0.10, 0.20, 0.50, 1.0)
 STRATEGIES = ("random", "margin+warm")
 SOURCES = ("no source", "source")
+#: Arms on a SimCLR-pretrained small CNN: the backbone each runs.
+SIMCLR = {"texture+simclr": "texture+small", "simclr": "small"}
+SIMCLR_FLAGS = ["--backbone", "small", "--backbone-weights", "none", "--batch-size", "256", "--optimizer", "adam",
+                "--learning-rate", "1e-3"]
 HEAD_FLAGS = ["--freeze-backbone", "--optimizer", "adam", "--learning-rate", "1e-3", "--epochs", "60",
               "--patience", "8", "--batch-size", "128"]
-QUICK = {"images_per_class": 24, "seeds": 1, "initial": 2}
+QUICK = {"images_per_class": 24, "seeds": 1, "initial": 2, "pretrain_epochs": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, each with its own source model (default 3)")
     parser.add_argument("--labs", nargs="+", default=list(LABS), choices=[HARD, UNMODELLED, "stain"])
     parser.add_argument("--report-only", action="store_true", help="tables from the runs finished so far")
+    parser.add_argument("--pretrain-epochs", type=int, default=30,
+                        help="SimCLR epochs per lab, shared by its seeds (default 30)")
     add_lab_arguments(parser)
     parser.set_defaults(backbone="texture", initial=4)
     args = parser.parse_args(argv)
@@ -88,11 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     for lab in args.labs:
         per_class = pool_class_counts(out / "records" / f"target_{lab}", out / "staged" / "target_split.json")
         budgets, rounds = schedule(per_class, args.initial)
-        jobs = [(lab, source, strategy, seed) for seed in range(args.seeds) for source in SOURCES
+        jobs = [(lab, source, strategy, seed) for seed in range(args.seeds) for source in (*SOURCES, *SIMCLR)
                 for strategy in STRATEGIES]
         if not args.report_only:
+            pretrained = pretrain(args, out, lab)
             with ThreadPoolExecutor(args.jobs) as executor:
-                list(executor.map(lambda job: texture_run(args, out, sources, budgets, rounds, *job), jobs))
+                list(executor.map(lambda job: texture_run(args, out, sources, pretrained, budgets, rounds, *job),
+                                  jobs))
         results[lab] = summarise(args, out, lab, sum(per_class.values()))
     minutes = (time.perf_counter() - started) / 60
     write_report(out, results, minutes)
@@ -109,28 +122,59 @@ def schedule(per_class: dict[str, int], initial: int) -> tuple[list[int], int]:
     return budgets, len(budgets)
 
 
+def pretrain(args: argparse.Namespace, out: Path, lab: str) -> Path:
+    """SimCLR on the source lab's records and the target lab's pool (its
+    training images only), ``--pretrain-epochs`` epochs, shared by every seed
+    of the lab; returns the backbone weights (resumed when interrupted)."""
+    folder = out / "simclr_data" / lab
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = set(json.loads((out / "staged" / "target_split.json").read_text())["train"])
+    shards = list((out / "records" / "source").glob("*.tfrecord"))
+    shards += [p for p in (out / "records" / f"target_{lab}").glob("*.tfrecord") if p.stem in pool]
+    for shard in shards:
+        for path in (shard, shard.with_name(shard.name + ".offsets.npz"), shard.with_suffix(".summary.json")):
+            if path.exists() and not (folder / path.name).exists():
+                (folder / path.name).symlink_to(path.resolve())
+    config = folder / "extraction_config.json"
+    if not config.exists():
+        config.symlink_to((out / "records" / "source" / "extraction_config.json").resolve())
+    run = out / f"simclr_{lab}"
+    run_script("active_learning_train.py", ["--self-supervised", "simclr", "--data", str(folder), "--output",
+                                            str(run), "--resume", "--epochs", str(args.pretrain_epochs),
+                                            *SIMCLR_FLAGS], out / "logs" / lab / "simclr.txt")
+    return run / "backbone.weights.h5"
+
+
 def run_folder(out: Path, lab: str, source: str, strategy: str, seed: int) -> Path:
     return out / lab / source.replace(" ", "_") / strategy / f"seed_{seed}"
 
 
-def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], budgets: list[int], rounds: int,
-                lab: str, source: str, strategy: str, seed: int) -> None:
-    """One head-mode run of the texture backbone (skipped when finished)."""
+def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], pretrained: Path, budgets: list[int],
+                rounds: int, lab: str, source: str, strategy: str, seed: int) -> None:
+    """One head-mode run (skipped when finished): the texture backbone with
+    or without a source model, or a backbone on the SimCLR CNN."""
     run = run_folder(out, lab, source, strategy, seed)
     state = run / "state.json"
     if state.exists() and json.loads(state.read_text())["round"] >= rounds:
         return
-    weights = ["--weights", str(sources[seed]), "--adapt-bn"] if source == "source" else []
+    if source in SIMCLR:
+        model = ["--backbone", SIMCLR[source], "--backbone-weights", str(pretrained)]
+    else:
+        model = ["--backbone", args.backbone, "--backbone-weights", "none"]
+        model += ["--weights", str(sources[seed]), "--adapt-bn"] if source == "source" else []
     started = time.perf_counter()
     run_script("active_learning_train.py", [
         "--data", str(out / "records" / f"target_{lab}"), "--output", str(run), "--resume",
-        "--split", str(out / "staged" / "target_split.json"), "--backbone", args.backbone,
-        "--backbone-weights", "none", "--head-units", args.head_units, *weights,
+        "--split", str(out / "staged" / "target_split.json"), "--head-units", args.head_units, *model,
         *strategy_flags(strategy), "--initial", str(args.initial), "--rounds", str(rounds),
         "--budgets", *map(str, budgets), "--no-figures", "--slide-class-cap", "0", "--seed", str(seed),
         *HEAD_FLAGS,
     ], out / "logs" / lab / f"{source.replace(' ', '_')}_{strategy}_seed_{seed}.txt")
     print(f"{lab} {source} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def arm_name(source: str, strategy: str) -> str:
+    return f"{source}, no source, {strategy}" if source in SIMCLR else f"texture, {source}, {strategy}"
 
 
 def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
@@ -141,13 +185,13 @@ def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
     for seed in range(args.seeds):
         first = read_csv(run_folder(out, lab, "source", "random", seed) / "rounds.csv")[0]
         zero_label.append({split: float(first[f"{split}_macro_f1"]) for split in ("val", "test")})
-        for name in SOURCES:
+        for name in (*SOURCES, *SIMCLR):
             for strategy in STRATEGIES:
                 rows = [r for r in read_csv(run_folder(out, lab, name, strategy, seed) / "rounds.csv")
                         if int(r["round"]) >= 0]
                 fractions = np.array([int(r["labelled"]) / pool for r in rows])
                 for split in ("val", "test"):
-                    arms.setdefault(f"texture, {name}, {strategy}", {}).setdefault(split, []).append(
+                    arms.setdefault(arm_name(name, strategy), {}).setdefault(split, []).append(
                         analysis.Curve(fractions, np.array([float(r[f"{split}_macro_f1"]) for r in rows])))
     arms.update(anchor.curves_for(out, lab, [run_folder(out, lab, "no source", "random", seed)
                                              for seed in range(args.seeds)], pool, int(args.tile_size)))
@@ -160,11 +204,14 @@ def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
                        "f1_sd": f1.std(0).tolist(), "per_seed": f1.tolist(), "aulc": float(np.mean(areas)),
                        "areas": areas, "vs_forest": analysis.paired_interval(np.array(areas), np.array(forest)),
                        "val_aulc": float(np.mean([analysis.area_under_curve(c) for c in curves["val"]]))}
-    for name in SOURCES:
-        picked, drawn = (table[f"texture, {name}, {strategy}"] for strategy in ("margin+warm", "random"))
+    for name in (*SOURCES, *SIMCLR):
+        picked, drawn = (table[arm_name(name, strategy)] for strategy in ("margin+warm", "random"))
         picked["vs_random"] = analysis.paired_interval(np.array(picked["areas"]), np.array(drawn["areas"]))
     chosen = max((n for n in table if n not in anchor.ANCHORS), key=lambda n: table[n]["val_aulc"])
+    simclr = json.loads((out / f"simclr_{lab}" / "pretraining.json").read_text())
     return {"pool": pool, "seeds": args.seeds, "table": table, "chosen": chosen,
+            "pretraining": {"epochs": len(simclr["history"]),
+                            "minutes": sum(e["seconds"] for e in simclr["history"]) / 60},
             "zero_label": {split: float(np.mean([z[split] for z in zero_label])) for split in ("val", "test")}}
 
 
@@ -176,6 +223,9 @@ def write_report(out: Path, results: dict, minutes: float) -> None:
         lines += [f"### {lab}: test macro F1, mean ± sd over {r['seeds']} seed(s); target pool {r['pool']} tiles", "",
                   f"The texture source models before any target label (round −1, `--adapt-bn`): validation "
                   f"{r['zero_label']['val']:.3f}, test {r['zero_label']['test']:.3f}.", "",
+                  f"SimCLR pretraining of the small CNN (shared by the seeds): {r['pretraining']['epochs']} epoch(s), "
+                  f"{r['pretraining']['minutes']:.0f} min on this machine's CPU, on the source lab and this lab's "
+                  f"pool, never its validation or test images.", "",
                   "| arm | " + " | ".join(f"{f:.1%}" for f in fractions) + " | AULC | validation AULC | AULC − forest (95% CI) |",
                   "|---|" + "---|" * (len(fractions) + 3)]
         for name, e in sorted(table.items(), key=lambda kv: -kv[1]["aulc"]):
@@ -188,9 +238,10 @@ def write_report(out: Path, results: dict, minutes: float) -> None:
                   f"the forest's {table['forest']['val_aulc']:.3f}). Its mean test F1 minus the forest's at each "
                   f"fraction: " + ", ".join(f"{d:+.3f}" for d in ahead)
                   + f" ({int((ahead >= 0).sum())} of {len(ahead)} fractions at or above).",
-                  "", "AULC of margin+warm − random on the texture backbone (95% CI): "
-                  + "; ".join(f"{name} {paired_difference(*table[f'texture, {name}, margin+warm']['vs_random'])}"
-                              for name in SOURCES) + ".", ""]
+                  "", "AULC of margin+warm − random (95% CI): "
+                  + "; ".join(f"{arm_name(name, 'margin+warm').removesuffix(', margin+warm')} "
+                              f"{paired_difference(*table[arm_name(name, 'margin+warm')]['vs_random'])}"
+                              for name in (*SOURCES, *SIMCLR)) + ".", ""]
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "learning_curves.png")
