@@ -70,17 +70,18 @@ class Geometry:
 
 
 def scale_factor(config: Config, magnification: float, mpp: float, base_mpp: float, source: str,
-                 fixed_by: str | None = None) -> float:
+                 fixed_by: str | None = None, subject: str = "") -> float:
     """Source pixels per output pixel of one scale (``mpp`` wanted, ``base_mpp``
-    available); more than the tolerated upsampling is an error naming ``source``
-    (e.g. "the slide was scanned at") and a fix the same command accepts: the
-    magnifications the scan can give, or, when the scales are ``fixed_by`` a
-    model that takes no others, resampling up. Unless ``allow_upsampling`` is set."""
+    available). More than the tolerated upsampling is an error about
+    ``subject`` (the file) naming ``source`` (e.g. "the slide was scanned at")
+    and a fix the same command accepts: the magnifications the scan can give,
+    or, when the scales are ``fixed_by`` a model that takes no others,
+    resampling up. Unless ``allow_upsampling`` is set."""
     factor = mpp / base_mpp
     if factor < 1.0 - UPSAMPLE_TOLERANCE and not config.allow_upsampling:
         finest = MICRONS_PER_PIXEL_AT_1X / base_mpp
-        problem = (f"{magnification:g}x needs {mpp:.3g} µm/px but {source} {base_mpp:.3g} µm/px, so its finest level "
-                   f"gives {finest:.3g}x at most")
+        problem = (f"{subject + ': ' if subject else ''}{magnification:g}x needs {mpp:.3g} µm/px but {source} "
+                   f"{base_mpp:.3g} µm/px, so its finest level gives {finest:.3g}x at most")
         if fixed_by:
             scales = ", ".join(f"{m:g}x" for m in config.magnifications)
             raise MagnificationError(f"{problem}; {fixed_by} takes {scales} only: resample up with "
@@ -100,8 +101,8 @@ def slide_geometry(slide: Slide, config: Config, fixed_by: str | None = None) ->
     levels; ``fixed_by``: what fixes the scales (inference: the model)."""
     scales = []
     for magnification, mpp in zip(config.magnifications, config.scale_mpps):
-        factor = scale_factor(config, magnification, mpp, slide.mpp, f"{slide.path}: the slide was scanned at",
-                              fixed_by)
+        factor = scale_factor(config, magnification, mpp, slide.mpp, "the slide was scanned at", fixed_by,
+                              str(slide.path))
         level = best_level(slide.level_downsamples, factor)
         downsample = slide.level_downsamples[level]
         if abs(factor / downsample - 1.0) <= SNAP_TOLERANCE:
