@@ -5,6 +5,7 @@ checkpointed every epoch, resumed, and its backbone loaded by a training run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -95,3 +96,14 @@ def test_texture_with_a_pretrained_small_cnn_loads_it_beside_the_filter_bank(sma
     assert len(inner) == 1
     for got, expected in zip(inner[0].get_weights(), small.get_weights(), strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_the_filter_bank_is_not_pretrained_and_a_pretraining_takes_no_labels():
+    from utils.errors import InputError
+    from utils.train_options import TrainOptions
+
+    for backbone in ("texture", "texture+small"):
+        with pytest.raises(InputError, match="pretrain --backbone small"):
+            TrainOptions(data=Path("d"), output=Path("o"), self_supervised="simclr", backbone=backbone)
+    with pytest.raises(InputError, match="without labels"):
+        TrainOptions(data=Path("d"), output=Path("o"), self_supervised="simclr", query_only=True)

@@ -1,7 +1,8 @@
 """The pretraining job of ``active_learning_train.py --self-supervised simclr``:
 every window of the record folders given to ``--data``, at every
 magnification, through :mod:`utils.simclr`, for ``--epochs`` epochs, on the
-devices of ``--devices`` (the strategy code of fine-tuning).
+devices of ``--devices`` (the strategy code of fine-tuning), from the
+backbone weights ``--backbone-weights`` names (``none``: from scratch).
 
 Records are read by byte offset in a fresh random order every pass, so an
 epoch costs what it reads. After every epoch the run folder gets
@@ -32,7 +33,7 @@ from utils.io import atomic_write_json
 from utils.learners import RoundTimeEstimate, new_optimizer
 from utils.log import info
 from utils.model import Preprocess, build_backbone
-from utils.records import read_index, record_files, triplet_dataset
+from utils.records import RecordIndex, read_index, record_files, triplet_dataset
 from utils.simclr import SimCLR, view_pairs
 from utils.summaries import ShardSummary
 from utils.train_options import TrainOptions
@@ -56,7 +57,8 @@ def run_pretraining(options: TrainOptions, config: Config) -> list[dict[str, Any
     strategy = training_strategy(options.devices)
     info(describe(strategy, options.batch_size))
     with strategy.scope():
-        backbone = build_backbone(options.spec.backbone, config.tile_size, None, "backbone")
+        backbone = build_backbone(options.spec.backbone, config.tile_size, options.backbone_weights_source,
+                                  "backbone")
         encoder = keras.Sequential([keras.Input((config.tile_size, config.tile_size, 3)),
                                     Preprocess(options.spec.scaling), backbone,
                                     keras.layers.GlobalAveragePooling2D()], name="encoder")
@@ -99,7 +101,7 @@ def _shards(options: TrainOptions, config: Config) -> list[Path]:
     return files
 
 
-def _windows(index: Any, config: Config, options: TrainOptions) -> tf.data.Dataset:
+def _windows(index: RecordIndex, config: Config, options: TrainOptions) -> tf.data.Dataset:
     """Every window of every record, each scale a sample, endlessly, in a random order."""
     batches = triplet_dataset(index, np.arange(len(index)), config.magnifications, config.tile_size,
                               options.batch_size, shuffle=True, seed=options.seed, endless=True)

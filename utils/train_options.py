@@ -198,9 +198,9 @@ class TrainOptions:
             raise InputError("--stain-sigma sets the range of --stain-jitter; pass --stain-jitter light or strong too")
         if self.oracle_classes and self.query_only:
             raise InputError("--oracle-classes needs the pool's labels, which --query-only does not have")
-        if self.self_supervised != "none" and self.backbone == "texture":
-            raise InputError("the texture backbone has nothing to learn; pretrain --backbone small, then use its "
-                             "weights with --backbone texture+small")
+        if self.self_supervised != "none" and self.backbone in ("texture", "texture+small"):
+            raise InputError("the filter bank has nothing to learn: pretrain --backbone small, and pass its weights "
+                             "to --backbone texture+small")
         if self.self_supervised != "none" and (self.weights or self.query_only or self.repeats > 1):
             raise InputError("--self-supervised pretrains a backbone from nothing, without labels: it takes no "
                              "--weights, --query-only or --repeats")
