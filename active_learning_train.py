@@ -65,8 +65,8 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
     file_keys, section = start(args, "training")
     options = resolve_options(TrainOptions, args, section, f"{args.config}: training", data=args.data[0],
                               output=args.output, resume=args.resume, compare=tuple(args.compare),
-                              pretrain_data=tuple(args.data))
-    if len(args.data) > 1 and options.self_supervised == "none":
+                              more_data=tuple(args.data[1:]))
+    if options.more_data and options.self_supervised == "none":
         raise InputError("--data takes one folder, except with --self-supervised")
     source = source_metadata(options.weights)
     extraction = options.data / "extraction_config.json"

@@ -237,6 +237,11 @@ def test_a_resumed_run_keeps_its_split_and_stops_when_its_data_no_longer_fits(on
     assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "1",
                                        "--resume", "--split", str(other), *FAST]) == 2
     assert "differs from the split of the run being resumed" in capsys.readouterr().err
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(split))
+    assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "1",
+                                       "--resume", "--split", str(same), *FAST]) == 0, "the split it started with"
+    assert json.loads((run / "split.json").read_text()) == split
     (run / "split.json").write_text(json.dumps({**split, "test": [*split["test"], "gone"]}))
     assert active_learning_train.main(["--data", str(one_slide), "--output", str(run), "--rounds", "1",
                                        "--resume", *FAST]) == 2

@@ -70,7 +70,7 @@ def run_pretraining(options: TrainOptions, config: Config) -> list[dict[str, Any
     if not history and (out / STATE_FILE).exists():
         raise InputError(f"{out} already holds a pretraining; pass --resume to continue it or choose another --output")
     info(f"SimCLR on {windows} windows ({len(index)} triplets x {len(config.magnifications)} magnifications of "
-         f"{', '.join(str(p) for p in options.pretrain_data)}): {steps} steps of {options.batch_size} an epoch, "
+         f"{', '.join(str(p) for p in options.data_folders)}): {steps} steps of {options.batch_size} an epoch, "
          f"epochs {len(history) + 1} to {options.epochs}")
     pairs = view_pairs(_windows(index, config, options), options.batch_size)
     saving = _SaveEachEpoch(out, model, backbone, history, options)
@@ -84,7 +84,7 @@ def run_pretraining(options: TrainOptions, config: Config) -> list[dict[str, Any
 def _shards(options: TrainOptions, config: Config) -> list[Path]:
     """The shards of every ``--data`` folder; each must have the run's magnifications and tile size."""
     files = []
-    for folder in options.pretrain_data:
+    for folder in options.data_folders:
         found = record_files(folder)
         if not found:
             raise InputError(f"{folder}: no .tfrecord shards; run tfrecord_generator.py first")
@@ -133,7 +133,7 @@ class _SaveEachEpoch(keras.callbacks.Callback):
         super().__init__()
         self.out, self.simclr, self.backbone, self.history = out, model, backbone, list(history)
         self.settings = {"backbone": options.spec.backbone, "input_scaling": options.spec.scaling,
-                         "data": [str(p) for p in options.pretrain_data], "batch_size": options.batch_size,
+                         "data": [str(p) for p in options.data_folders], "batch_size": options.batch_size,
                          "optimizer": options.optimizer, "learning_rate": options.learning_rate,
                          "seed": options.seed}
         self.started = time.perf_counter()

@@ -60,7 +60,8 @@ def difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | N
 
 def _first_difference(old: Any, new: Any, prefix: str) -> str | None:
     if isinstance(old, dict) and isinstance(new, dict):
-        if old.get("sha256") != new.get("sha256") and old.get("file") == new.get("file") is not None:
+        same_file = new.get("file") is not None and old.get("file") == new.get("file")
+        if same_file and old.get("sha256") != new.get("sha256"):
             return f"{prefix.rstrip('.').replace('_', ' ')} file {new['file']} changed since"
         for key in sorted(set(old) | set(new)):
             found = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")

@@ -43,8 +43,8 @@ class TrainOptions:
     spec: ModelSpec = field(default_factory=ModelSpec)
     resume: bool = False
     compare: tuple[Path, ...] = ()
-    #: Every ``--data`` folder: several only for ``--self-supervised`` pretraining.
-    pretrain_data: tuple[Path, ...] = ()
+    #: The ``--data`` folders after the first: only ``--self-supervised`` pretraining reads several.
+    more_data: tuple[Path, ...] = ()
     backbone: str | None = option(None, "per-scale backbone (default: the --weights model's, else vgg16)", "model",
                                   choices=BACKBONES)
     head_units: int | None = option(None, "units of each dense layer (default: the --weights model's, else 4096)",
@@ -207,6 +207,11 @@ class TrainOptions:
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise InputError(f"split fractions must be three non-negative numbers summing to 1, not "
                              f"{list(self.split_fractions)}")
+
+    @property
+    def data_folders(self) -> tuple[Path, ...]:
+        """Every ``--data`` folder, the first first."""
+        return (self.data, *self.more_data)
 
     def budget_of(self, round_number: int) -> int:
         """Tiles labelled in round ``round_number`` (from 1)."""

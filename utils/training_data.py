@@ -116,7 +116,7 @@ class TrainingData:
             raise InputError(f"{exc}: the run in {options.output} keeps the split it started with; put the "
                              f"missing slides' shards back in {options.data}, or start a new run in another "
                              f"--output") from None
-        if options.split_file and read_split_file(options.split_file, slides) != split:
+        if options.split_file and not _agrees(read_split_file(options.split_file, slides), split):
             raise InputError(f"--split {options.split_file} differs from the split of the run being resumed "
                              f"({kept}); a run keeps its split: drop --split, or start a new run in another --output")
         split, self.joined = extend_split(split, self.index)
@@ -165,6 +165,15 @@ class TrainingData:
             for j, i in enumerate(gid.numpy()):
                 triplets[position[int(i)]] = [a[j] for a in arrays]
         return triplets
+
+
+def _agrees(given: dict[str, Any], kept: dict[str, Any]) -> bool:
+    """Whether a ``--split`` file puts every entry it lists where the run's
+    kept split has it (the kept split may have grown since, by
+    :func:`extend_split`), with the same block sides."""
+    where = {entry: name for name in SPLITS for entry in kept[name]}
+    return given.get("block_side_level0", {}) == kept.get("block_side_level0", {}) and all(
+        where.get(entry) == name for name in SPLITS for entry in given[name])
 
 
 def _slide_grids(data: Path, config: Config) -> dict[str, SlideGrid]:
