@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import keras
+
 import numpy as np
 import pytest
 import shapely.geometry
@@ -369,6 +370,15 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     refreshed = learners.predict(Predictor(model), run.dataset(ids, with_ids=True))
     np.testing.assert_allclose(learner.predict(ids)["probs"],
                                refreshed["probs"][np.argsort(refreshed["ids"])], atol=1e-5)
+
+    # --patience 0: every epoch runs and the last one's weights stay, although an earlier one had a lower
+    # validation loss (shuffled labels make sure of it: the head learns noise).
+    learner.options = dataclasses.replace(options, patience=0, epochs=8)
+    rows = learner.fit(labelled, np.random.default_rng(0).permutation(run.index.label[labelled]), run.val_ids, seed=1)
+    assert len(rows) == 8
+    assert min(r["val_loss"] for r in rows) < rows[-1]["val_loss"], "a later epoch lost ground (the setting)"
+    loss, accuracy = compiled.evaluate(learner.cache.of(run.val_ids), learner.cache.labels[run.val_ids], verbose=0)
+    assert (rows[-1]["val_loss"], rows[-1]["val_accuracy"]) == pytest.approx((loss, accuracy), abs=1e-4)
 
 
 def test_training_killed_mid_round_resumes_exactly_where_it_stopped(tiles, one_round, tmp_path):

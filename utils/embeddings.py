@@ -83,8 +83,9 @@ class EmbeddingCache:
             seed: int) -> list[dict[str, float]]:
         """Train the head on the features of ``ids`` as ``labels``: shuffled mini-batches,
         early stopping on the validation loss with the best epoch's weights
-        restored. The optimizer starts afresh every call (its variables reset
-        to their values when new), so the training step is compiled once per run.
+        restored, or with ``patience`` 0 every epoch and the last weights kept.
+        The optimizer starts afresh every call (its variables reset to their
+        values when new), so the training step is compiled once per run.
         One row per epoch: loss, accuracy, val_loss, val_accuracy."""
         step = self._training_step(make_optimizer)
         x, y = self.of(ids), np.asarray(labels, np.int64)
@@ -102,13 +103,16 @@ class EmbeddingCache:
             val_loss = float(self._loss(y_val, probs)) / len(y_val)
             history.append({"loss": loss / len(y), "accuracy": correct / len(y), "val_loss": val_loss,
                             "val_accuracy": float((probs.argmax(axis=1) == y_val).mean())})
+            if not patience:
+                continue
             if val_loss < best:
                 best, best_weights, waited = val_loss, self.head.get_weights(), 0
             else:
                 waited += 1
                 if waited >= patience:
                     break
-        self.head.set_weights(best_weights)
+        if patience:
+            self.head.set_weights(best_weights)
         return history
 
     def _training_step(self, make_optimizer: Callable[[], keras.optimizers.Optimizer]) -> Callable:

@@ -75,7 +75,8 @@ class FullNetwork:
                 trained = self.model
                 trained.compile(optimizer=new_optimizer(o), loss="sparse_categorical_crossentropy",
                                 metrics=["accuracy"])
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)
+        stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)] \
+            if o.patience else []
         steps = -(-len(ids) // o.batch_size)
         estimate = RoundTimeEstimate(steps, o.epochs)
         # One endless iteration, reshuffled every pass, cut into epochs of the
@@ -87,7 +88,7 @@ class FullNetwork:
         if len(pool):
             train = tf.data.Dataset.zip((train, self.data.pool_views(pool, o.fixmatch_ratio * o.batch_size)))
         history = trained.fit(train, steps_per_epoch=steps, validation_data=self.data.dataset(val_ids),
-                              epochs=o.epochs, callbacks=[stop, estimate], verbose=0 if quiet() else 2).history
+                              epochs=o.epochs, callbacks=[*stop, estimate], verbose=0 if quiet() else 2).history
         return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:

@@ -124,7 +124,10 @@ class TrainOptions:
                 "1.5e-5 is the paper's, in presets/original.yaml, and barely moves a small model in a few epochs",
         "fitting", choices=("sgd", "adam"))
     learning_rate: float = option(1e-4, "step size (the paper's: 1.5e-5 with sgd)", "fitting")
-    patience: int = option(3, "early-stopping patience on validation loss", "fitting")
+    patience: int = option(
+        3, "early-stopping patience on validation loss (the best epoch's weights kept); 0 trains every --epochs "
+           "epoch and keeps the last: on a small validation set the lowest loss comes before the best F1",
+        "fitting")
     model_selection: str = option(
         "val_f1", "the round whose model is kept as model.keras: the best validation macro F1, or the lowest "
                   "validation loss (the original code's)", "fitting", choices=MODEL_SELECTIONS)
@@ -172,8 +175,8 @@ class TrainOptions:
             self.budget = REVIEW_BATCH if self.query_only else SIMULATION_BUDGET
         for name in ("rounds", "budget", "initial", "epochs", "batch_size", "patience", "repeats", "mc_passes",
                      "spacing"):
-            # budget 0 refits the same set (a ceiling); rounds -1 only scores the source model
-            least = {"rounds": -1, "budget": 0}.get(name, 1)
+            # budget 0 refits the same set (a ceiling); rounds -1 only scores the source model; patience 0 never stops
+            least = {"rounds": -1, "budget": 0, "patience": 0}.get(name, 1)
             if getattr(self, name) < least:
                 raise InputError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
         if any(b < 1 for b in self.budgets):
