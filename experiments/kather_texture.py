@@ -68,7 +68,10 @@ SIMCLR = {"texture+simclr": "texture+small", "simclr": "small"}
 SIMCLR_FLAGS = ["--backbone", "small", "--backbone-weights", "none", "--batch-size", "256", "--optimizer", "adam",
                 "--learning-rate", "1e-3"]
 HEAD_FLAGS = ["--freeze-backbone", "--optimizer", "adam", "--learning-rate", "1e-3", "--epochs", "60",
-              "--patience", "8", "--batch-size", "128"]
+              "--batch-size", "128"]
+#: How each round fits the head: ``refit`` (from its weights before round 0, every epoch of 60, the last
+#: kept) or ``early`` (from the previous round's head, early stopping on validation loss, patience 8).
+HEAD_RECIPES = {"refit": ["--head-from", "start", "--patience", "0"], "early": ["--head-from", "last", "--patience", "8"]}
 QUICK = {"images_per_class": 24, "seeds": 1, "initial": 2, "pretrain_epochs": 1}
 
 
@@ -80,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, each with its own source model (default 3)")
     parser.add_argument("--labs", nargs="+", default=list(LABS), choices=[HARD, UNMODELLED, "stain"])
     parser.add_argument("--report-only", action="store_true", help="tables from the runs finished so far")
+    parser.add_argument("--head-recipe", choices=tuple(HEAD_RECIPES), default="refit",
+                        help="refit: each round's head from its first weights, 60 epochs, the last kept (default); "
+                             "early: from the previous round's, early stopping on validation loss")
     parser.add_argument("--pretrain-epochs", type=int, default=30,
                         help="SimCLR epochs per lab, shared by its seeds (default 30)")
     add_lab_arguments(parser)
@@ -168,7 +174,7 @@ def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], pretra
         "--split", str(out / "staged" / "target_split.json"), "--head-units", args.head_units, *model,
         *strategy_flags(strategy), "--initial", str(args.initial), "--rounds", str(rounds),
         "--budgets", *map(str, budgets), "--no-figures", "--slide-class-cap", "0", "--seed", str(seed),
-        *HEAD_FLAGS,
+        *HEAD_FLAGS, *HEAD_RECIPES[args.head_recipe],
     ], out / "logs" / lab / f"{source.replace(' ', '_')}_{strategy}_seed_{seed}.txt")
     print(f"{lab} {source} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 

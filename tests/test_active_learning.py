@@ -10,6 +10,7 @@ from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
 from utils.active_learning import Pool, bald, class_ratio_allocation, entropy, select
+from utils.errors import InputError
 
 
 def pool_of(probs: np.ndarray, classes=None, mc_probs=None, spread: float = 1000.0) -> Pool:
@@ -109,7 +110,7 @@ def test_the_registry_is_what_the_script_offers_and_what_select_knows():
         assert active_learning_train.parse_args(["--data", "d", "--output", "o", "--strategy", name]).strategy == name
     with pytest.raises(SystemExit):
         active_learning_train.parse_args(["--data", "d", "--output", "o", "--strategy", "coreset_typo"])
-    with pytest.raises(ValueError, match="unknown strategy 'coreset_typo'; choose one of class_ratio, entropy"):
+    with pytest.raises(InputError, match="unknown strategy 'coreset_typo'; choose one of class_ratio, entropy"):
         select("coreset_typo", 1, pool_of(np.full((2, 2), 0.5)), np.random.default_rng(0))
     assert [n for n, s in STRATEGIES.items() if s.mc_passes] == ["bald"]
     assert [n for n, s in STRATEGIES.items() if not s.needs_predictions] == ["class_ratio", "random"]

@@ -25,13 +25,13 @@ from tests.conftest import FAST, RECORD_TILE as TILE, ROOT, shared_file, wait_fo
 from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
 from utils.devices import training_strategy
-from utils.errors import ModelError
+from utils.errors import InputError, ModelError
 from utils.model import Predictor, build_model, check_compatible, load_weights_by_name, save_model
 from utils.model_spec import ModelSpec, read_metadata
 from utils.records import read_index, record_files
 from utils.synthetic import SyntheticRegion, make_slide, rectangle, write_geojson
 from utils import learners, queries
-from utils.learners import HeadOnFeatures
+from utils.learners import HEAD_START, HeadOnFeatures
 from utils.run_state import RunState
 from utils.train_options import TrainOptions
 from utils.training import run_training
@@ -379,6 +379,25 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     assert min(r["val_loss"] for r in rows) < rows[-1]["val_loss"], "a later epoch lost ground (the setting)"
     loss, accuracy = compiled.evaluate(learner.cache.of(run.val_ids), learner.cache.labels[run.val_ids], verbose=0)
     assert (rows[-1]["val_loss"], rows[-1]["val_accuracy"]) == pytest.approx((loss, accuracy), abs=1e-4)
+
+    # --head-from start: each round's head starts from its weights before round 0, after a resume too
+    # (the resumed model holds the last round's). A learning rate of 0 shows where a fit starts.
+    labels = run.index.label[labelled]
+    start = [w.copy() for w in learner.cache.head.get_weights()]
+    first = HeadOnFeatures(model, run, dataclasses.replace(options, head_from="start"), training_strategy("all"))
+    assert (tmp_path / HEAD_START).exists()
+    first.fit(labelled, labels, run.val_ids, seed=2)
+    assert any(not np.array_equal(a, b) for a, b in zip(start, first.cache.head.get_weights()))
+    still = dataclasses.replace(options, head_from="start", learning_rate=0.0)
+    resumed = HeadOnFeatures(model, run, still, training_strategy("all"), resumed=True)
+    resumed.fit(labelled, labels, run.val_ids, seed=3)
+    for a, b in zip(start, resumed.cache.head.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="started with --head-from last"):
+        HeadOnFeatures(model, run, dataclasses.replace(still, output=tmp_path / "other"), training_strategy("all"),
+                       resumed=True)
+    with pytest.raises(InputError, match="needs --freeze-backbone"):
+        dataclasses.replace(options, head_from="start", freeze_backbone=False)
 
 
 def test_training_killed_mid_round_resumes_exactly_where_it_stopped(tiles, one_round, tmp_path):

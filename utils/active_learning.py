@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.errors import InputError
+
 _EPS = 1e-12
 #: typiclust: at most this many clusters, and neighbours for typicality; clusters
 #: smaller than MIN_CLUSTER are passed over while larger ones are left.
@@ -174,7 +176,7 @@ def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
+        raise InputError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
 
 
 def select(

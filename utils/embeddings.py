@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from utils.errors import ModelError
 from utils.log import progress
 from utils.model import split_model
 
@@ -53,7 +54,8 @@ class EmbeddingCache:
     def of(self, ids: np.ndarray) -> np.ndarray:
         rows = self.row[ids]
         if (rows < 0).any():
-            raise KeyError("records without cached features were asked for")
+            raise ModelError(f"{int((rows < 0).sum())} records without cached features were asked for: the head reads "
+                             f"only the records of the run's split")
         return self.features[rows]
 
     def predict(self, ids: np.ndarray, batch_size: int, mc_passes: int = 0,

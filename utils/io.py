@@ -62,6 +62,22 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def atomic_write_arrays(path: str | Path, arrays: Sequence[Any]) -> None:
+    """A list of numpy arrays (weights, optimizer state) as an uncompressed ``.npz``, in order."""
+    import numpy as np  # the light scripts import this module without numpy's start-up cost
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **{f"v{k}": np.asarray(a) for k, a in enumerate(arrays)})
+
+
+def read_arrays(path: str | Path) -> list[Any]:
+    """The arrays :func:`atomic_write_arrays` wrote, in order."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as saved:
+        return [saved[f"v{k}"] for k in range(len(saved.files))]
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Strict JSON: NaN and infinities (an F1 of a class absent from a set) are
     written as null, since other JSON readers refuse them."""

@@ -14,6 +14,7 @@ knowing which they have.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Protocol
 
 import keras
@@ -23,6 +24,7 @@ import tensorflow as tf
 from utils.embeddings import EmbeddingCache
 from utils.errors import InputError
 from utils.fixmatch import FixMatch
+from utils.io import atomic_write_arrays, read_arrays
 from utils.log import info, quiet
 from utils.model import Predictor
 from utils.train_options import TrainOptions
@@ -134,17 +136,37 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+#: ``--head-from start``: the head's weights before round 0, kept in the run folder for ``--resume``.
+HEAD_START = "head_start.npz"
+
+
 class HeadOnFeatures:
-    """The head alone, on features computed once for every record the run uses."""
+    """The head alone, on features computed once for every record the run uses.
+
+    With ``--head-from start`` every round refits the head from its weights
+    before round 0, written to the run folder when the run starts and read
+    back when it resumes (the model it resumes with holds the last round's)."""
 
     def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions,
-                 strategy: tf.distribute.Strategy) -> None:
+                 strategy: tf.distribute.Strategy, resumed: bool = False) -> None:
         self.options = options
         ids = data.used_ids()
         self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label, strategy)
+        self.start = self._start(options.output / HEAD_START, resumed) if options.head_from == "start" else None
+
+    def _start(self, path: Path, resumed: bool) -> list[np.ndarray]:
+        if resumed:
+            if not path.exists():
+                raise InputError(f"{path.parent} started with --head-from last; resume it without --head-from start")
+            return read_arrays(path)
+        weights = self.cache.head.get_weights()
+        atomic_write_arrays(path, weights)
+        return weights
 
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
+        if self.start is not None:
+            self.cache.head.set_weights(self.start)
         return self.cache.fit(ids, labels, val_ids, lambda: new_optimizer(o), o.batch_size, o.epochs, o.patience,
                               seed)
 
@@ -153,11 +175,13 @@ class HeadOnFeatures:
 
 
 def make_learner(model: keras.Model, data: TrainingData, options: TrainOptions,
-                 strategy: tf.distribute.Strategy) -> Learner:
+                 strategy: tf.distribute.Strategy, resumed: bool = False) -> Learner:
     """The head on cached features when the backbone is frozen, else the whole
-    network; ``model`` was built in ``strategy``'s scope."""
-    kind = HeadOnFeatures if options.freeze_backbone else FullNetwork
-    return kind(model, data, options, strategy)
+    network; ``model`` was built in ``strategy``'s scope and, when ``resumed``,
+    holds the last round's weights."""
+    if options.freeze_backbone:
+        return HeadOnFeatures(model, data, options, strategy, resumed)
+    return FullNetwork(model, data, options, strategy)
 
 
 def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0,

@@ -29,7 +29,7 @@ from utils.cli import prepare_output
 from utils.config import Config
 from utils.devices import describe, training_strategy
 from utils.errors import InputError
-from utils.io import atomic_write_json
+from utils.io import atomic_write_arrays, atomic_write_json, read_arrays
 from utils.learners import RoundTimeEstimate, new_optimizer
 from utils.log import info
 from utils.model import Preprocess, build_backbone
@@ -118,9 +118,8 @@ def _resume(out: Path, model: SimCLR) -> list[dict[str, Any]]:
         return []
     state = json.loads(state_file.read_text(encoding="utf-8"))
     model.load_weights(out / "simclr.weights.h5")
-    with np.load(out / "simclr_optimizer.npz", allow_pickle=False) as saved:
-        for k, variable in enumerate(model.optimizer.variables):
-            variable.assign(saved[f"v{k}"])
+    for variable, value in zip(model.optimizer.variables, read_arrays(out / "simclr_optimizer.npz"), strict=True):
+        variable.assign(value)
     info(f"resuming {out} after epoch {len(state['history'])}")
     return state["history"]
 
@@ -141,10 +140,8 @@ class _SaveEachEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         _save_weights(self.simclr, self.out / "simclr.weights.h5")
         _save_weights(self.backbone, self.out / BACKBONE_FILE)
-        arrays = {f"v{k}": keras.ops.convert_to_numpy(v) for k, v in enumerate(self.simclr.optimizer.variables)}
-        tmp = self.out / f".simclr_optimizer.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.out / "simclr_optimizer.npz")
+        atomic_write_arrays(self.out / "simclr_optimizer.npz",
+                            [keras.ops.convert_to_numpy(v) for v in self.simclr.optimizer.variables])
         self.history.append({"epoch": epoch + 1, "loss": float((logs or {})["loss"]),
                              "seconds": round(time.perf_counter() - self.started, 1)})
         self.started = time.perf_counter()

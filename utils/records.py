@@ -53,9 +53,9 @@ def encode_tile(tile: np.ndarray, encoding: str) -> bytes:
     elif encoding == "jpeg":
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
     else:
-        raise ValueError(f"unknown encoding {encoding!r}")
+        raise InputError(f"unknown tile encoding {encoding!r}; choose png or jpeg")
     if not ok:
-        raise RuntimeError("tile encoding failed")
+        raise InputError(f"OpenCV could not encode a {tile.shape} tile as {encoding}")
     return data.tobytes()
 
 

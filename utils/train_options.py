@@ -124,6 +124,11 @@ class TrainOptions:
                 "1.5e-5 is the paper's, in presets/original.yaml, and barely moves a small model in a few epochs",
         "fitting", choices=("sgd", "adam"))
     learning_rate: float = option(1e-4, "step size (the paper's: 1.5e-5 with sgd)", "fitting")
+    head_from: str = option(
+        "last", "head mode: where each round's head starts: last (the previous round's head) or start (the head "
+                "before round 0: the source model's, or its initial weights), so that a round's model depends on "
+                "its labelled set, not on the order the labels came in (warm-started networks generalise worse: "
+                "Ash and Adams 2020)", "fitting", choices=("last", "start"))
     patience: int = option(
         3, "early-stopping patience on validation loss (the best epoch's weights kept); 0 trains every --epochs "
            "epoch and keeps the last: on a small validation set the lowest loss comes before the best F1",
@@ -186,6 +191,9 @@ class TrainOptions:
                              "before any label; it needs --weights, and cannot be combined with --query-only")
         if not 0 <= self.warm_start <= 1:
             raise InputError(f"warm-start is a fraction of the training tiles, from 0 to 1, not {self.warm_start}")
+        if self.head_from == "start" and not self.freeze_backbone:
+            raise InputError("--head-from start refits the head alone from its first weights each round; it needs "
+                             "--freeze-backbone")
         if self.semi_supervised == "fixmatch" and self.freeze_backbone:
             raise InputError("--semi-supervised fixmatch trains the whole network on augmented views, which "
                              "--freeze-backbone's cached features cannot give; use --semi-supervised pseudo with it")

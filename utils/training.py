@@ -228,7 +228,8 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     info(describe(strategy, options.batch_size))
     with strategy.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
-    if state:
+    resumed = state is not None
+    if resumed:
         model.set_weights(load_model(out / "model.keras").get_weights())
         info(f"resuming {out} at round {state.round + 1} with {len(state.labelled)} labelled tiles")
         if state.devices and len(state.devices) != strategy.num_replicas_in_sync:
@@ -245,7 +246,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
             standardize_on_pool(model, data, options)
     check_the_pool_lasts(options, data, state)
     state.devices = device_names(strategy) or ["default"]
-    learner = make_learner(model, data, options, strategy)
+    learner = make_learner(model, data, options, strategy, resumed)
     if state.round == -1 and options.weights and not state.rows:
         state.rows.append(evaluate_source(learner, data))
     atomic_write_json(out / "config.json", {**model_metadata(options, config), "options": asdict(options)})
