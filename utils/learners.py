@@ -37,9 +37,10 @@ class Learner(Protocol):
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         """Fit the records ``ids`` as the classes ``labels`` (their own labels,
         or predicted ones for pseudo-labelled pool tiles) from the current
-        weights, with a fresh optimizer and early stopping on the validation
-        loss (best epoch restored); one row per epoch: loss, accuracy,
-        val_loss, val_accuracy."""
+        weights (the head's first ones with ``--head-from start``), with a
+        fresh optimizer and early stopping on the validation loss (best epoch
+        restored; none with ``--patience 0``); one row per epoch: loss,
+        accuracy, val_loss, val_accuracy."""
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:
         """``ids``, ``labels`` and ``probs`` of the records (with ``mc_probs``,
