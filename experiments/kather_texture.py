@@ -21,7 +21,11 @@ target labs of the recipes (``stain_blur_jpeg``, the harder shift, and
   simclr`` on the source lab and this lab's pool (never its validation or
   test images), and that CNN alone, in head mode on the target lab;
 
-each with ``random`` and ``margin+warm`` picks. Budgets grow so that every
+each with ``random`` and ``margin+warm`` picks. Each round refits the head
+from its weights before round 0 for 60 epochs and keeps the last
+(``--head-from start --patience 0``); ``--head-recipe early`` fits it as
+before, from the previous round's head with early stopping on the
+validation loss. Budgets grow so that every
 reported fraction is measured, none interpolated: 4 tiles per class to start
 (1.6% of the Kather pool), then 2, 5, 10, 20, 50 and 100% of the pool. The
 anchors are fitted on exactly the tiles the ``random`` run of the same seed
@@ -69,9 +73,10 @@ SIMCLR_FLAGS = ["--backbone", "small", "--backbone-weights", "none", "--batch-si
                 "--learning-rate", "1e-3"]
 HEAD_FLAGS = ["--freeze-backbone", "--optimizer", "adam", "--learning-rate", "1e-3", "--epochs", "60",
               "--batch-size", "128"]
-#: How each round fits the head: ``refit`` (from its weights before round 0, every epoch of 60, the last
-#: kept) or ``early`` (from the previous round's head, early stopping on validation loss, patience 8).
-HEAD_RECIPES = {"refit": ["--head-from", "start", "--patience", "0"], "early": ["--head-from", "last", "--patience", "8"]}
+#: How each round fits the head (``--head-from``, ``--patience``): ``refit`` (from its weights before
+#: round 0, every epoch of 60, the last kept) or ``early`` (from the previous round's head, early stopping
+#: on validation loss, patience 8).
+HEAD_RECIPES = {"refit": ("start", 0), "early": ("last", 8)}
 QUICK = {"images_per_class": 24, "seeds": 1, "initial": 2, "pretrain_epochs": 1}
 
 
@@ -160,6 +165,13 @@ def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], pretra
     """One head-mode run (skipped when finished): the texture backbone with
     or without a source model, or a backbone on the SimCLR CNN."""
     run = run_folder(out, lab, source, strategy, seed)
+    head_from, patience = HEAD_RECIPES[args.head_recipe]
+    if (run / "config.json").exists():
+        kept = json.loads((run / "config.json").read_text())["options"]
+        if (kept.get("head_from", "last"), kept["patience"]) != (head_from, patience):
+            sys.exit(f"error: {run} was fitted with --head-from {kept.get('head_from', 'last')} --patience "
+                     f"{kept['patience']}, not the {args.head_recipe} recipe's: pass its --head-recipe, or "
+                     f"another --output")
     state = run / "state.json"
     if state.exists() and json.loads(state.read_text())["round"] >= rounds:
         return
@@ -174,7 +186,7 @@ def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], pretra
         "--split", str(out / "staged" / "target_split.json"), "--head-units", args.head_units, *model,
         *strategy_flags(strategy), "--initial", str(args.initial), "--rounds", str(rounds),
         "--budgets", *map(str, budgets), "--no-figures", "--slide-class-cap", "0", "--seed", str(seed),
-        *HEAD_FLAGS, *HEAD_RECIPES[args.head_recipe],
+        *HEAD_FLAGS, "--head-from", head_from, "--patience", str(patience),
     ], out / "logs" / lab / f"{source.replace(' ', '_')}_{strategy}_seed_{seed}.txt")
     print(f"{lab} {source} {strategy} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 

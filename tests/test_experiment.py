@@ -209,3 +209,27 @@ def test_growing_budgets_measure_each_fraction_of_the_pool_without_interpolation
     labelled = 12 + np.cumsum(budgets)
     assert rounds == len(kather_texture.FRACTIONS) == len(budgets)
     assert labelled.tolist() == [round(f * 1976) for f in kather_texture.FRACTIONS]
+
+
+def test_a_finished_run_of_another_head_recipe_stops_the_texture_experiment(tmp_path, monkeypatch):
+    """Runs are skipped when finished, so a run fitted another way must stop the experiment, not join its table."""
+    from experiments import kather_texture
+
+    started = []
+    monkeypatch.setattr(kather_texture, "run_script", lambda script, flags, log: started.append(flags))
+    args = kather_texture.parse_args(["--output", str(tmp_path)])
+    assert args.head_recipe == "refit"
+    run = kather_texture.run_folder(tmp_path, experiment.HARD, "no source", "random", 0)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"options": {"patience": 8}}))  # written before --head-from
+    (run / "state.json").write_text(json.dumps({"round": 6}))
+    job = (args, tmp_path, [], tmp_path / "none.h5", [1] * 6, 6, experiment.HARD, "no source", "random", 0)
+    with pytest.raises(SystemExit, match="--head-from last --patience 8, not the refit recipe's"):
+        kather_texture.texture_run(*job)
+    args.head_recipe = "early"
+    kather_texture.texture_run(*job)
+    assert started == [], "finished with the early recipe: skipped"
+    (run / "state.json").write_text(json.dumps({"round": 3}))
+    kather_texture.texture_run(*job)
+    flags = started[0]
+    assert flags[flags.index("--head-from") + 1] == "last" and flags[flags.index("--patience") + 1] == "8"
