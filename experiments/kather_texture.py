@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                                   jobs))
         results[lab] = summarise(args, out, lab, sum(per_class.values()))
     minutes = (time.perf_counter() - started) / 60
-    write_report(out, results, minutes)
+    write_report(out, results, minutes, args.head_recipe)
     print(f"\n{(out / 'results.md').read_text()}\nfigure: {out / 'learning_curves.png'}")
 
 
@@ -233,8 +233,10 @@ def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
             "zero_label": {split: float(np.mean([z[split] for z in zero_label])) for split in ("val", "test")}}
 
 
-def write_report(out: Path, results: dict, minutes: float) -> None:
-    lines = [f"Wall time {minutes:.0f} min (runs skipped when finished are not timed).", ""]
+def write_report(out: Path, results: dict, minutes: float, recipe: str) -> None:
+    head_from, patience = HEAD_RECIPES[recipe]
+    lines = [f"Wall time {minutes:.0f} min (runs skipped when finished are not timed). Each round's head: the "
+             f"{recipe} recipe (`--head-from {head_from} --patience {patience}`, at most 60 epochs).", ""]
     for lab, r in results.items():
         table = r["table"]
         fractions = next(iter(table.values()))["fractions"]
