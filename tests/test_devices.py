@@ -49,7 +49,7 @@ def two_replicas(tiles, small_tiles, tmp_path_factory) -> tuple[Path, str]:
     """Every training path on two replicas, in one process: full mode
     interrupted in round 1 and resumed, head mode, a fine-tune from the
     full run's model at an even global batch, and the texture backbone in
-    head mode. Returns the folder of the runs
+    head mode, its head refitted every round. Returns the folder of the runs
     and the process's log."""
     root = tmp_path_factory.mktemp("two_replicas")
     common = ["--data", str(tiles), "--seed", "1", *FAST, *TWO]
@@ -59,7 +59,7 @@ def two_replicas(tiles, small_tiles, tmp_path_factory) -> tuple[Path, str]:
         {"argv": [*common, "--output", str(root / "head"), "--rounds", "1", "--freeze-backbone"]},
         {"argv": [*common, *fine_tuning(root / "full", root / "tuned")]},
         {"argv": [*common, "--output", str(root / "texture"), "--rounds", "1", "--freeze-backbone",
-                  "--backbone", "texture"]},
+                  "--backbone", "texture", "--head-from", "start", "--patience", "0"]},
         {"argv": ["--self-supervised", "simclr", "--data", str(small_tiles), "--output", str(root / "simclr"),
                   "--backbone", "small", "--backbone-weights", "none", "--batch-size", "64", "--optimizer", "adam",
                   "--learning-rate", "1e-3", "--epochs", "2", *TWO]},
@@ -101,6 +101,8 @@ def test_every_training_path_runs_on_two_replicas(two_replicas):
     assert "--batch-size 64 is the global batch, 32 tiles per replica per step" in log
     pretraining = json.loads((root / "simclr" / "pretraining.json").read_text())["history"]
     assert len(pretraining) == 2 and all(np.isfinite(epoch["loss"]) for epoch in pretraining)
+    assert (root / "texture" / "head_start.npz").exists()
+    assert [r["epochs"] for r in rounds(root / "texture")] == ["2", "2"], "--patience 0: every epoch"
     for name in ("full", "head"):
         first, second = rounds(root / name)
         assert int(second["labelled"]) == int(first["labelled"]) + 40

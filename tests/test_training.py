@@ -393,9 +393,13 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     resumed.fit(labelled, labels, run.val_ids, seed=3)
     for a, b in zip(start, resumed.cache.head.get_weights()):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(InputError, match="started with --head-from last"):
+    with pytest.raises(InputError, match="started with --head-from last; resume it with --head-from last"):
         HeadOnFeatures(model, run, dataclasses.replace(still, output=tmp_path / "other"), training_strategy("all"),
                        resumed=True)
+    with pytest.raises(InputError, match="started with --head-from start; resume it with --head-from start"):
+        HeadOnFeatures(model, run, options, training_strategy("all"), resumed=True)
+    HeadOnFeatures(model, run, options, training_strategy("all"))  # a fresh start with last forgets the old file
+    assert not (tmp_path / HEAD_START).exists()
     with pytest.raises(InputError, match="needs --freeze-backbone"):
         dataclasses.replace(options, head_from="start", freeze_backbone=False)
 

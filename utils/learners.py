@@ -153,13 +153,22 @@ class HeadOnFeatures:
         self.options = options
         ids = data.used_ids()
         self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label, strategy)
-        self.start = self._start(options.output / HEAD_START, resumed) if options.head_from == "start" else None
+        self.start = self._start(options.output / HEAD_START, resumed)
 
-    def _start(self, path: Path, resumed: bool) -> list[np.ndarray]:
+    def _start(self, path: Path, resumed: bool) -> list[np.ndarray] | None:
+        """The weights every round starts from, or None (the previous round's).
+        A resumed run keeps the way it started: rounds fitted both ways would
+        make one curve of two recipes."""
+        refit = self.options.head_from == "start"
         if resumed:
-            if not path.exists():
-                raise InputError(f"{path.parent} started with --head-from last; resume it without --head-from start")
-            return read_arrays(path)
+            if path.exists() != refit:
+                started = "start" if path.exists() else "last"
+                raise InputError(f"{path.parent} started with --head-from {started}; resume it with --head-from "
+                                 f"{started}")
+            return read_arrays(path) if refit else None
+        if not refit:
+            path.unlink(missing_ok=True)  # a run started afresh over one killed before its first round
+            return None
         weights = self.cache.head.get_weights()
         atomic_write_arrays(path, weights)
         return weights
