@@ -410,13 +410,26 @@ def train_source_model(args: argparse.Namespace, out: Path, name: str = "source_
     return run / "model.keras"
 
 
-def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: int, rounds: int,
+def growing_budgets(per_class: dict[str, int], initial: int, fractions: tuple[float, ...]) -> tuple[list[int], int]:
+    """Per-round budgets that bring the labelled set from the initial tiles
+    (``initial`` per class) to each of ``fractions`` of the pool, so that each
+    is measured, not interpolated; and the number of rounds."""
+    pool = sum(per_class.values())
+    start = sum(min(initial, n) for n in per_class.values())
+    targets = sorted({max(start + 1, round(f * pool)) for f in fractions})
+    budgets = [int(b) for b in np.diff([start, *targets])]
+    return budgets, len(budgets)
+
+
+def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: int | list[int], rounds: int,
                shift: str, mode: str, strategy: str, seed: int, extra: tuple[str, ...] = (),
                name: str | None = None) -> None:
     """One fine-tuning run of ``strategy`` (or the ceiling) into
     ``out/shift/mode/name/seed_<seed>`` (``name``: the strategy's by default),
-    with the training flags ``extra`` besides the mode's; ``rounds`` -1 scores
-    the source model only. A run that has reached ``rounds`` is not started again."""
+    with the training flags ``extra`` besides the mode's; ``budget``: tiles
+    per round, or each round's (:func:`growing_budgets`); ``rounds`` -1
+    scores the source model only. A run that has reached ``rounds`` is not
+    started again."""
     run = out / shift / mode / (name or strategy) / f"seed_{seed}"
     state = run / "state.json"
     if state.exists() and json.loads(state.read_text())["round"] >= rounds:
@@ -424,7 +437,8 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
     if strategy == CEILING:  # everything labelled from round 0, re-fitted every round
         schedule = ["--strategy", "random", "--initial", "1000000", "--budget", "0"]
     else:
-        schedule = [*strategy_flags(strategy), "--initial", str(args.initial), "--budget", str(budget)]
+        budgets = ["--budgets", *map(str, budget)] if isinstance(budget, list) else ["--budget", str(budget)]
+        schedule = [*strategy_flags(strategy), "--initial", str(args.initial), *budgets]
     started = time.perf_counter()
     run_script("active_learning_train.py", [
         "--data", str(out / "records" / f"target_{shift}"), "--output", str(run), "--resume",

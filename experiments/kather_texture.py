@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import analysis, anchor  # noqa: E402
 from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, apply_quick,  # noqa: E402
-                                                  paired_difference, pool_class_counts, prepare_labs, run_script,
-                                                  strategy_flags, train_source_model)
+                                                  growing_budgets, paired_difference, pool_class_counts,
+                                                  prepare_labs, run_script, strategy_flags, train_source_model)
 from utils import plots  # noqa: E402
 from utils.io import read_csv  # noqa: E402
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for lab in args.labs:
         per_class = pool_class_counts(out / "records" / f"target_{lab}", out / "staged" / "target_split.json")
-        budgets, rounds = schedule(per_class, args.initial)
+        budgets, rounds = growing_budgets(per_class, args.initial, FRACTIONS)
         jobs = [(lab, source, strategy, seed) for seed in range(args.seeds) for source in (*SOURCES, *SIMCLR)
                 for strategy in STRATEGIES]
         if not args.report_only:
@@ -121,16 +121,6 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.perf_counter() - started) / 60
     write_report(out, results, minutes, args.head_recipe)
     print(f"\n{(out / 'results.md').read_text()}\nfigure: {out / 'learning_curves.png'}")
-
-
-def schedule(per_class: dict[str, int], initial: int) -> tuple[list[int], int]:
-    """Per-round budgets that bring the labelled set from the initial tiles
-    to each of :data:`FRACTIONS` of the pool, and the number of rounds."""
-    pool = sum(per_class.values())
-    start = sum(min(initial, n) for n in per_class.values())
-    targets = sorted({max(start + 1, round(f * pool)) for f in FRACTIONS})
-    budgets = [int(b) for b in np.diff([start, *targets])]
-    return budgets, len(budgets)
 
 
 def pretrain(args: argparse.Namespace, out: Path, lab: str) -> Path:

@@ -4,6 +4,7 @@ the recipes experiment end to end."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,11 +163,15 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
     preset = results["preset"]
     assert preset == max(recipes.PRESETS, key=lambda kind: results["zero_label"][kind]["val"])
     for kind in ("plain", *recipes.PRESETS):
-        options = json.loads((out / f"source_{kind}" / "config.json").read_text())["options"]
-        assert options["stain_jitter"] == ("none" if kind == "plain" else kind)
+        options = json.loads((out / f"source_{kind}_seed_0" / "config.json").read_text())["options"]
+        assert options["stain_jitter"] == ("none" if kind == "plain" else kind) and options["seed"] == 0
     for kind in recipes.PRESETS:
-        first = read_csv(out / experiment.HARD / "full" / f"zero_label_source_{kind}" / "seed_0" / "rounds.csv")[0]
+        first = read_csv(out / experiment.HARD / "full" / f"zero_label_{kind}" / "seed_0" / "rounds.csv")[0]
         assert results["zero_label"][kind]["val"] == pytest.approx(float(first["val_macro_f1"]))
+        assert results["zero_label"][kind]["val_per_seed"] == [pytest.approx(float(first["val_macro_f1"]))]
+    for run, source in (("a_random", "plain"), ("b_random", preset)):  # each seed fine-tunes its own source model
+        options = json.loads((out / experiment.HARD / "full" / run / "seed_0" / "config.json").read_text())["options"]
+        assert Path(options["weights"]) == out / f"source_{source}_seed_0" / "model.keras"
     fixmatch = json.loads((out / experiment.HARD / "full" / "d_random" / "seed_0" / "config.json").read_text())
     assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == preset
     bn = out / experiment.HARD / "full"
@@ -205,7 +210,7 @@ def test_growing_budgets_measure_each_fraction_of_the_pool_without_interpolation
     from experiments import kather_texture
 
     per_class = {"tumour": 700, "stroma": 600, "adipose": 676}
-    budgets, rounds = kather_texture.schedule(per_class, 4)
+    budgets, rounds = experiment.growing_budgets(per_class, 4, kather_texture.FRACTIONS)
     labelled = 12 + np.cumsum(budgets)
     assert rounds == len(kather_texture.FRACTIONS) == len(budgets)
     assert labelled.tolist() == [round(f * 1976) for f in kather_texture.FRACTIONS]

@@ -9,12 +9,15 @@ effective single measure against a change of lab in their nine-lab study:
 each pixel is deconvolved into haematoxylin, eosin and DAB concentrations
 (Ruifrok & Johnston's colour deconvolution, scikit-image's ``rgb2hed``), each
 concentration c becomes ``a * c + b`` with a in [1 - σ, 1 + σ] and b in
-[-σ, σ] per stain, and the image is recomposed (``hed2rgb``); brightness,
-contrast and saturation are then jittered. Concentrations are in natural-log
-optical density, the units of Tellez et al.'s ranges (scikit-image since 0.19
-divides them by -ln 1e-6, so its shifts are 13.8 times smaller). Unlike
-scikit-image, negative concentrations are kept, so that σ = 0 gives back the
-image. All of it is TensorFlow tensor operations.
+[-σ, σ] per stain, and the image is recomposed; brightness, contrast and
+saturation are then jittered. The ranges are in the units of their group's
+published transform (``custom_hed_transform.py`` of DIAG's HE-RandAugment),
+which deconvolves the natural-log optical density of I + 2, I the intensity
+in [0, 1]: there σ = 0.05 moves a real H&E tile by about 17 grey levels on
+average and σ = 0.2 by about 58, five times what the same σ does to the
+optical density of I itself, since the offset turns the scale factor into a
+shift of every pixel. As there, σ = 0 gives back the image. All of it is
+TensorFlow tensor operations.
 """
 
 from __future__ import annotations
@@ -30,18 +33,23 @@ from utils.stain_jitter import STAIN_PRESETS, StainJitter
 #: DAB (Ruifrok & Johnston 2001; scikit-image's ``rgb_from_hed``).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-#: The darkest intensity deconvolved, as a fraction of full scale (scikit-image's).
+#: The darkest intensity the filter bank deconvolves, as a fraction of full scale (scikit-image's).
 DENSITY_FLOOR = 1e-6
+#: What the stain jitter adds to intensities in [0, 1] before taking their
+#: optical density: Tellez et al.'s published transform, whose units the
+#: presets' σ are in.
+JITTER_OFFSET = 2.0
 
 
 def hed_transform(rgb: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     """float32 RGB in 0..255 (any leading shape) with each stain concentration
-    c replaced by ``scale * c + shift`` (one value per stain, H, E, D)."""
-    density = -tf.math.log(tf.maximum(rgb / 255.0, DENSITY_FLOOR))  # 0 for white
+    c replaced by ``scale * c + shift`` (one value per stain, H, E, D), in the
+    units of Tellez et al.'s transform (the optical density of I + 2)."""
+    density = -tf.math.log(rgb / 255.0 + JITTER_OFFSET)
     hed = tf.tensordot(density, tf.constant(HED_FROM_RGB, tf.float32), axes=1)
     hed = hed * scale + shift
     density = tf.tensordot(hed, tf.constant(RGB_FROM_HED, tf.float32), axes=1)
-    return tf.clip_by_value(255.0 * tf.exp(-density), 0.0, 255.0)
+    return tf.clip_by_value(255.0 * (tf.exp(-density) - JITTER_OFFSET), 0.0, 255.0)
 
 
 def jitter_stains(rgb: tf.Tensor, jitter: StainJitter) -> tf.Tensor:

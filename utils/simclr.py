@@ -3,7 +3,7 @@
 
 Two views of each window are made with what a histologist accepts as the same
 tissue (a crop of at least a third of it resized back, flips and 90° turns,
-strong stain jitter in Tellez et al.'s units, blur, noise, JPEG-like
+stain jitter in Tellez et al.'s HED-light range, blur, noise, JPEG-like
 degradation); the encoder (the backbone and global average pooling) with a
 small projection head is trained so that the two views of one window are
 closer to each other than to any other window of the batch (NT-Xent). One
@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from utils.augment import StrongAugment, weak_and_strong_views
+from utils.stain_jitter import STAIN_PRESETS
 
 #: NT-Xent temperature of the held-out probe that motivated this (SimCLR's range).
 TEMPERATURE = 0.2
@@ -28,6 +29,10 @@ TEMPERATURE = 0.2
 PROJECTION_UNITS = (128, 64)
 #: Smallest share of a window's area a view's crop keeps.
 MIN_CROP_AREA = 0.35
+#: What a view changes after the crop: FixMatch's strong view with Tellez et
+#: al.'s HED-light range (about 17 grey levels on real H&E), not HED-strong
+#: (about 58), under which the suite's 6-epoch pretraining stayed at chance.
+VIEW = StrongAugment(stains=STAIN_PRESETS["light"])
 
 
 def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float = TEMPERATURE) -> tf.Tensor:
@@ -42,10 +47,10 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float = TEMPERATURE) -> t
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(positives, logits))
 
 
-def view(window: tf.Tensor, strong: StrongAugment = StrongAugment()) -> tf.Tensor:
+def view(window: tf.Tensor, strong: StrongAugment = VIEW) -> tf.Tensor:
     """One random view of a float32 (T, T, 3) window in 0..255: a square crop
-    of at least :data:`MIN_CROP_AREA` of it resized back, then the strong view
-    of FixMatch (flips, turns, strong stain jitter, blur, noise), then JPEG
+    of at least :data:`MIN_CROP_AREA` of it resized back, then ``strong``
+    (flips, turns, stain jitter, blur, noise), then JPEG
     compression at a random quality from 60 to 100."""
     size = tf.shape(window)[0]
     side = tf.cast(tf.round(tf.cast(size, tf.float32) * tf.sqrt(tf.random.uniform([], MIN_CROP_AREA, 1.0))),
