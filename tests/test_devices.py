@@ -48,9 +48,10 @@ def state(run: Path) -> dict:
 def two_replicas(tiles, small_tiles, tmp_path_factory) -> tuple[Path, str]:
     """Every training path on two replicas, in one process: full mode
     interrupted in round 1 and resumed, head mode, a fine-tune from the
-    full run's model at an even global batch, and the texture backbone in
-    head mode, its head refitted every round. Returns the folder of the runs
-    and the process's log."""
+    full run's model at an even global batch, the texture backbone in head
+    mode, its head refitted every round, SimCLR, and FixMatch with its moving
+    average of the weights. Returns the folder of the runs and the process's
+    log."""
     root = tmp_path_factory.mktemp("two_replicas")
     common = ["--data", str(tiles), "--seed", "1", *FAST, *TWO]
     runs = [
@@ -63,6 +64,8 @@ def two_replicas(tiles, small_tiles, tmp_path_factory) -> tuple[Path, str]:
         {"argv": ["--self-supervised", "simclr", "--data", str(small_tiles), "--output", str(root / "simclr"),
                   "--backbone", "small", "--backbone-weights", "none", "--batch-size", "64", "--optimizer", "adam",
                   "--learning-rate", "1e-3", "--epochs", "2", *TWO]},
+        {"argv": [*common, "--output", str(root / "fixmatch"), "--rounds", "0", "--epochs", "2",
+                  "--semi-supervised", "fixmatch", "--fixmatch-ratio", "2", "--pseudo-threshold", "0.18"]},
     ]
     (root / "runs.json").write_text(json.dumps(runs))
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "two_replicas.py"), str(root / "runs.json")],
@@ -86,13 +89,13 @@ def test_every_training_path_runs_on_two_replicas(two_replicas):
     be integers or slices, not MirroredVariable")."""
     root, log = two_replicas
     statuses = [line for line in log.splitlines() if line.startswith("run ")]
-    assert statuses == ["run 0: 130", "run 1: 0", "run 2: 0", "run 3: 0", "run 4: 0", "run 5: 0"], log[-4000:]
+    assert statuses == ["run 0: 130", *(f"run {k}: 0" for k in range(1, 7))], log[-4000:]
     assert log.count("training on 2 replicas (MirroredStrategy over CPU:0, CPU:1): --batch-size 32 is the global "
-                     "batch, 16 tiles per replica per step") == 4
+                     "batch, 16 tiles per replica per step") == 5
     assert f"--batch-size {EVEN_BATCH} is the global batch, {EVEN_BATCH // 2} tiles per replica" in log
     assert f"resuming {root / 'full'} at round 1" in log
     assert f"loaded source weights from {root / 'full' / 'model.keras'}" in log
-    for name, last_round in (("full", 1), ("head", 1), ("tuned", 0), ("texture", 1)):
+    for name, last_round in (("full", 1), ("head", 1), ("tuned", 0), ("texture", 1), ("fixmatch", 0)):
         saved = state(root / name)
         assert saved["devices"] == ["CPU:0", "CPU:1"]
         assert saved["round"] == last_round
@@ -102,6 +105,7 @@ def test_every_training_path_runs_on_two_replicas(two_replicas):
     pretraining = json.loads((root / "simclr" / "pretraining.json").read_text())["history"]
     assert len(pretraining) == 2 and all(np.isfinite(epoch["loss"]) for epoch in pretraining)
     assert (root / "texture" / "head_start.npz").exists()
+    assert int(rounds(root / "fixmatch")[-1]["pseudo_labelled"]) > 0, "FixMatch trained on pool views"
     assert [r["epochs"] for r in rounds(root / "texture")] == ["2", "2"], "--patience 0: every epoch"
     for name in ("full", "head"):
         first, second = rounds(root / name)

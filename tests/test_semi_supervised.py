@@ -193,6 +193,46 @@ def test_fixmatch_loss_is_the_labelled_loss_plus_the_confident_strong_views_agai
     assert reported["pseudo_correct"] == expected["pseudo_correct"]
 
 
+def test_fixmatch_scores_and_keeps_a_moving_average_of_the_weights_that_ramps_up():
+    """The averages against numpy's, from the weights after every step:
+    momentum min(m, (1 + t) / (10 + t)) at step t; validation scores the
+    network with them (against Keras's evaluate of the network holding them),
+    and keep_average puts them into the network."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    network = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    rng = np.random.default_rng(2)
+    batches = [((rng.normal(size=(4, 4)).astype(np.float32), rng.integers(0, 3, 4)),
+                ((rng.normal(size=(8, 4)).astype(np.float32), rng.normal(size=(8, 4)).astype(np.float32)),
+                 rng.integers(0, 3, 8))) for _ in range(30)]
+    data = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=(
+        (tf.TensorSpec((4, 4), tf.float32), tf.TensorSpec((4,), tf.int64)),
+        ((tf.TensorSpec((8, 4), tf.float32), tf.TensorSpec((8, 4), tf.float32)), tf.TensorSpec((8,), tf.int64))))
+    val_x, val_y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+    expected = [w.copy() for w in network.get_weights()]
+    trajectory = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            trajectory.append(network.get_weights())
+
+    model = FixMatch(network, 0.0, 1.0, ema_momentum=0.7)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    history = model.fit(data, epochs=1, validation_data=(val_x, val_y), callbacks=[Record()], verbose=0).history
+    for t, weights in enumerate(trajectory, start=1):
+        momentum = min(0.7, (1 + t) / (10 + t))
+        expected = [momentum * e + (1 - momentum) * w for e, w in zip(expected, weights)]
+    assert len(trajectory) == 30 and momentum == 0.7, "the ramp reached the momentum"
+    for average, e in zip(model.averages, expected):
+        np.testing.assert_allclose(average.numpy(), e, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(trajectory[-1][0], expected[0], atol=1e-3), "the average is not the last weights"
+    model.keep_average()
+    for w, e in zip(network.get_weights(), expected):
+        np.testing.assert_allclose(w, e, rtol=1e-5, atol=1e-6)
+    network.compile(loss="sparse_categorical_crossentropy")
+    assert history["val_loss"][0] == pytest.approx(network.evaluate(val_x, val_y, verbose=0), rel=1e-5)
+
+
 def test_fixmatch_rounds_use_the_pool_without_labelling_it(tiles, tmp_path, capsys):
     common = ["--data", str(tiles), "--seed", "3", *FAST, "--rounds", "0", "--epochs", "1"]
     plain, fixmatch = tmp_path / "plain", tmp_path / "fixmatch"

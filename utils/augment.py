@@ -23,6 +23,7 @@ TensorFlow tensor operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -89,36 +90,53 @@ def _augment_stacked(stacked: tf.Tensor, flips: bool, colour_jitter: bool, stain
     return stacked
 
 
+class StrongView(Protocol):
+    """What changes the strong view of a triplet (stacked as (S, T, T, 3))."""
+
+    def apply(self, stacked: tf.Tensor) -> tf.Tensor: ...
+
+
 @dataclass(frozen=True)
 class StrongAugment:
-    """FixMatch's strong view of a tile: what a harsher lab and scanner would
-    make of it. Flips and rotations, strong stain jitter, a Gaussian blur of
-    up to ``blur_sigma`` px and Gaussian noise of up to ``noise`` of full scale."""
+    """What a harsher lab and scanner would make of a tile (SimCLR's views):
+    stain jitter, a Gaussian blur of up to ``blur_sigma`` px and Gaussian
+    noise of up to ``noise`` of full scale."""
 
     stains: StainJitter = STAIN_PRESETS["strong"]
     blur_sigma: float = 1.5
     noise: float = 0.03
+
+    def apply(self, stacked: tf.Tensor) -> tf.Tensor:
+        view = jitter_stains(stacked, self.stains)
+        view = gaussian_blur(view, tf.random.uniform([], 0.0, self.blur_sigma))
+        view = view + tf.random.normal(tf.shape(view)) * tf.random.uniform([], 0.0, self.noise * 255.0)
+        return tf.clip_by_value(view, 0.0, 255.0)
 
 
 #: Half-width of the blur kernel: three standard deviations of the widest blur.
 _BLUR_RADIUS = 5
 
 
-def weak_and_strong_views(images: list[tf.Tensor], strong: StrongAugment) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-    """Two views of one triplet: the weak one flipped and rotated only, the
-    strong one changed as ``strong`` says (each scale alike within a view)."""
-    stacked = tf.stack(images)
-    weak = _augment_stacked(stacked, True, False, None)
-    view = _augment_stacked(stacked, True, False, strong.stains)
-    sigma = tf.maximum(tf.random.uniform([], 0.0, strong.blur_sigma), 1e-3)
+def gaussian_blur(stacked: tf.Tensor, sigma: tf.Tensor | float) -> tf.Tensor:
+    """(S, T, T, C) blurred by a Gaussian of ``sigma`` px (at most
+    :data:`_BLUR_RADIUS` / 3), the tile reflected at its edges."""
+    sigma = tf.maximum(tf.cast(sigma, tf.float32), 1e-3)
     offsets = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
     kernel = tf.exp(-(offsets**2) / (2.0 * sigma**2))
     kernel = kernel / tf.reduce_sum(kernel)
-    channels = view.shape[-1]
-    padded = tf.pad(view, [[0, 0], [_BLUR_RADIUS] * 2, [_BLUR_RADIUS] * 2, [0, 0]], mode="REFLECT")
+    channels = stacked.shape[-1]
+    padded = tf.pad(stacked, [[0, 0], [_BLUR_RADIUS] * 2, [_BLUR_RADIUS] * 2, [0, 0]], mode="REFLECT")
     rows = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
     columns = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
-    view = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
-    view = tf.nn.depthwise_conv2d(view, columns, [1, 1, 1, 1], "VALID")
-    view = view + tf.random.normal(tf.shape(view)) * tf.random.uniform([], 0.0, strong.noise * 255.0)
-    return tf.unstack(weak), tf.unstack(tf.clip_by_value(view, 0.0, 255.0))
+    blurred = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(blurred, columns, [1, 1, 1, 1], "VALID")
+
+
+def weak_and_strong_views(images: list[tf.Tensor], strong: StrongView) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """Two views of one triplet: the weak one flipped and rotated only, the
+    strong one flipped and rotated (independently) and changed by ``strong``
+    (each scale alike within a view)."""
+    stacked = tf.stack(images)
+    weak = _augment_stacked(stacked, True, False, None)
+    view = strong.apply(_augment_stacked(stacked, True, False, None))
+    return tf.unstack(weak), tf.unstack(view)

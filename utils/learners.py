@@ -72,7 +72,7 @@ class FullNetwork:
         pool = np.setdiff1d(self.data.pool_ids, ids) if fixmatch else np.zeros(0, np.int64)
         with self.strategy.scope():  # the optimizer's and the metrics' variables are mirrored too
             if len(pool):
-                trained = FixMatch(self.model, o.pseudo_threshold, o.fixmatch_weight)
+                trained = FixMatch(self.model, o.pseudo_threshold, o.fixmatch_weight, o.fixmatch_ema)
                 trained.compile(optimizer=new_optimizer(o))
             else:
                 trained = self.model
@@ -92,6 +92,8 @@ class FullNetwork:
             train = tf.data.Dataset.zip((train, self.data.pool_views(pool, o.fixmatch_ratio * o.batch_size)))
         history = trained.fit(train, steps_per_epoch=steps, validation_data=self.data.dataset(val_ids),
                               epochs=o.epochs, callbacks=[*stop, estimate], verbose=0 if quiet() else 2).history
+        if len(pool):
+            trained.keep_average()
         return [{k: float(v[e]) for k, v in history.items()} for e in range(len(history["loss"]))]
 
     def predict(self, ids: np.ndarray, mc_passes: int = 0, embeddings: bool = False) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import StrongAugment, augment_triplet, weak_and_strong_views
+from utils.augment import StrongView, augment_triplet, weak_and_strong_views
 from utils.stain_jitter import StainJitter
 from utils.config import scale_name
 from utils.errors import InputError
@@ -238,7 +238,7 @@ def triplet_dataset(
     endless: bool = False,
     stains: StainJitter | None = None,
     labels: np.ndarray | None = None,
-    two_views: StrongAugment | None = None,
+    two_views: StrongView | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``({scale name: float32 (B, T, T, 3) in 0..255}, label)``.
 

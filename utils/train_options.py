@@ -114,6 +114,10 @@ class TrainOptions:
                                  "active learning", metavar="MU")
     fixmatch_weight: float = option(1.0, "fixmatch: weight of the unlabelled loss (FixMatch's lambda)",
                                     "active learning", metavar="LAMBDA")
+    fixmatch_ema: float = option(
+        0.999, "fixmatch: momentum of the moving average of the weights that validation scores and each round "
+               "keeps (FixMatch's); it ramps up as (1 + t) / (10 + t) over a round's first steps t; 0: the last "
+               "weights", "active learning", metavar="M")
     epochs: int = option(10, "maximum epochs per round", "fitting")
     batch_size: int = option(128, "tiles per training step: the global batch, split across --devices", "fitting")
     devices: str = option(
@@ -197,6 +201,8 @@ class TrainOptions:
         if self.semi_supervised == "fixmatch" and self.freeze_backbone:
             raise InputError("--semi-supervised fixmatch trains the whole network on augmented views, which "
                              "--freeze-backbone's cached features cannot give; use --semi-supervised pseudo with it")
+        if not 0 <= self.fixmatch_ema < 1:
+            raise InputError(f"fixmatch-ema must be at least 0 and below 1, not {self.fixmatch_ema}")
         if self.fixmatch_ratio < 1 or self.fixmatch_weight < 0:
             raise InputError(f"fixmatch-ratio must be at least 1 and fixmatch-weight at least 0, not "
                              f"{self.fixmatch_ratio} and {self.fixmatch_weight}")

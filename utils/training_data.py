@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import StrongAugment
 from utils.stain_jitter import stain_jitter_of
 from utils.config import Config, fingerprint_difference
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
@@ -21,6 +20,7 @@ from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, 
                               split_slides)
 from utils.errors import InputError, ModelError
 from utils.log import info
+from utils.randaugment import RandAugment
 from utils.records import read_index, record_files, triplet_dataset
 from utils.summaries import ShardSummary
 from utils.train_options import TrainOptions
@@ -151,10 +151,11 @@ class TrainingData:
         )
 
     def pool_views(self, ids: np.ndarray, batch_size: int) -> tf.data.Dataset:
-        """Endless shuffled batches of ``ids`` as FixMatch reads them: a weak and
-        a strong view of each triplet, with its label (-1 when unknown)."""
+        """Endless shuffled batches of ``ids`` as FixMatch reads them: a weak
+        view (flips and turns) and a strong one (RandAugment and Cutout) of
+        each triplet, with its label (-1 when unknown)."""
         return triplet_dataset(self.index, ids, self.config.magnifications, self.config.tile_size, batch_size,
-                               shuffle=True, seed=self.seed + 1, endless=True, two_views=StrongAugment())
+                               shuffle=True, seed=self.seed + 1, endless=True, two_views=RandAugment())
 
     def triplets(self, ids: np.ndarray) -> list[list[np.ndarray]]:
         """The uint8 tiles of every scale of the records ``ids``, in that order."""
