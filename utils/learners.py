@@ -56,6 +56,17 @@ def new_optimizer(options: TrainOptions) -> keras.optimizers.Optimizer:
     raise InputError(f"unknown optimizer {options.optimizer!r}; choose sgd or adam")
 
 
+def steps_per_epoch(options: TrainOptions, trained: int, unlabelled: int) -> int:
+    """Steps of an epoch: one pass over the ``trained`` tiles, or with FixMatch
+    over the ``unlabelled`` pool tiles too (``--fixmatch-ratio`` times a batch a
+    step), whichever is longer: FixMatch's schedule is counted over the
+    unlabelled data, which a new lab has far more of than labels."""
+    steps = -(-trained // options.batch_size)
+    if options.semi_supervised == "fixmatch" and unlabelled:
+        steps = max(steps, -(-unlabelled // (options.fixmatch_ratio * options.batch_size)))
+    return steps
+
+
 class FullNetwork:
     """Every layer that is trainable, fitted with Keras on augmented triplets.
     The model must have been built in ``strategy``'s scope; Keras's ``fit``
@@ -69,7 +80,7 @@ class FullNetwork:
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
         fixmatch = o.semi_supervised == "fixmatch"
-        pool = np.setdiff1d(self.data.pool_ids, ids) if fixmatch else np.zeros(0, np.int64)
+        pool = self.data.unlabelled_pool(ids) if fixmatch else np.zeros(0, np.int64)
         with self.strategy.scope():  # the optimizer's and the metrics' variables are mirrored too
             if len(pool):
                 trained = FixMatch(self.model, o.pseudo_threshold, o.fixmatch_weight, o.fixmatch_ema)
@@ -80,7 +91,7 @@ class FullNetwork:
                                 metrics=["accuracy"])
         stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True)] \
             if o.patience else []
-        steps = -(-len(ids) // o.batch_size)
+        steps = steps_per_epoch(o, len(ids), len(pool))
         estimate = RoundTimeEstimate(steps, o.epochs)
         # One endless iteration, reshuffled every pass, cut into epochs of the
         # set's number of batches: every batch is full (the last of a pass is

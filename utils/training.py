@@ -51,7 +51,7 @@ from utils.data_split import SPLITS
 from utils.devices import describe, device_names, training_strategy
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_json, read_csv, write_table
-from utils.learners import Learner, make_learner
+from utils.learners import Learner, make_learner, steps_per_epoch
 from utils.log import info
 from utils.model import build_model, load_model, load_weights_by_name, save_model
 from utils.pseudo_labels import PoolUse, PseudoLabels, pseudo_label
@@ -115,15 +115,15 @@ def save_queries(options: TrainOptions, data: TrainingData, selection: Selection
 
 
 def record(options: TrainOptions, data: TrainingData, model: keras.Model, state: RunState, round_number: int,
-           val: dict, test: dict, selection: Selection | None, pool_use: PoolUse, trained: int,
+           val: dict, test: dict, selection: Selection | None, pool_use: PoolUse, epoch_steps: int,
            seconds: dict[str, float]) -> None:
     """The round's row, its checkpoint, the kept model (or a return to it),
     the queries it answered, the figures and the state, in that order: the
-    state written last marks the round finished. ``trained``: the tiles each
-    epoch went through (labelled and pseudo-labelled)."""
+    state written last marks the round finished. ``epoch_steps``: the steps
+    of each epoch (:func:`utils.learners.steps_per_epoch`)."""
     out, config = options.output, data.config
     epochs = sum(1 for h in state.history if h["round"] == round_number)
-    steps = epochs * -(-trained // options.batch_size)
+    steps = epochs * epoch_steps
     row = _metrics_row(data, round_number, state.labelled, val, test, epochs, steps, seconds["query"],
                        seconds["fit"], seconds["round"], pool_use)
     state.rows.append(row)
@@ -182,12 +182,15 @@ def play_round(options: TrainOptions, data: TrainingData, model: keras.Model, le
     seconds["fit"] = time.perf_counter() - started - seconds["query"] - seconds["pseudo"]
     pool_use = PoolUse.of_fixmatch(epochs, not options.query_only) if options.semi_supervised == "fixmatch" \
         else pseudo.use
+    unlabelled = len(data.unlabelled_pool(ids)) if options.semi_supervised == "fixmatch" else 0
     if options.semi_supervised == "fixmatch":
         right = f", {pool_use.accuracy:.1%} right (simulation)" if pool_use.accuracy is not None else ""
-        info(f"round {round_number}: FixMatch trained on {pool_use.count} confident pool views{right}")
+        info(f"round {round_number}: FixMatch trained on {pool_use.count} confident views of {unlabelled} "
+             f"unlabelled pool tiles{right}")
     val, test = evaluate(learner, data, data.val_ids), evaluate(learner, data, data.test_ids)
     seconds["round"] = time.perf_counter() - started
-    record(options, data, model, state, round_number, val, test, selection, pool_use, len(ids), seconds)
+    record(options, data, model, state, round_number, val, test, selection, pool_use,
+           steps_per_epoch(options, len(ids), unlabelled), seconds)
 
 
 def describe_pseudo_labels(data: TrainingData, pseudo: PseudoLabels, round_number: int,

@@ -150,6 +150,10 @@ class TrainingData:
             with_ids=with_ids, endless=endless, stains=self.stains if train else None, labels=table,
         )
 
+    def unlabelled_pool(self, trained: np.ndarray) -> np.ndarray:
+        """The pool tiles a round does not train on with a label (FixMatch's unlabelled data)."""
+        return np.setdiff1d(self.pool_ids, trained)
+
     def pool_views(self, ids: np.ndarray, batch_size: int) -> tf.data.Dataset:
         """Endless shuffled batches of ``ids`` as FixMatch reads them: a weak
         view (flips and turns) and a strong one (RandAugment and Cutout) of
