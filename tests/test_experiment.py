@@ -228,7 +228,7 @@ def test_a_finished_run_of_another_head_recipe_stops_the_texture_experiment(tmp_
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"options": {"patience": 8}}))  # written before --head-from
     (run / "state.json").write_text(json.dumps({"round": 6}))
-    job = (args, tmp_path, [], tmp_path / "none.h5", [1] * 6, 6, experiment.HARD, "no source", "random", 0)
+    job = (args, tmp_path, [], [], tmp_path / "none.h5", [1] * 6, 6, experiment.HARD, "no source", "random", 0)
     with pytest.raises(SystemExit, match="--head-from last --patience 8, not the refit recipe's"):
         kather_texture.texture_run(*job)
     args.head_recipe = "early"
