@@ -172,8 +172,10 @@ def test_the_recipes_experiment_runs_every_stage(tmp_path):
     for run, source in (("a_random", "plain"), ("b_random", preset)):  # each seed fine-tunes its own source model
         options = json.loads((out / experiment.HARD / "full" / run / "seed_0" / "config.json").read_text())["options"]
         assert Path(options["weights"]) == out / f"source_{source}_seed_0" / "model.keras"
-    fixmatch = json.loads((out / experiment.HARD / "full" / "d_random" / "seed_0" / "config.json").read_text())
-    assert fixmatch["options"]["semi_supervised"] == "fixmatch" and fixmatch["options"]["stain_jitter"] == preset
+    for run, stain in (("d_random", preset), ("e_random", "none")):
+        options = json.loads((out / experiment.HARD / "full" / run / "seed_0" / "config.json").read_text())["options"]
+        assert options["semi_supervised"] == "fixmatch" and options["fixmatch_ratio"] == 7
+        assert options["stain_jitter"] == stain
     bn = out / experiment.HARD / "full"
     for recipe in ("a", "b"):
         first = {adapt: read_csv(bn / f"zero_label_mobilenetv2_{recipe}{adapt}" / "seed_0" / "rounds.csv")[0]
