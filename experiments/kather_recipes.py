@@ -63,6 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments import analysis  # noqa: E402
 from experiments import kather_domain_adaptation as base  # noqa: E402
 from utils.io import read_csv  # noqa: E402
 
@@ -325,7 +326,21 @@ def summary(folder: Path, seeds: int, pool: int, strategies: list[str], recipes:
                  if int(row["round"]) >= 0 and row["pseudo_accuracy"] not in ("", None)]
         entry["pool_used_per_round"] = float(np.mean(used)) if used else 0.0
         entry["pool_accuracy"] = float(np.mean(right)) if right else float("nan")
+        measured = np.array([[float(row["test_macro_f1"]) for row in r if int(row["round"]) >= 0] for r in rows])
+        entry["fractions"] = [int(row["labelled"]) / pool for row in rows[0] if int(row["round"]) >= 0]
+        entry["f1"], entry["f1_sd"] = measured.mean(0).tolist(), measured.std(0).tolist()
+    for name, (recipe, strategy) in runs(strategies, recipes).items():
+        shared = f"{base_recipe(recipe)} {strategy}"
+        if shared != name and shared in result["table"]:
+            entry, other = result["table"][name], result["table"][shared]
+            entry["vs_shared"] = [shared, *analysis.paired_interval(np.array(entry["areas"]), np.array(other["areas"]))]
     return result
+
+
+def base_recipe(recipe: str) -> str:
+    """The recipe without the pool whose source model ``recipe`` shares: a or b."""
+    stained = RECIPES[recipe][0]
+    return next(name for name, (jitter, flags) in RECIPES.items() if jitter == stained and not flags)
 
 
 def kept_scores(run: Path, seeds: int) -> dict[str, float]:
@@ -363,10 +378,19 @@ def write_report(out: Path, results: dict, pool: int) -> None:
                   *base.table_lines(r["table"], TODAY, "recipe, strategy"), "",
                   "| recipe, strategy | zero-label F1 (round -1) | pool tiles used per round | right |",
                   "|---|---|---|---|"]
-        for name, e in [(name, e) for name, e in r["table"].items() if "zero_label_f1" in e]:
+        recipes = [(name, e) for name, e in r["table"].items() if "zero_label_f1" in e]
+        for name, e in recipes:
             right = "—" if np.isnan(e["pool_accuracy"]) else f"{e['pool_accuracy']:.1%}"
             lines.append(f"| {name} | {e['zero_label_f1']:.3f} | {e['pool_used_per_round']:.0f} | {right} |")
-        lines.append("")
+        fractions = recipes[0][1]["fractions"]
+        lines += ["", "Test macro F1 at each measured fraction of the pool, mean ± sd over the seeds:", "",
+                  "| recipe, strategy | " + " | ".join(f"{f:.1%}" for f in fractions) + " |",
+                  "|---|" + "---|" * len(fractions)]
+        lines += [f"| {name} | " + " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in zip(e["f1"], e["f1_sd"])) + " |"
+                  for name, e in recipes]
+        lines += ["", "AULC against the recipe whose source model it shares (95% CI): " + "; ".join(
+            f"{name} − {e['vs_shared'][0]} {base.paired_difference(*e['vs_shared'][1:])}"
+            for name, e in recipes if "vs_shared" in e) + ".", ""]
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if results["shifts"]:
