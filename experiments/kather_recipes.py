@@ -22,11 +22,12 @@ target), full fine-tuning, and five recipes of adaptation:
 
 Each recipe runs with ``random`` picks (``--strategies random margin+warm``
 adds the strategy that never fell behind random in the domain-adaptation
-experiment, about an hour more), on two target labs: ``stain_blur_jpeg`` (another stain, a softer focus and JPEG) and
-``eosin_gamma_resolution``, whose change (another eosin dye, a display gamma
-and a coarser scanner) the stain augmentation does not model, so that the
-test is not circular. Labels grow from 5 per class to each of
-:data:`FRACTIONS` of the pool, so that each is measured, not interpolated.
+experiment, about an hour more), on two target labs: ``stain_blur_jpeg``
+(another stain, a softer focus and JPEG) and ``eosin_gamma_resolution``,
+whose change (another eosin dye, a display gamma and a coarser scanner) the
+stain augmentation does not model, so that the test is not circular.
+Labels grow from 5 per class to each of :data:`FRACTIONS` of the pool, so
+that each is measured, not interpolated.
 Every seed has its own source models, so that the intervals include the
 source model's variance. The fair ceiling is the fine-tuning on 100% of the
 pool of the better supervised recipe, a or b, by validation F1. Round -1 of
