@@ -49,6 +49,7 @@ a rerun of the same command skips finished runs and resumes killed ones.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -391,6 +392,13 @@ def run_script(script: str, argv: list[str], log: Path) -> None:
         code = subprocess.call([sys.executable, str(ROOT / script), *argv], stdout=handle, stderr=subprocess.STDOUT)
     if code != 0:
         sys.exit(f"error: {script} failed (exit {code}); see {log}")
+
+
+def with_backbone(args: argparse.Namespace, backbone: str) -> argparse.Namespace:
+    """The experiment's arguments with another backbone, for source models and runs of that backbone."""
+    other = copy.copy(args)
+    other.backbone = backbone
+    return other
 
 
 def train_source_model(args: argparse.Namespace, out: Path, name: str = "source_model",

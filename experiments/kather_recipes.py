@@ -52,7 +52,6 @@ every run's folder; a rerun skips finished runs and resumes killed ones.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -232,7 +231,8 @@ def over_seeds(scores: list[dict[str, float]]) -> dict[str, float | list[float]]
 def batch_norm_source(args: argparse.Namespace, out: Path, recipe: str, preset: str | None, seed: int) -> Path:
     """Seed ``seed``'s MobileNetV2 source model for the batch-norm check of
     ``recipe``, with the stain jitter of ``preset`` (None: none)."""
-    return base.train_source_model(batch_norm_args(args), out, source_name(batch_norm_kind(recipe), seed),
+    return base.train_source_model(base.with_backbone(args, BN_BACKBONE), out,
+                                   source_name(batch_norm_kind(recipe), seed),
                                    ("--seed", str(seed), *(() if preset is None else ("--stain-jitter", preset))))
 
 
@@ -240,7 +240,7 @@ def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: P
                      seed: int) -> float:
     """Zero-label test macro F1 of ``source`` on ``lab``, with ``--adapt-bn`` or without."""
     name = zero_label_name(batch_norm_kind(recipe), adapt)
-    base.target_run(batch_norm_args(args), out, source, 1, -1, lab, "full", "random", seed,
+    base.target_run(base.with_backbone(args, BN_BACKBONE), out, source, 1, -1, lab, "full", "random", seed,
                     ("--adapt-bn",) if adapt else (), name)
     return float(read_csv(out / lab / "full" / name / f"seed_{seed}" / "rounds.csv")[0]["test_macro_f1"])
 
@@ -268,12 +268,6 @@ def zero_label_name(kind: str, adapt: bool = False) -> str:
     ``kind`` (a preset or a batch-norm kind; a seed each), with
     ``--adapt-bn`` or without."""
     return f"zero_label_{kind}" + ("_adapt_bn" if adapt else "")
-
-
-def batch_norm_args(args: argparse.Namespace) -> argparse.Namespace:
-    bn_args = copy.copy(args)
-    bn_args.backbone = BN_BACKBONE
-    return bn_args
 
 
 def mean_by_lab(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:

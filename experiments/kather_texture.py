@@ -48,7 +48,6 @@ learning_curves.png, and every run's folder.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -63,7 +62,8 @@ sys.path.insert(0, str(ROOT))
 from experiments import analysis, anchor  # noqa: E402
 from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, apply_quick,  # noqa: E402
                                                   growing_budgets, paired_difference, pool_class_counts,
-                                                  prepare_labs, run_script, strategy_flags, train_source_model)
+                                                  prepare_labs, run_script, strategy_flags, train_source_model,
+                                                  with_backbone)
 from utils import plots  # noqa: E402
 from utils.io import read_csv  # noqa: E402
 
@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     out = prepare_labs(args, tuple(args.labs))
     sources = [train_source_model(args, out, f"source_model_seed_{k}", ("--freeze-backbone", "--seed", str(k)))
                for k in range(args.seeds)]
-    cnn_args = copy.copy(args)
-    cnn_args.backbone = "small"
-    cnn_sources = [train_source_model(cnn_args, out, f"cnn_source_seed_{k}", ("--seed", str(k)))
+    cnn_sources = [train_source_model(with_backbone(args, "small"), out, f"cnn_source_seed_{k}",
+                                      ("--seed", str(k)))
                    for k in range(args.seeds)]
     results = {}
     for lab in args.labs:

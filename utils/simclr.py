@@ -29,9 +29,10 @@ TEMPERATURE = 0.2
 PROJECTION_UNITS = (128, 64)
 #: Smallest share of a window's area a view's crop keeps.
 MIN_CROP_AREA = 0.35
-#: What a view changes after the crop: FixMatch's strong view with Tellez et
-#: al.'s HED-light range (about 17 grey levels on real H&E), not HED-strong
-#: (about 58), under which the suite's 6-epoch pretraining stayed at chance.
+#: What a view changes after the crop: a harsher lab and scanner, its stains
+#: moved within Tellez et al.'s HED-light range (about 17 grey levels on real
+#: H&E), not HED-strong (about 58), under which the suite's 6-epoch
+#: pretraining stayed at chance.
 VIEW = StrongAugment(stains=STAIN_PRESETS["light"])
 
 
