@@ -383,8 +383,8 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     # --head-from start: each round's head starts from its weights before round 0, after a resume too
     # (the resumed model holds the last round's). A learning rate of 0 shows where a fit starts.
     labels = run.index.label[labelled]
-    start = [w.copy() for w in learner.cache.head.get_weights()]
     first = HeadOnFeatures(model, run, dataclasses.replace(options, head_from="start"), training_strategy("all"))
+    start = [w.copy() for w in first.cache.head.get_weights()]
     assert (tmp_path / HEAD_START).exists()
     first.fit(labelled, labels, run.val_ids, seed=2)
     assert any(not np.array_equal(a, b) for a, b in zip(start, first.cache.head.get_weights()))
@@ -392,7 +392,7 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     resumed = HeadOnFeatures(model, run, still, training_strategy("all"), resumed=True)
     resumed.fit(labelled, labels, run.val_ids, seed=3)
     for a, b in zip(start, resumed.cache.head.get_weights()):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # unfolded and folded back: float32 rounding
     with pytest.raises(InputError, match="started with --head-from last; resume it with --head-from last"):
         HeadOnFeatures(model, run, dataclasses.replace(still, output=tmp_path / "other"), training_strategy("all"),
                        resumed=True)
@@ -402,6 +402,49 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     assert not (tmp_path / HEAD_START).exists()
     with pytest.raises(InputError, match="needs --freeze-backbone"):
         dataclasses.replace(options, head_from="start", freeze_backbone=False)
+
+
+def test_the_head_trains_on_standardised_features_so_its_fit_ignores_their_scale(tiles, tmp_path):
+    """Scaling a ReLU layer's filters by a > 0 scales its outputs by a, so a
+    backbone whose last filters are scaled per channel (by 10^-3 to 10^3) gives
+    the same features, each times its own factor. Trained on standardised
+    features, a new head fits both backbones identically; the standardisation
+    is scikit-learn's, over the training split's tiles."""
+    from sklearn.preprocessing import StandardScaler
+
+    config = load_config(tile_size=TILE)
+    options = TrainOptions(data=tiles, output=tmp_path, spec=ModelSpec("small", 32, dropout=0.0),
+                           backbone_weights=None, freeze_backbone=True, epochs=5, batch_size=16, optimizer="adam",
+                           learning_rate=1e-2, slide_class_cap=60, eval_cap=40, patience=0)
+    run = TrainingData(options, config, np.random.default_rng(0))
+    models = []
+    for factors in (None, 10.0 ** np.random.default_rng(1).uniform(-3, 3, 128)):
+        keras.utils.set_random_seed(0)
+        model = build_model(config, options.spec, None, freeze_backbone=True)
+        if factors is not None:
+            for name in ("mag_40x", "mag_10x", "mag_2_5x"):
+                conv = model.get_layer(f"backbone_{name}").get_layer("conv4")
+                kernel, bias = conv.get_weights()
+                conv.set_weights([kernel * factors.astype(np.float32), bias * factors.astype(np.float32)])
+        models.append(model)
+    learners_ = [HeadOnFeatures(model, run, options, training_strategy("all")) for model in models]
+    reference = np.union1d(run.candidates, run.pool_ids)
+    features = learners.predict(Predictor(models[1]), run.dataset(reference, with_ids=True), embeddings=True)
+    scaler = StandardScaler().fit(features["embeddings"])
+    np.testing.assert_allclose(learners_[1].cache.mean, scaler.mean_, rtol=1e-4)
+    np.testing.assert_allclose(learners_[1].cache.scale, scaler.scale_, rtol=1e-4)
+    assert scaler.scale_.max() / scaler.scale_.min() > 1e4, "the setting: features of very different scales"
+
+    labelled = RunState.initial(run, 6, False, np.random.default_rng(2)).labelled
+    probs = []
+    for model, learner in zip(models, learners_):
+        learner.fit(labelled, run.index.label[labelled], run.val_ids, seed=0)
+        probs.append(learner.predict(run.test_ids)["probs"])
+        direct = learners.predict(Predictor(model), run.dataset(run.test_ids, with_ids=True))
+        order = np.argsort(direct["ids"])  # the model itself, on raw tiles: the standardisation is folded in
+        np.testing.assert_allclose(direct["probs"][order], learner.predict(direct["ids"][order])["probs"], atol=1e-5)
+    assert probs[0].max(axis=1).mean() > 0.5, "the head learned something"
+    np.testing.assert_allclose(probs[0], probs[1], atol=2e-3)
 
 
 def test_training_killed_mid_round_resumes_exactly_where_it_stopped(tiles, one_round, tmp_path):

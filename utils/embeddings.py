@@ -7,7 +7,18 @@ pass of every backbone over the labelled set, the pool and the evaluation
 sets. The head trains in its own compiled loop (:meth:`EmbeddingCache.fit`),
 since Keras's ``fit`` spends more on each epoch's set-up and validation than a
 small head needs to learn from thousands of vectors. The price is that tiles
-are seen without augmentation. Memory: one float32 vector
+are seen without augmentation.
+
+The head trains on the features standardised by their mean and standard
+deviation over the training split (labels unused), as a linear probe is
+fitted: a learned backbone's pooled features differ in scale by orders of
+magnitude, and with few labelled tiles a head fitted on them raw did not
+converge in its steps (on the Kather harder lab, frozen SimCLR features:
+test macro F1 0.40 raw against 0.59 standardised with 32 labelled tiles,
+0.75 against 0.80 with all). The model keeps the standardisation folded
+into its first dense layer, so the saved model reads the raw features and
+is the same network as before; :meth:`EmbeddingCache.fit` unfolds it to
+train and folds it back. Memory: one float32 vector
 per tile (512 values per scale for VGG16, 1280 for MobileNetV2), e.g. 0.6 GB
 for 100,000 VGG16 triplets.
 """
@@ -22,15 +33,20 @@ import tensorflow as tf
 
 from utils.errors import ModelError
 from utils.log import progress
-from utils.model import split_model
+from utils.model import HEAD_LAYERS, split_model
+
+#: Standard deviations at or below this (a ReLU channel that never fires) are not divided by.
+CONSTANT = 1e-6
 
 
 class EmbeddingCache:
     """Features of the records ``ids`` (global record ids) and the head that
-    reads them; the head shares its layers with the full model."""
+    reads them; the head shares its layers with the full model. The
+    features of the records ``reference`` give the standardisation the head
+    trains with."""
 
     def __init__(self, model: keras.Model, dataset: tf.data.Dataset, ids: np.ndarray, labels: np.ndarray,
-                 strategy: tf.distribute.Strategy | None = None) -> None:
+                 reference: np.ndarray, strategy: tf.distribute.Strategy | None = None) -> None:
         self.strategy = strategy or tf.distribute.get_strategy()
         features, self.head = split_model(model)
         extract = tf.function(lambda x: features(x, training=False), reduce_retracing=True)
@@ -42,6 +58,11 @@ class EmbeddingCache:
             for inputs, _, gid in dataset:
                 self.features[self.row[gid.numpy()]] = extract(inputs).numpy()
                 bar.update(len(gid))
+        reference_features = self.of(reference).astype(np.float64)
+        self.mean = reference_features.mean(axis=0)
+        deviation = reference_features.std(axis=0)
+        self.scale = np.where(deviation > CONSTANT, deviation, 1.0)
+        self.first = self.head.get_layer(HEAD_LAYERS[0])
         self._head = tf.function(lambda h: self.head(h, training=False), reduce_retracing=True)
         self._mc_head = tf.function(lambda h: self.head(h, training=True), reduce_retracing=True)
         _, with_penultimate = split_model(model, with_penultimate=True)
@@ -83,15 +104,24 @@ class EmbeddingCache:
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray,
             make_optimizer: Callable[[], keras.optimizers.Optimizer], batch_size: int, epochs: int, patience: int,
             seed: int) -> list[dict[str, float]]:
-        """Train the head on the features of ``ids`` as ``labels``: shuffled mini-batches,
+        """Train the head on the standardised features of ``ids`` as ``labels``: shuffled mini-batches,
         early stopping on the validation loss with the best epoch's weights
         restored, or with ``patience`` 0 every epoch and the last weights kept.
         The optimizer starts afresh every call (its variables reset to their
         values when new), so the training step is compiled once per run.
         One row per epoch: loss, accuracy, val_loss, val_accuracy."""
         step = self._training_step(make_optimizer)
-        x, y = self.of(ids), np.asarray(labels, np.int64)
-        x_val, y_val = self.of(val_ids), self.labels[val_ids]
+        x, y = self.standardized(ids), np.asarray(labels, np.int64)
+        x_val, y_val = self.standardized(val_ids), self.labels[val_ids]
+        self.unfold()
+        try:
+            return self._fit(step, x, y, x_val, y_val, batch_size, epochs, patience, seed)
+        finally:
+            self.fold()
+
+    def _fit(self, step: Callable, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+             batch_size: int, epochs: int, patience: int, seed: int) -> list[dict[str, float]]:
+        """:meth:`fit`'s epochs, on standardised features with the head unfolded."""
         rng = np.random.default_rng(seed)
         history, best, best_weights, waited = [], np.inf, self.head.get_weights(), 0
         for _ in range(epochs):
@@ -116,6 +146,25 @@ class EmbeddingCache:
         if patience:
             self.head.set_weights(best_weights)
         return history
+
+    def standardized(self, ids: np.ndarray) -> np.ndarray:
+        """The features of ``ids`` standardised as the head trains on them."""
+        return ((self.of(ids) - self.mean) / self.scale).astype(np.float32)
+
+    def unfold(self) -> None:
+        """Re-express the first dense layer on standardised features: kernel
+        W·s, bias b + m·W, the same function of the raw features."""
+        kernel, bias = (w.astype(np.float64) for w in self.first.get_weights())
+        self.first.set_weights([(kernel * self.scale[:, None]).astype(np.float32),
+                                (bias + self.mean @ kernel).astype(np.float32)])
+
+    def fold(self) -> None:
+        """Back to raw features (:meth:`unfold` inverted): kernel W/s, bias b − (m/s)·W.
+        Called once on a new head, it makes its random weights weights on
+        standardised features, the inputs Keras's initialisers assume."""
+        kernel, bias = (w.astype(np.float64) for w in self.first.get_weights())
+        self.first.set_weights([(kernel / self.scale[:, None]).astype(np.float32),
+                                (bias - (self.mean / self.scale) @ kernel).astype(np.float32)])
 
     def _training_step(self, make_optimizer: Callable[[], keras.optimizers.Optimizer]) -> Callable:
         """One compiled step (summed loss and correct count of a batch) and its

@@ -159,13 +159,21 @@ class HeadOnFeatures:
 
     With ``--head-from start`` every round refits the head from its weights
     before round 0, written to the run folder when the run starts and read
-    back when it resumes (the model it resumes with holds the last round's)."""
+    back when it resumes (the model it resumes with holds the last round's).
+
+    The head trains on features standardised over the training split's
+    tiles, labelled or not (:class:`EmbeddingCache`); a new head (no
+    ``--weights``, not resumed) has its random weights taken as weights on
+    standardised features."""
 
     def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions,
                  strategy: tf.distribute.Strategy, resumed: bool = False) -> None:
         self.options = options
         ids = data.used_ids()
-        self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label, strategy)
+        self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label,
+                                    np.union1d(data.candidates, data.pool_ids), strategy)
+        if options.weights is None and not resumed:
+            self.cache.fold()
         self.start = self._start(options.output / HEAD_START, resumed)
 
     def _start(self, path: Path, resumed: bool) -> list[np.ndarray] | None:
