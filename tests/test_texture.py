@@ -19,7 +19,7 @@ from tests.test_inference import decode_map
 from utils import texture
 from utils.config import load_config
 from utils.errors import ModelError
-from utils.model import Predictor, build_model, load_model
+from utils.model import Predictor, build_model, load_model, split_model
 from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files, triplet_dataset
 from utils.synthetic import truth_grid
@@ -127,6 +127,11 @@ def test_the_standardisation_is_the_moments_of_the_tiles_it_is_fitted_on(tiles):
     standardised = texture.standardizers(model)["mag_40x"][1](tf.constant(raw)).numpy()
     np.testing.assert_allclose(standardised.mean(0), 0, atol=1e-3)
     assert model.get_layer("backbone_mag_40x").output.shape[-1] == texture.feature_count() + 128, "texture, then CNN"
+    # Head mode leaves these columns of the head's input as the layer gives them: the 40x backbone's first ones.
+    given = texture.standardized_columns(model)
+    assert given.tolist() == ([True] * texture.feature_count() + [False] * 128) * len(model.inputs)
+    pooled = np.concatenate([split_model(model)[0](inputs, training=False).numpy() for inputs, _ in dataset])
+    np.testing.assert_allclose(pooled[:, : texture.feature_count()], standardised, atol=1e-3)
 
 
 def test_texture_backbone_learns_saves_reloads_and_maps_a_slide(texture_run, tiles, synthetic_slide, tmp_path):

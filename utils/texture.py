@@ -222,6 +222,22 @@ def standardizers(model: keras.Model) -> dict[str, tuple[keras.Model, Standardiz
     return found
 
 
+def standardized_columns(model: keras.Model) -> np.ndarray:
+    """Which of the model's pooled features (the head's input: each scale's
+    backbone output in the order of the inputs) a filter bank's
+    standardisation layer already gives: a texture backbone's statistics,
+    ahead of the small CNN's features in ``texture+small``."""
+    columns = []
+    for tensor in model.inputs:
+        name = tensor.name.split(":")[0]
+        backbone = model.get_layer(f"backbone_{name}")
+        mask = np.zeros(model.get_layer(f"pool_{name}").output.shape[-1], bool)
+        if any(layer.name == STANDARDIZE for layer in backbone.layers):
+            mask[: feature_count()] = True
+        columns.append(mask)
+    return np.concatenate(columns)
+
+
 def fit_standardization(model: keras.Model, dataset: tf.data.Dataset) -> int:
     """Set every texture backbone's means and variances to those of the
     statistics over ``dataset`` (inputs first; labels unused), accumulated
