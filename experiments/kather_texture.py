@@ -273,12 +273,23 @@ def write_report(out: Path, results: dict, minutes: float, recipe: str) -> None:
                               f"{paired_difference(*table[arm_name(name, 'margin+warm')]['vs_random'])}"
                               for name in ARMS) + ".", "",
                   "AULC of the SimCLR CNN − the small CNN trained on the source lab's labels (both frozen, the "
-                  "head fitted on the target; 95% CI): " + "; ".join(
-                      f"{strategy} {paired_difference(*table[arm_name('simclr', strategy)]['vs_supervised'])}"
+                  "head fitted on the target; 95% CI), and the fractions where its mean F1 is the higher: "
+                  + "; ".join(f"{strategy} {paired_difference(*table[arm_name('simclr', strategy)]['vs_supervised'])}"
+                              f", {ahead_at(table, arm_name('simclr', strategy), arm_name(SUPERVISED, strategy))}"
+                              for strategy in STRATEGIES) + ".", "",
+                  "Mean test F1 of texture+simclr minus the forest's at each fraction: " + "; ".join(
+                      f"{strategy} " + ", ".join(f"{d:+.3f}" for d in np.subtract(
+                          table[arm_name('texture+simclr', strategy)]["f1"], table["forest"]["f1"]))
                       for strategy in STRATEGIES) + ".", ""]
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "learning_curves.png")
+
+
+def ahead_at(table: dict, name: str, other: str) -> str:
+    """``5 of 7 fractions``: where ``name``'s mean F1 is above ``other``'s."""
+    above = np.array(table[name]["f1"]) > np.array(table[other]["f1"])
+    return f"{int(above.sum())} of {len(above)} fractions"
 
 
 def plot(results: dict, path: Path) -> None:
