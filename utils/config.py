@@ -30,6 +30,13 @@ QUPATH_IGNORE = r"ignore\*"
 #: The name of a query square as written (``round 2 #7 (stroma?)``): read back
 #: without a class, the square was not reviewed, and it stays unlabelled.
 QUERY_SQUARE = r"round \d+ #\d+( \(.*\?\))?"
+
+
+def query_square_name(round_number: int, number: int, predicted: str | None) -> str:
+    """The name a query square is written with, which :data:`QUERY_SQUARE` reads back."""
+    return f"round {round_number} #{number}" + (f" ({predicted}?)" if predicted else "")
+
+
 #: The project's folder, and the presets shipped in it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRESETS = PROJECT_ROOT / "presets"

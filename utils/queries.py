@@ -28,7 +28,7 @@ import numpy as np
 
 from utils import plots
 from utils.active_learning import Pool, get_strategy, select
-from utils.config import Config, hex_to_rgb
+from utils.config import Config, hex_to_rgb, query_square_name
 from utils.io import atomic_write_csv
 from utils.learners import Learner
 from utils.qupath import square, write_feature_collection
@@ -153,7 +153,7 @@ def query_feature(row: dict[str, Any], side: float, round_number: int, colours: 
     # The centre as QuPath shows it: in its frame, from the slide's bounds.
     measurements["centre x (px)"] = float(row["x"]) - origin[0]
     measurements["centre y (px)"] = float(row["y"]) - origin[1]
-    name = f"round {round_number} #{row['number']}" + (f" ({row['predicted']}?)" if row["predicted"] else "")
+    name = query_square_name(round_number, row["number"], row["predicted"])
     properties: dict[str, Any] = {"objectType": "annotation", "name": name, "isLocked": True,
                                   "measurements": measurements}
     if row["predicted"]:
