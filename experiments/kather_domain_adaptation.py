@@ -53,6 +53,7 @@ import copy
 import json
 import math
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import analysis, anchor, launch  # noqa: E402
+from experiments import analysis, anchor  # noqa: E402
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
@@ -387,7 +388,8 @@ def extract(args: argparse.Namespace, out: Path, domain: Path) -> None:
 def run_script(script: str, argv: list[str], log: Path) -> None:
     """One of the project's scripts in a fresh process, its output in ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    code = launch.run(ROOT / script, argv, log)
+    with log.open("w") as handle:
+        code = subprocess.call([sys.executable, str(ROOT / script), *argv], stdout=handle, stderr=subprocess.STDOUT)
     if code != 0:
         sys.exit(f"error: {script} failed (exit {code}); see {log}")
 

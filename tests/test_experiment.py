@@ -4,8 +4,6 @@ the recipes experiment end to end."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,33 +11,12 @@ import pytest
 from scipy import stats
 
 import cv2
-from experiments import analysis, anchor, launch
+from experiments import analysis, anchor
 from experiments import kather_domain_adaptation as experiment
 from experiments.kather_domain_adaptation import stratified_split
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains
 from tests.conftest import shared_file
 from utils.io import read_csv
-
-
-def test_a_launched_script_runs_as_python_would(tmp_path, monkeypatch):
-    """The experiments' warm launcher against ``python SCRIPT ARGS``: the same
-    output, exit status, working folder and environment, and for an uncaught
-    exception status 1 with the traceback."""
-    script = tmp_path / "probe.py"
-    script.write_text("import os, sys\n"
-                      "print(__name__, sys.argv[1:], os.getcwd(), os.environ['PROBE'], 'tensorflow' in sys.modules)\n"
-                      "if sys.argv[1] == 'raise':\n    raise ValueError('no such tissue')\n"
-                      "sys.exit(int(sys.argv[1]))\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROBE", "seen")
-    for argument in ("0", "3", "raise"):
-        log = tmp_path / f"{argument}.txt"
-        status = launch.run(script, [argument], log)
-        python = subprocess.run([sys.executable, str(script), argument], capture_output=True, text=True)
-        assert status == python.returncode
-        warm, cold = log.read_text().splitlines(), (python.stdout + python.stderr).splitlines()
-        assert warm[0] == cold[0].replace("False", "True"), "the same, with TensorFlow already loaded"
-        assert len(warm) == len(cold) == 1 or warm[-1] == cold[-1] == "ValueError: no such tissue"
 
 
 def test_curve_statistics():
