@@ -15,16 +15,17 @@ fitted: a learned backbone's pooled features differ in scale by orders of
 magnitude, and with few labelled tiles a head fitted on them raw did not
 converge in its steps (on the Kather harder lab, frozen SimCLR features,
 mean of 3 seeds: test macro F1 0.40 raw against 0.55 standardised with 32
-labelled tiles, 0.75 against 0.80 with all 1,976). A texture backbone's statistics are left as
-its own standardisation gives them: standardised again, its near-constant
-statistics (deviations of 10⁻⁵ to 10⁻² after its layer, whose variance
-floor damps them) became unit-variance noise, and its head lost 0.7 points
-of test F1 at 100% of that pool (one seed). The model keeps the standardisation folded
-into its first dense layer, so the saved model reads the raw features and
-is the same network as before; :meth:`EmbeddingCache.fit` unfolds it to
-train and folds it back. Memory: one float32 vector
-per tile (512 values per scale for VGG16, 1280 for MobileNetV2), e.g. 0.6 GB
-for 100,000 VGG16 triplets.
+labelled tiles, 0.75 against 0.80 with all 1,976). A texture backbone's
+statistics are left as its own standardisation gives them: standardised
+again, its near-constant statistics (deviations of 10⁻⁵ to 10⁻² after its
+layer, whose variance floor damps them) became unit-variance noise, and its
+head lost 0.7 points of test F1 at 100% of that pool (one seed). The model
+keeps the standardisation folded into its first dense layer, so the saved
+model reads the raw features and is the same network as before;
+:meth:`EmbeddingCache.fit` unfolds it to train and folds it back.
+
+Memory: one float32 vector per tile (512 values per scale for VGG16, 1280
+for MobileNetV2), e.g. 0.6 GB for 100,000 VGG16 triplets.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class EmbeddingCache:
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray,
             make_optimizer: Callable[[], keras.optimizers.Optimizer], batch_size: int, epochs: int, patience: int,
             seed: int) -> list[dict[str, float]]:
-        """Train the head on the standardised features of ``ids`` as ``labels``: shuffled mini-batches,
-        early stopping on the validation loss with the best epoch's weights
+        """Train the head on the standardised features of ``ids`` as
+        ``labels``: shuffled mini-batches, early stopping on the validation
+        loss with the best epoch's weights
         restored, or with ``patience`` 0 every epoch and the last weights kept.
         The optimizer starts afresh every call (its variables reset to their
         values when new), so the training step is compiled once per run.
