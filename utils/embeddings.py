@@ -115,11 +115,11 @@ class EmbeddingCache:
             seed: int) -> list[dict[str, float]]:
         """Train the head on the standardised features of ``ids`` as
         ``labels``: shuffled mini-batches, early stopping on the validation
-        loss with the best epoch's weights
-        restored, or with ``patience`` 0 every epoch and the last weights kept.
-        The optimizer starts afresh every call (its variables reset to their
-        values when new), so the training step is compiled once per run.
-        One row per epoch: loss, accuracy, val_loss, val_accuracy."""
+        loss with the best epoch's weights restored, or with ``patience`` 0
+        every epoch and the last weights kept. The optimizer starts afresh
+        every call (its variables reset to their values when new), so the
+        training step is compiled once per run. One row per epoch: loss,
+        accuracy, val_loss, val_accuracy."""
         step = self._training_step(make_optimizer)
         x, y = self.standardized(ids), np.asarray(labels, np.int64)
         x_val, y_val = self.standardized(val_ids), self.labels[val_ids]
