@@ -185,7 +185,8 @@ def test_mixed_precision_trains_and_its_model_reloads_in_float32(tiles, tmp_path
     losses = [epoch["loss"] for epoch in state(run)["history"]]
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
     mixed = load_model(run / "model.keras")
-    assert mixed.get_layer("fc1").compute_dtype == "float16"
+    assert mixed.get_layer("fc2").compute_dtype == "float16"
+    assert mixed.get_layer("fc1").compute_dtype == "float32", "it holds the folded standardisation (head mode)"
     assert mixed.outputs[0].dtype == "float32"
     config = load_config(tile_size=RECORD_TILE)
     index = read_index(record_files(tiles))
@@ -197,11 +198,15 @@ def test_mixed_precision_trains_and_its_model_reloads_in_float32(tiles, tmp_path
     assert {layer.compute_dtype for layer in reloaded.get_layer("backbone_mag_40x").layers[1:]} == {"float32"}
     assert reloaded.get_layer("fc1").compute_dtype == "float32"
     probs32 = np.asarray(reloaded(batch, training=False))
-    # Half precision moves the probabilities by less than 1e-3 (measured: 7e-5),
-    # so the class can change only where the top two are that close.
-    assert np.abs(probs16 - probs32).max() < 1e-3
+    # Half precision moves the probabilities by less than 1e-3 in full mode
+    # (measured: 7e-5) and 1e-2 in head mode (4.8e-3: the head trains on
+    # standardised features, which magnify float16's relative error of a
+    # feature that varies little about its mean), so the class can change only
+    # where the top two are that close.
+    tolerance = 1e-2 if mode else 1e-3
+    assert np.abs(probs16 - probs32).max() < tolerance
     top2 = np.sort(probs32, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 2e-3
+    clear = top2[:, 1] - top2[:, 0] > 2 * tolerance
     assert clear.sum() >= 64, "enough tiles that are not near-ties for the class check to mean something"
     np.testing.assert_array_equal(probs16.argmax(axis=1)[clear], probs32.argmax(axis=1)[clear])
 

@@ -86,7 +86,10 @@ def build_model(
         h = backbone(h, training=False if freeze_backbone else None)
         features.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(h))
     h = features[0] if len(features) == 1 else keras.layers.Concatenate(name="concat")(features)
-    h = keras.layers.Dense(spec.head_units, activation="relu", name="fc1")(h)
+    # fc1 computes in float32 under mixed precision too: head mode folds the
+    # features' standardisation into it (utils/embeddings.py), and weights
+    # divided by a feature's deviation, times raw features, overflow float16.
+    h = keras.layers.Dense(spec.head_units, activation="relu", name="fc1", dtype="float32")(h)
     h = keras.layers.Dropout(spec.dropout, name="dropout1")(h)
     h = keras.layers.Dense(spec.head_units, activation="relu", name="fc2")(h)
     h = keras.layers.Dropout(spec.dropout, name="dropout2")(h)

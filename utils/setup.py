@@ -34,7 +34,8 @@ def setup_process() -> None:
       threshold into different map cells); deterministic kernels make the
       same command give the same numbers. Each run seeds itself.
     * Mixed precision halves the memory of activations on a GPU; the model's
-      output layer stays in float32 (:func:`utils.model.build_model`).
+      output layer and the head's first layer stay in float32
+      (:func:`utils.model.build_model`).
     """
     import_tensorflow_quietly()
     import keras
