@@ -30,7 +30,8 @@ for MobileNetV2), e.g. 0.6 GB for 100,000 VGG16 triplets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import keras
 import numpy as np
@@ -123,45 +124,47 @@ class EmbeddingCache:
         step = self._training_step(make_optimizer)
         x, y = self.standardized(ids), np.asarray(labels, np.int64)
         x_val, y_val = self.standardized(val_ids), self.labels[val_ids]
-        self.unfold()
+        with self._unfolded():
+            rng = np.random.default_rng(seed)
+            history, best, best_weights, waited = [], np.inf, self.head.get_weights(), 0
+            for _ in range(epochs):
+                order = rng.permutation(len(y))
+                loss = correct = 0.0
+                for i in range(0, len(order), batch_size):
+                    batch = order[i : i + batch_size]
+                    batch_loss, batch_correct = step(x[batch], y[batch])
+                    loss, correct = loss + float(batch_loss), correct + float(batch_correct)
+                probs = np.concatenate([self._head(x_val[i : i + 4096]).numpy()
+                                        for i in range(0, len(x_val), 4096)])
+                val_loss = float(self._loss(y_val, probs)) / len(y_val)
+                history.append({"loss": loss / len(y), "accuracy": correct / len(y), "val_loss": val_loss,
+                                "val_accuracy": float((probs.argmax(axis=1) == y_val).mean())})
+                if not patience:
+                    continue
+                if val_loss < best:
+                    best, best_weights, waited = val_loss, self.head.get_weights(), 0
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        break
+            if patience:
+                self.head.set_weights(best_weights)
+            return history
+
+    @contextmanager
+    def _unfolded(self) -> Iterator[None]:
+        """The head on standardised features inside, folded back on leaving (an error too)."""
+        self._unfold()
         try:
-            return self._fit(step, x, y, x_val, y_val, batch_size, epochs, patience, seed)
+            yield
         finally:
             self.fold()
-
-    def _fit(self, step: Callable, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             batch_size: int, epochs: int, patience: int, seed: int) -> list[dict[str, float]]:
-        """:meth:`fit`'s epochs, on standardised features with the head unfolded."""
-        rng = np.random.default_rng(seed)
-        history, best, best_weights, waited = [], np.inf, self.head.get_weights(), 0
-        for _ in range(epochs):
-            order = rng.permutation(len(y))
-            loss = correct = 0.0
-            for i in range(0, len(order), batch_size):
-                batch = order[i : i + batch_size]
-                batch_loss, batch_correct = step(x[batch], y[batch])
-                loss, correct = loss + float(batch_loss), correct + float(batch_correct)
-            probs = np.concatenate([self._head(x_val[i : i + 4096]).numpy() for i in range(0, len(x_val), 4096)])
-            val_loss = float(self._loss(y_val, probs)) / len(y_val)
-            history.append({"loss": loss / len(y), "accuracy": correct / len(y), "val_loss": val_loss,
-                            "val_accuracy": float((probs.argmax(axis=1) == y_val).mean())})
-            if not patience:
-                continue
-            if val_loss < best:
-                best, best_weights, waited = val_loss, self.head.get_weights(), 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
-        if patience:
-            self.head.set_weights(best_weights)
-        return history
 
     def standardized(self, ids: np.ndarray) -> np.ndarray:
         """The features of ``ids`` standardised as the head trains on them."""
         return ((self.of(ids) - self.mean) / self.scale).astype(np.float32)
 
-    def unfold(self) -> None:
+    def _unfold(self) -> None:
         """Re-express the first dense layer on standardised features: kernel
         W·s, bias b + m·W, the same function of the raw features."""
         kernel, bias = (w.astype(np.float64) for w in self.first.get_weights())
@@ -169,7 +172,7 @@ class EmbeddingCache:
                                 (bias + self.mean @ kernel).astype(np.float32)])
 
     def fold(self) -> None:
-        """Back to raw features (:meth:`unfold` inverted): kernel W/s, bias b − (m/s)·W.
+        """Back to raw features (:meth:`_unfold` inverted): kernel W/s, bias b − (m/s)·W.
         Called once on a new head, it makes its random weights weights on
         standardised features, the inputs Keras's initialisers assume."""
         kernel, bias = (w.astype(np.float64) for w in self.first.get_weights())

@@ -211,9 +211,8 @@ def standardizers(model: keras.Model) -> dict[str, tuple[keras.Model, Standardiz
     for tensor in model.inputs:
         name = tensor.name.split(":")[0]
         backbone = model.get_layer(f"backbone_{name}")
-        try:
-            layer = backbone.get_layer(STANDARDIZE)
-        except ValueError:
+        layer = _filter_bank_standardizer(backbone)
+        if layer is None:
             continue
         preprocess = model.get_layer(f"preprocess_{name}")
         raw = keras.Input(tensor.shape[1:])
@@ -232,10 +231,18 @@ def standardized_columns(model: keras.Model) -> np.ndarray:
         name = tensor.name.split(":")[0]
         backbone = model.get_layer(f"backbone_{name}")
         mask = np.zeros(model.get_layer(f"pool_{name}").output.shape[-1], bool)
-        if any(layer.name == STANDARDIZE for layer in backbone.layers):
+        if _filter_bank_standardizer(backbone) is not None:
             mask[: feature_count()] = True
         columns.append(mask)
     return np.concatenate(columns)
+
+
+def _filter_bank_standardizer(backbone: keras.Model) -> Standardize | None:
+    """A scale's backbone's standardisation layer, or None without a filter bank."""
+    try:
+        return backbone.get_layer(STANDARDIZE)
+    except ValueError:
+        return None
 
 
 def fit_standardization(model: keras.Model, dataset: tf.data.Dataset) -> int:
