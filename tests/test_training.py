@@ -24,7 +24,7 @@ import tfrecord_generator
 from tests.conftest import FAST, RECORD_TILE as TILE, ROOT, shared_file, wait_for
 from utils.active_learning import class_ratio_allocation
 from utils.config import load_config
-from utils.devices import training_strategy
+from utils.devices import distribution_over
 from utils.errors import InputError, ModelError
 from utils.model import Predictor, build_model, check_compatible, load_weights_by_name, save_model
 from utils.model_spec import ModelSpec, read_metadata
@@ -338,7 +338,7 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     model = build_model(config, options.spec, None, freeze_backbone=True)
     rng = np.random.default_rng(0)
     run = TrainingData(options, config, rng)
-    learner = HeadOnFeatures(model, run, options, training_strategy("all"))
+    learner = HeadOnFeatures(model, run, options, distribution_over("all"))
     ids = run.val_ids
     direct = learners.predict(Predictor(model), run.dataset(ids, with_ids=True))
     order = np.argsort(direct["ids"])
@@ -383,22 +383,22 @@ def test_head_only_training_on_cached_features_matches_the_model_and_keeps_the_b
     # --head-from start: each round's head starts from its weights before round 0, after a resume too
     # (the resumed model holds the last round's). A learning rate of 0 shows where a fit starts.
     labels = run.index.label[labelled]
-    first = HeadOnFeatures(model, run, dataclasses.replace(options, head_from="start"), training_strategy("all"))
+    first = HeadOnFeatures(model, run, dataclasses.replace(options, head_from="start"), distribution_over("all"))
     start = [w.copy() for w in first.cache.head.get_weights()]
     assert (tmp_path / HEAD_START).exists()
     first.fit(labelled, labels, run.val_ids, seed=2)
     assert any(not np.array_equal(a, b) for a, b in zip(start, first.cache.head.get_weights()))
     still = dataclasses.replace(options, head_from="start", learning_rate=0.0)
-    resumed = HeadOnFeatures(model, run, still, training_strategy("all"), resumed=True)
+    resumed = HeadOnFeatures(model, run, still, distribution_over("all"), resumed=True)
     resumed.fit(labelled, labels, run.val_ids, seed=3)
     for a, b in zip(start, resumed.cache.head.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # unfolded and folded back: float32 rounding
     with pytest.raises(InputError, match="started with --head-from last; resume it with --head-from last"):
-        HeadOnFeatures(model, run, dataclasses.replace(still, output=tmp_path / "other"), training_strategy("all"),
+        HeadOnFeatures(model, run, dataclasses.replace(still, output=tmp_path / "other"), distribution_over("all"),
                        resumed=True)
     with pytest.raises(InputError, match="started with --head-from start; resume it with --head-from start"):
-        HeadOnFeatures(model, run, options, training_strategy("all"), resumed=True)
-    HeadOnFeatures(model, run, options, training_strategy("all"))  # a fresh start with last forgets the old file
+        HeadOnFeatures(model, run, options, distribution_over("all"), resumed=True)
+    HeadOnFeatures(model, run, options, distribution_over("all"))  # a fresh start with last forgets the old file
     assert not (tmp_path / HEAD_START).exists()
     with pytest.raises(InputError, match="needs --freeze-backbone"):
         dataclasses.replace(options, head_from="start", freeze_backbone=False)
@@ -428,7 +428,7 @@ def test_the_head_trains_on_standardised_features_so_its_fit_ignores_their_scale
                 kernel, bias = conv.get_weights()
                 conv.set_weights([kernel * factors.astype(np.float32), bias * factors.astype(np.float32)])
         models.append(model)
-    learners_ = [HeadOnFeatures(model, run, options, training_strategy("all")) for model in models]
+    learners_ = [HeadOnFeatures(model, run, options, distribution_over("all")) for model in models]
     reference = np.union1d(run.candidates, run.pool_ids)
     features = learners.predict(Predictor(models[1]), run.dataset(reference, with_ids=True), embeddings=True)
     scaler = StandardScaler().fit(features["embeddings"])

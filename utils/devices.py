@@ -1,4 +1,4 @@
-"""The devices a training run fits on, and the ``tf.distribute`` strategy over them.
+"""The devices a training run fits on, and the ``tf.distribute`` distribution over them.
 
 ``--devices`` is ``all`` (every visible GPU), a count (the first N GPUs) or
 device names (``GPU:0,GPU:2``). Two or more devices make a
@@ -31,8 +31,8 @@ ALL = "all"
 
 
 @functools.cache
-def training_strategy(devices: str) -> tf.distribute.Strategy:
-    """The strategy for ``--devices``: the default (one device, TensorFlow's
+def distribution_over(devices: str) -> tf.distribute.Strategy:
+    """The distribution for ``--devices``: the default (one device, TensorFlow's
     placement) without GPUs or with one, a ``OneDeviceStrategy`` for one named
     device, a ``MirroredStrategy`` over two or more.
 
@@ -73,22 +73,22 @@ def chosen_devices(devices: str) -> list[str]:
     return names
 
 
-def describe(strategy: tf.distribute.Strategy, batch_size: int) -> str:
-    """One line for the log: the strategy, its devices and each replica's share of the batch."""
-    replicas = strategy.num_replicas_in_sync
-    devices = ", ".join(device_names(strategy)) or "TensorFlow's default placement"
+def describe(distribution: tf.distribute.Strategy, batch_size: int) -> str:
+    """One line for the log: the distribution, its devices and each replica's share of the batch."""
+    replicas = distribution.num_replicas_in_sync
+    devices = ", ".join(device_names(distribution)) or "TensorFlow's default placement"
     if replicas == 1:
         return f"training on one device ({devices})"
     share = f"{batch_size / replicas:g}"
-    return (f"training on {replicas} replicas ({type(strategy).__name__} over {devices}): --batch-size "
+    return (f"training on {replicas} replicas ({type(distribution).__name__} over {devices}): --batch-size "
             f"{batch_size} is the global batch, {share} tiles per replica per step")
 
 
-def device_names(strategy: tf.distribute.Strategy) -> list[str]:
-    """The devices a strategy runs on; empty for the default strategy."""
+def device_names(distribution: tf.distribute.Strategy) -> list[str]:
+    """The devices a distribution runs on; empty for the default distribution."""
     try:
-        return [_short(name) for name in strategy.extended.worker_devices]
-    except RuntimeError:  # the default strategy keeps no device list
+        return [_short(name) for name in distribution.extended.worker_devices]
+    except RuntimeError:  # the default distribution keeps no device list
         return []
 
 

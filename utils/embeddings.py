@@ -54,8 +54,8 @@ class EmbeddingCache:
     trains with (none for those a texture backbone standardises itself)."""
 
     def __init__(self, model: keras.Model, dataset: tf.data.Dataset, ids: np.ndarray, labels: np.ndarray,
-                 reference: np.ndarray, strategy: tf.distribute.Strategy | None = None) -> None:
-        self.strategy = strategy or tf.distribute.get_strategy()
+                 reference: np.ndarray, distribution: tf.distribute.Strategy | None = None) -> None:
+        self.distribution = distribution or tf.distribute.get_strategy()
         features, self.head = split_model(model)
         extract = tf.function(lambda x: features(x, training=False), reduce_retracing=True)
         self.row = np.full(len(labels), -1, np.int64)
@@ -183,15 +183,15 @@ class EmbeddingCache:
         """One compiled step (summed loss and correct count of a batch) and its
         optimizer, reset to its initial state.
 
-        The step runs on every replica of the strategy: each takes its share
+        The step runs on every replica of the distribution: each takes its share
         of the global batch, its loss is its share's sum over the global batch
         size, and the optimizer sums the gradients across replicas, so the
         update is the global batch's mean gradient. Under mixed precision the
         optimizer scales the loss (Keras's LossScaleOptimizer), as Keras's own
         ``fit`` does."""
         if self._step is None:
-            strategy, head, weights = self.strategy, self.head, self.head.trainable_variables
-            with strategy.scope():
+            distribution, head, weights = self.distribution, self.head, self.head.trainable_variables
+            with distribution.scope():
                 optimizer = make_optimizer()
                 if keras.mixed_precision.global_policy().name == "mixed_float16":
                     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -215,9 +215,9 @@ class EmbeddingCache:
 
             @tf.function(input_signature=signature)
             def step(xb, yb):
-                loss, correct = strategy.run(replica_step, args=(xb, yb))
-                return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                        strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+                loss, correct = distribution.run(replica_step, args=(xb, yb))
+                return (distribution.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                        distribution.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
             self._step, self._optimizer = step, optimizer
             self._initial_state = [variable.numpy() for variable in optimizer.variables]

@@ -69,19 +69,19 @@ def steps_per_epoch(options: TrainOptions, trained: int, unlabelled: int) -> int
 
 class FullNetwork:
     """Every layer that is trainable, fitted with Keras on augmented triplets.
-    The model must have been built in ``strategy``'s scope; Keras's ``fit``
+    The model must have been built in ``distribution``'s scope; Keras's ``fit``
     then splits each global batch across its replicas."""
 
     def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions,
-                 strategy: tf.distribute.Strategy) -> None:
-        self.model, self.data, self.options, self.strategy = model, data, options, strategy
+                 distribution: tf.distribute.Strategy) -> None:
+        self.model, self.data, self.options, self.distribution = model, data, options, distribution
         self.predictor = Predictor(model)
 
     def fit(self, ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, seed: int) -> list[dict[str, float]]:
         o = self.options
         fixmatch = o.semi_supervised == "fixmatch"
         pool = self.data.unlabelled_pool(ids) if fixmatch else np.zeros(0, np.int64)
-        with self.strategy.scope():  # the optimizer's and the metrics' variables are mirrored too
+        with self.distribution.scope():  # the optimizer's and the metrics' variables are mirrored too
             if len(pool):
                 trained = FixMatch(self.model, o.pseudo_threshold, o.fixmatch_weight, o.fixmatch_ema)
                 trained.compile(optimizer=new_optimizer(o))
@@ -167,11 +167,11 @@ class HeadOnFeatures:
     standardised features."""
 
     def __init__(self, model: keras.Model, data: TrainingData, options: TrainOptions,
-                 strategy: tf.distribute.Strategy, resumed: bool = False) -> None:
+                 distribution: tf.distribute.Strategy, resumed: bool = False) -> None:
         self.options = options
         ids = data.used_ids()
         self.cache = EmbeddingCache(model, data.dataset(ids, with_ids=True), ids, data.index.label,
-                                    np.union1d(data.candidates, data.pool_ids), strategy)
+                                    np.union1d(data.candidates, data.pool_ids), distribution)
         if options.weights is None and not resumed:
             self.cache.fold()
         self.start = self._start(options.output / HEAD_START, resumed)
@@ -206,13 +206,13 @@ class HeadOnFeatures:
 
 
 def make_learner(model: keras.Model, data: TrainingData, options: TrainOptions,
-                 strategy: tf.distribute.Strategy, resumed: bool = False) -> Learner:
+                 distribution: tf.distribute.Strategy, resumed: bool = False) -> Learner:
     """The head on cached features when the backbone is frozen, else the whole
-    network; ``model`` was built in ``strategy``'s scope and, when ``resumed``,
+    network; ``model`` was built in ``distribution``'s scope and, when ``resumed``,
     holds the last round's weights."""
     if options.freeze_backbone:
-        return HeadOnFeatures(model, data, options, strategy, resumed)
-    return FullNetwork(model, data, options, strategy)
+        return HeadOnFeatures(model, data, options, distribution, resumed)
+    return FullNetwork(model, data, options, distribution)
 
 
 def predict(predictor: Predictor, dataset: tf.data.Dataset, mc_passes: int = 0,

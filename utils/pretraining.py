@@ -1,7 +1,7 @@
 """The pretraining job of ``active_learning_train.py --self-supervised simclr``:
 every window of the record folders given to ``--data``, at every
 magnification, through :mod:`utils.simclr`, for ``--epochs`` epochs, on the
-devices of ``--devices`` (the strategy code of fine-tuning), from the
+devices of ``--devices`` (the same ``tf.distribute`` code as fine-tuning), from the
 backbone weights ``--backbone-weights`` names (``none``: from scratch).
 
 Records are read by byte offset in a fresh random order every pass, so an
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from utils.cli import prepare_output
 from utils.config import Config
-from utils.devices import describe, training_strategy
+from utils.devices import describe, distribution_over
 from utils.errors import InputError
 from utils.io import atomic_write_arrays, atomic_write_json, read_arrays
 from utils.learners import RoundTimeEstimate, new_optimizer
@@ -54,9 +54,9 @@ def run_pretraining(options: TrainOptions, config: Config) -> list[dict[str, Any
     steps = windows // options.batch_size
     if steps == 0:
         raise InputError(f"{windows} windows are fewer than one batch of --batch-size {options.batch_size}")
-    strategy = training_strategy(options.devices)
-    info(describe(strategy, options.batch_size))
-    with strategy.scope():
+    distribution = distribution_over(options.devices)
+    info(describe(distribution, options.batch_size))
+    with distribution.scope():
         backbone = build_backbone(options.spec.backbone, config.tile_size, options.backbone_weights_source,
                                   "backbone")
         encoder = keras.Sequential([keras.Input((config.tile_size, config.tile_size, 3)),

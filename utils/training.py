@@ -48,7 +48,7 @@ from utils.batch_norm import adapt_batch_norm, batch_norm_layers
 from utils.cli import prepare_output
 from utils.config import Config
 from utils.data_split import SPLITS
-from utils.devices import describe, device_names, training_strategy
+from utils.devices import describe, device_names, distribution_over
 from utils.errors import InputError, ModelError
 from utils.io import atomic_write_json, read_csv, write_table
 from utils.learners import Learner, make_learner, steps_per_epoch
@@ -227,17 +227,17 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
     backbone_weights = None if state or options.weights else options.backbone_weights_source
-    strategy = training_strategy(options.devices)
-    info(describe(strategy, options.batch_size))
-    with strategy.scope():
+    distribution = distribution_over(options.devices)
+    info(describe(distribution, options.batch_size))
+    with distribution.scope():
         model = build_model(config, options.spec, backbone_weights, options.freeze_backbone)
     resumed = state is not None
     if resumed:
         model.set_weights(load_model(out / "model.keras").get_weights())
         info(f"resuming {out} at round {state.round + 1} with {len(state.labelled)} labelled tiles")
-        if state.devices and len(state.devices) != strategy.num_replicas_in_sync:
+        if state.devices and len(state.devices) != distribution.num_replicas_in_sync:
             info(f"its earlier rounds ran on {len(state.devices)} replica(s) ({', '.join(state.devices)}), this "
-                 f"one on {strategy.num_replicas_in_sync}: the global batch stays --batch-size "
+                 f"one on {distribution.num_replicas_in_sync}: the global batch stays --batch-size "
                  f"{options.batch_size}, so the rounds fit the same way up to floating-point order and dropout")
     else:
         load_source_weights(model, options)
@@ -248,8 +248,8 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
         elif not options.weights:
             standardize_on_pool(model, data, options)
     check_the_pool_lasts(options, data, state)
-    state.devices = device_names(strategy) or ["default"]
-    learner = make_learner(model, data, options, strategy, resumed)
+    state.devices = device_names(distribution) or ["default"]
+    learner = make_learner(model, data, options, distribution, resumed)
     if state.round == -1 and options.weights and not state.rows:
         state.rows.append(evaluate_source(learner, data))
     atomic_write_json(out / "config.json", {**model_metadata(options, config), "options": asdict(options)})
