@@ -22,7 +22,6 @@ reuses what is done (extraction shards, finished rounds, finished maps).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -34,8 +33,8 @@ import active_learning_inference
 import active_learning_train
 import tfrecord_generator
 from utils.config import load_config
+from utils.run_files import SavedRound, read_rounds
 from utils.synthetic import SOURCE_STAIN, TARGET_STAIN, make_slide, random_layout, truth_grid
-from utils.io import read_csv
 
 SIZES = {
     # slides per domain, slide side (px), tile size (px), epochs of the source fit and of each
@@ -100,30 +99,30 @@ def main(argv: list[str] | None = None) -> int:
     source_run = root / "runs" / "source"
     run("training the source-domain model", active_learning_train.main,
         ["--data", str(root / "tiles" / "source"), "--output", str(source_run), "--rounds", "0",
-         "--initial", "200", "--epochs", str(size["source_epochs"]), "--no-augment", *common, *(["--resume"] if (source_run / "state.json").exists() else [])])
+         "--initial", "200", "--epochs", str(size["source_epochs"]), "--no-augment", *common, *(["--resume"] if SavedRound.read(source_run) else [])])
 
     target_run = root / "runs" / "target"
     run("adapting it to the target domain with active learning", active_learning_train.main,
         ["--data", str(root / "tiles" / "target"), "--output", str(target_run),
          "--weights", str(source_run / "model.keras"), "--strategy", args.strategy,
          "--rounds", str(size["rounds"]), "--initial", str(size["initial"]), "--budget", str(size["budget"]),
-         "--epochs", str(size["epochs"]), *common, *(["--resume"] if (target_run / "state.json").exists() else [])])
+         "--epochs", str(size["epochs"]), *common, *(["--resume"] if SavedRound.read(target_run) else [])])
 
     maps = root / "maps"
     run("mapping a held-out target slide", active_learning_inference.main,
         ["--slides", str(held_out), "--model", str(target_run / "model.keras"), "--output", str(maps),
          "--batch-size", "128"])
 
-    rounds = read_csv(target_run / "rounds.csv")
-    best = json.loads((target_run / "state.json").read_text())["best"]["round"]
-    kept = next(r for r in rounds if int(r["round"]) == best)
+    rounds = read_rounds(target_run)
+    best = SavedRound.read(target_run).kept
+    kept = next(r for r in rounds if r.round == best)
     accuracy = map_accuracy(maps / held_out_stem, held_out_regions, size["side"], size["tile"])
     print("\n== results")
-    print(f"source model on the target test slides: macro F1 {float(rounds[0]['test_macro_f1']):.3f}")
+    print(f"source model on the target test slides: macro F1 {rounds[0].test_macro_f1:.3f}")
     print("after active learning, test macro F1 by round: "
-          + ", ".join(f"{r['labelled']} labels {float(r['test_macro_f1']):.3f}" for r in rounds[1:]))
-    print(f"model kept (best validation F1): round {best}, {kept['labelled']} target labels, "
-          f"test macro F1 {float(kept['test_macro_f1']):.3f}")
+          + ", ".join(f"{r.labelled} labels {r.test_macro_f1:.3f}" for r in rounds[1:]))
+    print(f"model kept (best validation F1): round {best}, {kept.labelled} target labels, "
+          f"test macro F1 {kept.test_macro_f1:.3f}")
     print(f"held-out target slide, tissue cells of the map matching the known regions: {100 * accuracy:.1f}%")
     print(f"tissue map:     {maps / held_out_stem / 'tissue_map_legend.png'}")
     print(f"overlay:        {maps / held_out_stem / 'overlay.png'}")

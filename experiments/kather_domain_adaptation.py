@@ -72,6 +72,7 @@ from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import read_csv  # noqa: E402
+from utils.run_files import RoundRow, SavedRound, finished, read_rounds  # noqa: E402
 from utils.summaries import ShardSummary  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
@@ -406,7 +407,7 @@ def train_source_model(args: argparse.Namespace, out: Path, name: str = "source_
     """The source-lab model (the paper's pre-trained network), trained from
     scratch into ``out/name``, with the training flags ``extra`` besides."""
     run = out / name
-    if not (run / "state.json").exists():
+    if SavedRound.read(run) is None:
         run_script("active_learning_train.py", [
             "--data", str(out / "records" / "source"), "--output", str(run), "--resume",
             "--split", str(out / "staged" / "source_split.json"), "--rounds", "0", "--initial", "1000000",
@@ -439,8 +440,7 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
     scores the source model only. A run that has reached ``rounds`` is not
     started again."""
     run = out / shift / mode / (name or strategy) / f"seed_{seed}"
-    state = run / "state.json"
-    if state.exists() and json.loads(state.read_text())["round"] >= rounds:
+    if finished(run, rounds):
         return
     if strategy == CEILING:  # everything labelled from round 0, re-fitted every round
         schedule = ["--strategy", "random", "--initial", "1000000", "--budget", "0"]
@@ -459,10 +459,11 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
 
 
 # -- results ----------------------------------------------------------------------------
-def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[analysis.Curve, list[dict[str, str]]]:
-    rows = [r for r in read_csv(run / "rounds.csv") if int(r["round"]) >= 0]
-    return (analysis.Curve(np.array([int(r["labelled"]) / pool for r in rows]),
-                           np.array([float(r[column]) for r in rows])), rows)
+def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[analysis.Curve, list[RoundRow]]:
+    """A run's curve of ``column`` (a :class:`RoundRow` score) against the labelled fraction of the pool, and its rows."""
+    rows = read_rounds(run, fitted_only=True)
+    return (analysis.Curve(np.array([r.labelled / pool for r in rows]),
+                           np.array([getattr(r, column) for r in rows])), rows)
 
 
 def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int, baseline: str = "random",
@@ -474,15 +475,15 @@ def summarise(folder: Path, seeds: dict[str, int], ceiling_seeds: int, pool: int
     are rows of the same table."""
     ceiling_f1, ceiling_steps, source_f1 = [], [], []
     for seed in range(ceiling_seeds):
-        rows = read_csv(folder / ceiling / f"seed_{seed}" / "rounds.csv")
-        kept = max((r for r in rows if int(r["round"]) >= 0), key=lambda r: float(r["val_macro_f1"]))
-        ceiling_f1.append(float(kept["test_macro_f1"]))
-        ceiling_steps.append(sum(int(r["steps"]) for r in rows))
-        source_f1.append(float(rows[0]["test_macro_f1"]))
+        rows = read_rounds(folder / ceiling / f"seed_{seed}")
+        kept = max((r for r in rows if r.round >= 0), key=lambda r: r.val_macro_f1)
+        ceiling_f1.append(kept.test_macro_f1)
+        ceiling_steps.append(sum(r.steps for r in rows))
+        source_f1.append(rows[0].test_macro_f1)
     ceiling_mean = float(np.mean(ceiling_f1))
     curves = {s: [read_curve(folder / s / f"seed_{k}", pool) for k in range(n)] for s, n in seeds.items()}
     curves.update({name: [(curve, []) for curve in anchor_curves] for name, anchor_curves in (anchors or {}).items()})
-    al_steps = max(sum(int(r["steps"]) for r in rows) for runs in curves.values() for _, rows in runs)
+    al_steps = max(sum(r.steps for r in rows) for runs in curves.values() for _, rows in runs)
     table = {}
     for strategy, runs in curves.items():
         stay = np.array([analysis.labels_to_stay(c, ceiling_mean - 0.01) for c, _ in runs])
@@ -588,11 +589,11 @@ def class_counts_plot(folder: Path, seeds: dict[str, int], path: Path, rounds: i
     axes = fig.subplots(1, len(seeds), squeeze=False, sharey=True)
     names = load_config(ROOT / "experiments" / "kather.yaml").class_names
     for ax, (strategy, count) in zip(axes[0], seeds.items()):
-        runs = [[r for r in read_csv(folder / strategy / f"seed_{k}" / "rounds.csv") if 0 <= int(r["round"]) < rounds]
+        runs = [[r for r in read_rounds(folder / strategy / f"seed_{k}", fitted_only=True) if r.round < rounds]
                 for k in range(count)]
-        labelled = np.mean([[int(r["labelled"]) for r in rows] for rows in runs], axis=0)
+        labelled = np.mean([[r.labelled for r in rows] for rows in runs], axis=0)
         for name in names:
-            ax.plot(labelled, np.mean([[int(r[f"labelled_{name}"]) for r in rows] for rows in runs], axis=0),
+            ax.plot(labelled, np.mean([[r.labelled_per_class[name] for r in rows] for rows in runs], axis=0),
                     marker=".", label=name)
         ax.set_title(f"{strategy} ({count} seeds)", fontsize=9)
         ax.set_xlabel("labelled tiles")

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import analysis  # noqa: E402
 from experiments import kather_domain_adaptation as base  # noqa: E402
-from utils.io import read_csv  # noqa: E402
+from utils.run_files import SavedRound, read_rounds  # noqa: E402
 
 #: Labelled fractions of the pool measured after the initial set (those of the table among them).
 FRACTIONS = (0.02, 0.05, 0.10, 0.20, 0.25, 0.50, 1.0)
@@ -189,7 +190,7 @@ def check_the_stages_ran(args: argparse.Namespace) -> None:
     needed += [out / base.HARD / "full" / zero_label_name(kind) / f"seed_{k}" for kind in PRESETS for k in seeds]
     needed += [out / lab / "full" / zero_label_name(batch_norm_kind(recipe), adapt) / f"seed_{k}"
                for lab in args.labs for recipe in "ab" for adapt in (False, True) for k in seeds]
-    missing = [path for path in needed if not (path / "state.json").exists()]
+    missing = [path for path in needed if SavedRound.read(path) is None]
     if missing:
         sys.exit(f"error: --report-only: {len(missing)} source model(s) or zero-label run(s) have not finished, "
                  f"e.g. {missing[0]}; run without --report-only first")
@@ -199,8 +200,8 @@ def finished_seeds(folder: Path, names: list[str], rounds: int, seeds: int) -> i
     """How many of the first ``seeds`` seeds have every run of ``names`` in
     ``folder`` finished all ``rounds``."""
     def finished(name: str, seed: int) -> bool:
-        state = folder / folder_name(name) / f"seed_{seed}" / "state.json"
-        return state.exists() and json.loads(state.read_text())["round"] == rounds
+        saved = SavedRound.read(folder / folder_name(name) / f"seed_{seed}")
+        return saved is not None and saved.round == rounds
     return next((k for k in range(seeds) if not all(finished(name, k) for name in names)), seeds)
 
 
@@ -217,8 +218,8 @@ def zero_label_scores(args: argparse.Namespace, out: Path, kind: str, source: Pa
     test splits before any label (a ``--rounds -1`` run)."""
     name = zero_label_name(kind)
     base.target_run(args, out, source, 1, -1, base.HARD, "full", "random", seed, name=name)
-    first = read_csv(out / base.HARD / "full" / name / f"seed_{seed}" / "rounds.csv")[0]
-    return {"val": float(first["val_macro_f1"]), "test": float(first["test_macro_f1"])}
+    first = read_rounds(out / base.HARD / "full" / name / f"seed_{seed}")[0]
+    return {"val": first.val_macro_f1, "test": first.test_macro_f1}
 
 
 def over_seeds(scores: list[dict[str, float]]) -> dict[str, float | list[float]]:
@@ -242,7 +243,7 @@ def batch_norm_score(args: argparse.Namespace, out: Path, recipe: str, source: P
     name = zero_label_name(batch_norm_kind(recipe), adapt)
     base.target_run(base.with_backbone(args, BN_BACKBONE), out, source, 1, -1, lab, "full", "random", seed,
                     ("--adapt-bn",) if adapt else (), name)
-    return float(read_csv(out / lab / "full" / name / f"seed_{seed}" / "rounds.csv")[0]["test_macro_f1"])
+    return read_rounds(out / lab / "full" / name / f"seed_{seed}")[0].test_macro_f1
 
 
 def batch_norm_recipe(args: argparse.Namespace, out: Path, recipe: str, preset: str | None,
@@ -313,16 +314,16 @@ def summary(folder: Path, seeds: int, pool: int, strategies: list[str], recipes:
     result["table"] = {names.get(k, k): v for k, v in result["table"].items()}
     result["curves"] = {names.get(k, k): v for k, v in result["curves"].items()}
     for short, name in names.items():
-        rows = [read_csv(folder / short / f"seed_{k}" / "rounds.csv") for k in range(seeds)]
+        zero_label = [read_rounds(folder / short / f"seed_{k}")[0] for k in range(seeds)]
+        rows = [read_rounds(folder / short / f"seed_{k}", fitted_only=True) for k in range(seeds)]
         entry = result["table"][name]
-        entry["zero_label_f1"] = float(np.mean([float(r[0]["test_macro_f1"]) for r in rows]))
-        used = [float(row["pseudo_labelled"]) for r in rows for row in r if int(row["round"]) >= 0]
-        right = [float(row["pseudo_accuracy"]) for r in rows for row in r
-                 if int(row["round"]) >= 0 and row["pseudo_accuracy"] not in ("", None)]
+        entry["zero_label_f1"] = float(np.mean([r.test_macro_f1 for r in zero_label]))
+        used = [float(row.pseudo_labelled) for r in rows for row in r]
+        right = [row.pseudo_accuracy for r in rows for row in r if not math.isnan(row.pseudo_accuracy)]
         entry["pool_used_per_round"] = float(np.mean(used)) if used else 0.0
         entry["pool_accuracy"] = float(np.mean(right)) if right else float("nan")
-        measured = np.array([[float(row["test_macro_f1"]) for row in r if int(row["round"]) >= 0] for r in rows])
-        entry["fractions"] = [int(row["labelled"]) / pool for row in rows[0] if int(row["round"]) >= 0]
+        measured = np.array([[row.test_macro_f1 for row in r] for r in rows])
+        entry["fractions"] = [row.labelled / pool for row in rows[0]]
         entry["f1"], entry["f1_sd"] = measured.mean(0).tolist(), measured.std(0).tolist()
     for name, (recipe, strategy) in runs(strategies, recipes).items():
         shared = f"{base_recipe(recipe)} {strategy}"
@@ -341,9 +342,10 @@ def base_recipe(recipe: str) -> str:
 def kept_scores(run: Path, seeds: int) -> dict[str, float]:
     """Validation and test macro F1 of the round kept by validation F1 in
     ``run/seed_<k>``, mean over the seeds."""
-    kept = [max((r for r in read_csv(run / f"seed_{k}" / "rounds.csv") if int(r["round"]) >= 0),
-                key=lambda r: float(r["val_macro_f1"])) for k in range(seeds)]
-    return {key: float(np.mean([float(r[f"{key}_macro_f1"]) for r in kept])) for key in ("val", "test")}
+    kept = [max(read_rounds(run / f"seed_{k}", fitted_only=True), key=lambda r: r.val_macro_f1)
+            for k in range(seeds)]
+    return {"val": float(np.mean([r.val_macro_f1 for r in kept])),
+            "test": float(np.mean([r.test_macro_f1 for r in kept]))}
 
 
 def write_report(out: Path, results: dict, pool: int) -> None:

@@ -62,10 +62,10 @@ sys.path.insert(0, str(ROOT))
 from experiments import analysis, anchor  # noqa: E402
 from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, apply_quick,  # noqa: E402
                                                   growing_budgets, paired_difference, pool_class_counts,
-                                                  prepare_labs, run_script, strategy_flags, train_source_model,
-                                                  with_backbone)
+                                                  prepare_labs, read_curve, run_script, strategy_flags,
+                                                  train_source_model, with_backbone)
 from utils import plots  # noqa: E402
-from utils.io import read_csv  # noqa: E402
+from utils.run_files import finished, read_rounds  # noqa: E402
 
 LABS = (HARD, UNMODELLED)
 #: Labelled fractions of the pool measured after the initial set.
@@ -175,8 +175,7 @@ def texture_run(args: argparse.Namespace, out: Path, sources: list[Path], cnn_so
             sys.exit(f"error: {run} was fitted with --head-from {kept.get('head_from', 'last')} --patience "
                      f"{kept['patience']}, not the {args.head_recipe} recipe's: pass its --head-recipe, or "
                      f"another --output")
-    state = run / "state.json"
-    if state.exists() and json.loads(state.read_text())["round"] >= rounds:
+    if finished(run, rounds):
         return
     if source in SIMCLR:
         model = ["--backbone", SIMCLR[source], "--backbone-weights", str(pretrained)]
@@ -208,16 +207,13 @@ def summarise(args: argparse.Namespace, out: Path, lab: str, pool: int) -> dict:
     arms: dict[str, dict[str, list[analysis.Curve]]] = {}
     zero_label = []
     for seed in range(args.seeds):
-        first = read_csv(run_folder(out, lab, "source", "random", seed) / "rounds.csv")[0]
-        zero_label.append({split: float(first[f"{split}_macro_f1"]) for split in ("val", "test")})
+        first = read_rounds(run_folder(out, lab, "source", "random", seed))[0]
+        zero_label.append({"val": first.val_macro_f1, "test": first.test_macro_f1})
         for name in ARMS:
             for strategy in STRATEGIES:
-                rows = [r for r in read_csv(run_folder(out, lab, name, strategy, seed) / "rounds.csv")
-                        if int(r["round"]) >= 0]
-                fractions = np.array([int(r["labelled"]) / pool for r in rows])
                 for split in ("val", "test"):
-                    arms.setdefault(arm_name(name, strategy), {}).setdefault(split, []).append(
-                        analysis.Curve(fractions, np.array([float(r[f"{split}_macro_f1"]) for r in rows])))
+                    curve, _ = read_curve(run_folder(out, lab, name, strategy, seed), pool, f"{split}_macro_f1")
+                    arms.setdefault(arm_name(name, strategy), {}).setdefault(split, []).append(curve)
     arms.update(anchor.curves_for(out, lab, [run_folder(out, lab, "no source", "random", seed)
                                              for seed in range(args.seeds)], pool, int(args.tile_size)))
     table = {}

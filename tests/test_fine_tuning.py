@@ -16,10 +16,12 @@ import active_learning_train
 import tfrecord_generator
 from utils.batch_norm import batch_norm_layers
 from utils.config import load_config
+from utils.errors import InputError
 from utils.io import read_csv
 from utils.model import build_model, load_model
 from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files
+from utils.run_files import SavedRound, finished, read_rounds
 from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
 
 TILE = 32
@@ -195,6 +197,18 @@ def test_missing_classes_are_said_and_strict_stops(cohort, tmp_path, capsys):
         json.loads((run / name).read_text(), parse_constant=refuse)
     rounds = read_csv(run / "rounds.csv")
     assert rounds[0]["test_f1_background"] == "" and "nan" not in (run / "rounds.csv").read_text().lower()
+    # The typed reader of the demo and the experiments agrees with the csv module, column by column.
+    typed, state = read_rounds(run)[0], json.loads((run / "state.json").read_text())
+    assert np.isnan(typed.test_f1_per_class["background"]) and typed.round == int(rounds[0]["round"]) == 0
+    assert typed.test_macro_f1 == float(rounds[0]["test_macro_f1"]) and typed.steps == int(rounds[0]["steps"])
+    assert typed.labelled_per_class == {k[len("labelled_"):]: int(v) for k, v in rounds[0].items()
+                                        if k.startswith("labelled_")}
+    assert typed.labelled == sum(typed.labelled_per_class.values()) == int(rounds[0]["labelled"])
+    assert SavedRound.read(run) == SavedRound(state["round"], state["best"]["round"]) and finished(run, 0)
+    assert not finished(run, 1) and SavedRound.read(tmp_path / "strict") is None
+    (run / "rounds.csv").write_text("round,labelled\n0,3\n")
+    with pytest.raises(InputError, match="not a rounds.csv"):
+        read_rounds(run)
 
 
 def test_annotation_mode_records_the_round_of_every_label(cohort, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 
 from utils.io import atomic_write_csv, atomic_write_json, read_csv, write_table
 from utils.records import RecordIndex
+from utils.run_files import ROUNDS_FILE, STATE_FILE
 from utils.training_data import TrainingData
 
 
@@ -51,7 +52,7 @@ class RunState:
         """The state after the last finished round, or None when there is none.
         A run killed after writing labelled.csv but before state.json must not
         count a round twice, so only rows up to the saved round are taken."""
-        path = folder / "state.json"
+        path = folder / STATE_FILE
         if not path.exists():
             return None
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -75,8 +76,8 @@ class RunState:
         atomic_write_csv(folder / "labelled.csv", ["slide", "x", "y", "label", "round"],
                          ([index.slide[i], index.x[i], index.y[i], index.label[i], self.added.get(int(i), 0)]
                           for i in self.labelled))
-        write_table(folder / "rounds.csv", self.rows)
-        atomic_write_json(folder / "state.json", {
+        write_table(folder / ROUNDS_FILE, self.rows)
+        atomic_write_json(folder / STATE_FILE, {
             "round": self.round, "best_model": "model.keras", "best": self.best, "rows": self.rows,
             "history": self.history, "rng": self.rng.bit_generator.state, "devices": self.devices,
             "misclassified": np.asarray(self.misclassified).tolist()})

@@ -58,6 +58,7 @@ from utils.pseudo_labels import PoolUse, PseudoLabels, pseudo_label
 from utils.queries import Selection, query, write_queries
 from utils.qupath import classes_new_to_qupath, qupath_class_name
 from utils.records import triplet_dataset
+from utils.run_files import ROUNDS_FILE, SavedRound
 from utils.run_state import RunState
 from utils.texture import fit_standardization
 from utils.train_options import TrainOptions
@@ -223,7 +224,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     if state and state.round == -1 and options.rounds >= 0:
         raise InputError(f"{out} holds a zero-label score (--rounds -1), not a fine-tuning run: fine-tune into "
                          f"another --output, with --weights {out / 'model.keras'} to start from its model")
-    if state is None and (out / "rounds.csv").exists() and not options.resume:
+    if state is None and (out / ROUNDS_FILE).exists() and not options.resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     # Saved weights replace the backbone's: downloading ImageNet ones would be wasted (or fail offline).
     backbone_weights = None if state or options.weights else options.backbone_weights_source
@@ -410,7 +411,7 @@ def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
         out = options.output / f"repeat_{k}"
         repeat = replace(options, output=out, seed=options.seed + k,
                          data_seed=options.seed if options.repeats_share_data else None,
-                         resume=options.resume and (out / "state.json").exists())
+                         resume=options.resume and SavedRound.read(out) is not None)
         state = run_training(repeat, config)
         kept = next(row for row in state.rows if row["round"] == state.best["round"])
         results.append({"repeat": k, "seed": repeat.seed, "kept_round": kept["round"], "labelled": kept["labelled"],
@@ -467,10 +468,10 @@ def _other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
     """Rows of earlier runs to draw beside this one, labelled by folder and strategy."""
     runs = {}
     for folder in folders:
-        if not (folder / "rounds.csv").exists():
-            raise InputError(f"{folder}: no rounds.csv to compare with")
+        if not (folder / ROUNDS_FILE).exists():
+            raise InputError(f"{folder}: no {ROUNDS_FILE} to compare with")
         strategy = json.loads((folder / "config.json").read_text())["options"]["strategy"]
-        runs[f"{folder.name} ({strategy})"] = read_csv(folder / "rounds.csv")
+        runs[f"{folder.name} ({strategy})"] = read_csv(folder / ROUNDS_FILE)
     return runs
 
 
