@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import tfrecord_generator
+from utils.log import DEBUG_VARIABLE, QUIET_VARIABLE
 from utils.setup import setup_process
 from utils.synthetic import SyntheticRegion, make_slide, random_layout, rectangle
 
@@ -28,6 +29,15 @@ def process_settings() -> None:
     """The process-wide settings that each script's main makes (utils.setup),
     also for tests that call into utils directly."""
     setup_process()
+
+
+@pytest.fixture(autouse=True)
+def messages_as_set_by_each_test(monkeypatch) -> None:
+    """A script run in-process with --quiet or --debug keeps its choice in the
+    environment for the workers it starts (utils.log); the next test starts
+    without it, whichever test ran before it."""
+    for variable in (QUIET_VARIABLE, DEBUG_VARIABLE):
+        monkeypatch.delenv(variable, raising=False)
 
 
 def shared_file(*parts: str) -> Path:

@@ -229,14 +229,14 @@ def test_a_finished_run_of_another_head_recipe_stops_the_texture_experiment(tmp_
     run = kather_texture.run_folder(tmp_path, experiment.HARD, "no source", "random", 0)
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"options": {"patience": 8}}))  # written before --head-from
-    (run / "state.json").write_text(json.dumps({"round": 6}))
+    (run / "state.json").write_text(json.dumps({"round": 6, "best": {"round": 6}}))
     job = (args, tmp_path, [], [], tmp_path / "none.h5", [1] * 6, 6, experiment.HARD, "no source", "random", 0)
     with pytest.raises(SystemExit, match="--head-from last --patience 8, not the refit recipe's"):
         kather_texture.texture_run(*job)
     args.head_recipe = "early"
     kather_texture.texture_run(*job)
     assert started == [], "finished with the early recipe: skipped"
-    (run / "state.json").write_text(json.dumps({"round": 3}))
+    (run / "state.json").write_text(json.dumps({"round": 3, "best": {"round": 3}}))
     kather_texture.texture_run(*job)
     flags = started[0]
     assert flags[flags.index("--head-from") + 1] == "last" and flags[flags.index("--patience") + 1] == "8"
