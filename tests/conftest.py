@@ -18,10 +18,28 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TILE = 64
 #: Tile size of the records that training tests share (:func:`tiles`).
 RECORD_TILE = 32
+#: The suite runs on two workers (pytest-xdist, pytest.ini). Tests that keep
+#: both cores busy on their own (two replicas in one process, experiments of
+#: two parallel runs) slow each other down threefold when they overlap, so
+#: these run one after another on one worker (:func:`pytest_xdist_make_scheduler`).
+BUSY_TESTS = ("tests/test_devices.py::", "tests/test_experiment.py::test_the_experiment_runs_every_stage",
+              "tests/test_experiment.py::test_the_recipes_experiment_runs_every_stage")
 #: A training run of a few seconds: small backbone, small head, few tiles.
 FAST = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32", "--optimizer", "adam",
         "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "32", "--initial", "20", "--budget", "40",
         "--slide-class-cap", "60", "--eval-cap", "40"]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Tests spread one at a time over the workers as each frees up, except
+    :data:`BUSY_TESTS`, which go together to one worker, first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BusyTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "busy" if nodeid.startswith(BUSY_TESTS) else nodeid
+
+    return BusyTestsTogether(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
