@@ -460,7 +460,8 @@ def target_run(args: argparse.Namespace, out: Path, source_model: Path, budget: 
 
 # -- results ----------------------------------------------------------------------------
 def read_curve(run: Path, pool: int, column: str = "test_macro_f1") -> tuple[analysis.Curve, list[RoundRow]]:
-    """A run's curve of ``column`` (a :class:`RoundRow` score) against the labelled fraction of the pool, and its rows."""
+    """A run's curve of ``column`` (a :class:`RoundRow` score) against the
+    labelled fraction of the pool, and its rows."""
     rows = read_rounds(run, fitted_only=True)
     return (analysis.Curve(np.array([r.labelled / pool for r in rows]),
                            np.array([getattr(r, column) for r in rows])), rows)
