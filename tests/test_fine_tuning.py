@@ -206,6 +206,11 @@ def test_missing_classes_are_said_and_strict_stops(cohort, tmp_path, capsys):
     assert typed.labelled == sum(typed.labelled_per_class.values()) == int(rounds[0]["labelled"])
     assert SavedRound.read(run) == SavedRound(state["round"], state["best"]["round"]) and finished(run, 0)
     assert not finished(run, 1) and SavedRound.read(tmp_path / "strict") is None
+    lines = (run / "rounds.csv").read_text().splitlines()  # as written before the pool was used: no pseudo columns
+    kept = [k for k, name in enumerate(lines[0].split(",")) if not name.startswith("pseudo_")]
+    (run / "rounds.csv").write_text("".join(",".join(line.split(",")[k] for k in kept) + "\n" for line in lines))
+    older = read_rounds(run)[0]
+    assert older.pseudo_labelled == 0 and np.isnan(older.pseudo_accuracy) and older.test_macro_f1 == typed.test_macro_f1
     (run / "rounds.csv").write_text("round,labelled\n0,3\n")
     with pytest.raises(InputError, match="not a rounds.csv"):
         read_rounds(run)

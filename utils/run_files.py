@@ -51,7 +51,9 @@ class RoundRow:
 
         return cls(round=int(row["round"]), labelled=int(row["labelled"]),
                    labelled_per_class=per_class("labelled_", int),
-                   pseudo_labelled=int(row["pseudo_labelled"]), pseudo_accuracy=_number(row["pseudo_accuracy"]),
+                   # Files from before the pool was used have no pseudo-label columns: no tile of it was used.
+                   pseudo_labelled=int(row.get("pseudo_labelled", 0)),
+                   pseudo_accuracy=_number(row.get("pseudo_accuracy")),
                    val_macro_f1=_number(row["val_macro_f1"]), val_loss=_number(row["val_loss"]),
                    test_macro_f1=_number(row["test_macro_f1"]), test_f1_per_class=per_class("test_f1_", _number),
                    epochs=int(row["epochs"]), steps=int(row["steps"]), seconds=_number(row["seconds"]))
