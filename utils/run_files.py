@@ -1,9 +1,10 @@
 """The files a training run leaves after each round, read back as types.
 
 :class:`utils.run_state.RunState` writes ``rounds.csv`` and ``state.json``;
-whatever reads them afterwards (the demo, the experiments, ``--compare``)
-reads them here, so that a column is parsed in one place and a renamed one
-fails here with its name rather than as a ``KeyError`` deep in a report.
+the demo and the experiments read them back here, so that a column is
+parsed in one place and a missing one fails here, naming the file, rather
+than as a ``KeyError`` deep in a report. (``--compare`` still hands the
+plot its rows as read by the csv module.)
 This module stays free of TensorFlow: reports read many runs.
 """
 

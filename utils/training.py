@@ -58,7 +58,7 @@ from utils.pseudo_labels import PoolUse, PseudoLabels, pseudo_label
 from utils.queries import Selection, query, write_queries
 from utils.qupath import classes_new_to_qupath, qupath_class_name
 from utils.records import triplet_dataset
-from utils.run_files import ROUNDS_FILE, SavedRound
+from utils.run_files import ROUNDS_FILE, STATE_FILE
 from utils.run_state import RunState
 from utils.texture import fit_standardization
 from utils.train_options import TrainOptions
@@ -411,7 +411,7 @@ def run_repeats(options: TrainOptions, config: Config) -> list[dict[str, Any]]:
         out = options.output / f"repeat_{k}"
         repeat = replace(options, output=out, seed=options.seed + k,
                          data_seed=options.seed if options.repeats_share_data else None,
-                         resume=options.resume and SavedRound.read(out) is not None)
+                         resume=options.resume and (out / STATE_FILE).exists())
         state = run_training(repeat, config)
         kept = next(row for row in state.rows if row["round"] == state.best["round"])
         results.append({"repeat": k, "seed": repeat.seed, "kept_round": kept["round"], "labelled": kept["labelled"],
