@@ -53,7 +53,6 @@ import copy
 import json
 import math
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import analysis, anchor  # noqa: E402
+from experiments.script_runs import run_script  # noqa: E402
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
@@ -384,15 +384,6 @@ def extract(args: argparse.Namespace, out: Path, domain: Path) -> None:
                                          "--tile-size", args.tile_size],
                out / "logs" / f"extract_{domain.name}.txt")
     (records / "done.json").write_text("{}")
-
-
-def run_script(script: str, argv: list[str], log: Path) -> None:
-    """One of the project's scripts in a fresh process, its output in ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
-        code = subprocess.call([sys.executable, str(ROOT / script), *argv], stdout=handle, stderr=subprocess.STDOUT)
-    if code != 0:
-        sys.exit(f"error: {script} failed (exit {code}); see {log}")
 
 
 def with_backbone(args: argparse.Namespace, backbone: str) -> argparse.Namespace:

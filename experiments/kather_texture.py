@@ -62,8 +62,9 @@ sys.path.insert(0, str(ROOT))
 from experiments import analysis, anchor  # noqa: E402
 from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_arguments, apply_quick,  # noqa: E402
                                                   growing_budgets, paired_difference, pool_class_counts,
-                                                  prepare_labs, read_curve, run_script, strategy_flags,
+                                                  prepare_labs, read_curve, strategy_flags,
                                                   train_source_model, with_backbone)
+from experiments.script_runs import run_script  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.run_files import finished, read_rounds  # noqa: E402
 
