@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     options, config = resolve(parse_args(argv))
     setup_process()
     # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
-    from utils.training import run_repeats, run_training, test_set_scores
+    from utils.evaluation import test_set_scores
+    from utils.repeats import run_repeats
+    from utils.training import run_training
 
     if options.self_supervised == "simclr":
         from utils.pretraining import run_pretraining

@@ -125,7 +125,7 @@ def test_adapt_bn_reads_the_pool_in_shuffled_batches_so_its_variance_spans_the_c
     variances missed the variance between classes. Now the first batch norm's
     moving variance is close to its input's variance over the whole sample,
     and well above what stored-order batches give."""
-    from utils import training
+    from utils import source_model
     from utils.training_data import TrainingData
 
     config = load_config(tile_size=RECORD_TILE)
@@ -133,11 +133,11 @@ def test_adapt_bn_reads_the_pool_in_shuffled_batches_so_its_variance_spans_the_c
                            batch_size=16, slide_class_cap=0, adapt_bn=True)
     data = TrainingData(options, config, np.random.default_rng(0))
     model = build_model(config, options.spec, None)
-    training.adapt_to_pool(model, data, options)
+    source_model.adapt_to_pool(model, data, options)
     backbone = model.get_layer("backbone_mag_10x")
     first = batch_norm_layers(backbone)[0]
     before_first = keras.Model(backbone.input, first.input)
-    sample = training.pool_sample(data, options.seed)
+    sample = source_model.pool_sample(data, options.seed)
     stored = [before_first(model.get_layer("preprocess_mag_10x")(inputs["mag_10x"])).numpy()
               for inputs, _ in data.dataset(sample)]
     features = np.concatenate(stored)

@@ -290,7 +290,7 @@ def test_small_model_learns_real_kather_textures(tmp_path):
 def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tmp_path):
     from sklearn.metrics import f1_score, log_loss
 
-    from utils import training
+    from utils.evaluation import evaluate
 
     config = load_config(tile_size=TILE)
     run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config,
@@ -305,21 +305,21 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
         def predict(self, ids, mc_passes=0, embeddings=False):
             return {"ids": np.arange(len(truth)), "labels": truth, "probs": self.probs}
 
-    result = training.evaluate(Answers(np.eye(config.num_classes)[guess]), run, np.arange(len(truth)))
+    result = evaluate(Answers(np.eye(config.num_classes)[guess]), run, np.arange(len(truth)))
     assert result["accuracy"] == pytest.approx(6 / 8)
     assert result["macro_f1"] == pytest.approx(f1_score(truth, guess, average="macro"))
     assert np.isnan(result["per_class_f1"][0]), "background is absent: no F1, not 0"
     np.testing.assert_allclose(result["per_class_f1"][1:], f1_score(truth, guess, labels=[1, 2, 3, 4, 5], average=None))
     assert result["misclassified"].tolist() == [0, 1, 0, 1, 0, 0]
     soft = np.random.default_rng(0).dirichlet(np.ones(config.num_classes), size=len(truth)).astype(np.float32)
-    loss = training.evaluate(Answers(soft), run, np.arange(len(truth)))["loss"]
+    loss = evaluate(Answers(soft), run, np.arange(len(truth)))["loss"]
     assert loss == pytest.approx(log_loss(truth, soft.astype(np.float64), labels=range(config.num_classes)), rel=1e-6)
 
 
 def test_the_kept_round_follows_model_selection():
     """F1 and loss can disagree: val_f1 keeps round 1, val_loss (the original
     code's rule) keeps round 2."""
-    from utils.training import improves
+    from utils.evaluation import improves
 
     rounds = [{"macro_f1": 0.50, "loss": 1.00}, {"macro_f1": 0.70, "loss": 0.90}, {"macro_f1": 0.65, "loss": 0.60}]
     for selection, expected in (("val_f1", 1), ("val_loss", 2)):
