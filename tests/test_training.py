@@ -556,6 +556,21 @@ def test_only_the_squares_a_pathologist_classified_become_labels(tmp_path, capsy
     assert labels == expected
 
 
+def test_compare_draws_the_earlier_runs_and_a_folder_without_one_stops_before_any_fit(tiles, one_round, tmp_path,
+                                                                                      capsys):
+    from utils.round_report import other_runs
+
+    expected = [(int(r["labelled"]), float(r["test_macro_f1"])) for r in rows_of(one_round / "rounds.csv")]
+    strategy = json.loads((one_round / "config.json").read_text())["options"]["strategy"]
+    assert other_runs((one_round,)) == {f"run ({strategy})": expected}
+    out = tmp_path / "run"
+    flags = ["--data", str(tiles), "--output", str(out), *FAST, "--rounds", "0", "--compare"]
+    assert active_learning_train.main([*flags, str(tmp_path / "nothing")]) == 2
+    assert "nothing: no rounds.csv" in capsys.readouterr().err and not out.exists()
+    assert active_learning_train.main([*flags, str(one_round)]) == 0
+    assert (out / "learning_curve.png").exists()
+
+
 def test_rounds_that_would_find_the_pool_empty_stop_before_any_fit(tiles, tmp_path, capsys):
     """--initial taking every labelled tile, or a --budget or --budgets that
     empties the pool before the last round, stops with the fix before round 0

@@ -23,16 +23,16 @@ def save(fig: Figure, path: str | Path, dpi: int = 120) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
-def learning_curve(runs: dict[str, list[dict]], path: str | Path, metric: str = "test_macro_f1") -> None:
-    """Macro F1 against labelled tiles, one line per run (e.g. per strategy)."""
+def learning_curve(curves: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
+    """Test macro F1 against labelled tiles, one line per run (e.g. per
+    strategy); each curve is its rounds' (labelled tiles, F1) points."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for name, rows in runs.items():
-        x = [int(r["labelled"]) for r in rows]
-        y = [float(r[metric]) if r[metric] not in ("", None) else np.nan for r in rows]
-        ax.plot(x, y, marker="o", label=name)
+    for name, points in curves.items():
+        labelled, f1 = zip(*points) if points else ((), ())
+        ax.plot(labelled, f1, marker="o", label=name)
     ax.set_xlabel("labelled tiles")
-    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylabel("test macro F1")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()

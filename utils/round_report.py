@@ -14,10 +14,10 @@ import numpy as np
 
 from utils.data_split import SPLITS
 from utils.errors import InputError
-from utils.io import atomic_write_json, read_csv
+from utils.io import atomic_write_json
 from utils.log import info
 from utils.pseudo_labels import PseudoLabels
-from utils.run_files import ROUNDS_FILE
+from utils.run_files import read_rounds
 from utils.run_state import RunState
 from utils.train_options import TrainOptions
 from utils.training_data import TrainingData
@@ -77,12 +77,14 @@ def describe_pseudo_labels(data: TrainingData, pseudo: PseudoLabels, round_numbe
          f"{options.pseudo_threshold} ({per_class}){right}")
 
 
-def other_runs(folders: tuple[Path, ...]) -> dict[str, list[dict]]:
-    """Rows of earlier runs to draw beside this one, labelled by folder and strategy."""
+def other_runs(folders: tuple[Path, ...]) -> dict[str, list[tuple[int, float]]]:
+    """The (labelled tiles, test macro F1) points of earlier runs to draw
+    beside this one, named by folder and query strategy."""
     runs = {}
     for folder in folders:
-        if not (folder / ROUNDS_FILE).exists():
-            raise InputError(f"{folder}: no {ROUNDS_FILE} to compare with")
-        strategy = json.loads((folder / "config.json").read_text())["options"]["strategy"]
-        runs[f"{folder.name} ({strategy})"] = read_csv(folder / ROUNDS_FILE)
+        rows = read_rounds(folder)
+        made = folder / "config.json"
+        strategy = json.loads(made.read_text(encoding="utf-8")).get("options", {}).get("strategy", "?") \
+            if made.exists() else "?"
+        runs[f"{folder.name} ({strategy})"] = [(row.labelled, row.test_macro_f1) for row in rows]
     return runs

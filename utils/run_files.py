@@ -3,8 +3,7 @@
 :class:`utils.run_state.RunState` writes ``rounds.csv`` and ``state.json``;
 the demo and the experiments read them back here, so that a column is
 parsed in one place and a missing one fails here, naming the file, rather
-than as a ``KeyError`` deep in a report. (``--compare`` still hands the
-plot its rows as read by the csv module.)
+than as a ``KeyError`` deep in a report (``--compare`` reads the runs it draws here too).
 This module stays free of TensorFlow: reports read many runs.
 """
 

@@ -112,7 +112,8 @@ def record(options: TrainOptions, data: TrainingData, model: keras.Model, state:
     else:
         model.set_weights(load_model(out / "model.keras").get_weights())
     if options.figures:
-        plots.learning_curve({options.strategy: state.rows, **other_runs(options.compare)},
+        plots.learning_curve({options.strategy: [(row["labelled"], row["test_macro_f1"]) for row in state.rows],
+                             **other_runs(options.compare)},
                              out / "learning_curve.png")
         plots.training_curves(state.history, out / "training_curves.png")
     state.round = round_number
@@ -165,6 +166,7 @@ def run_training(options: TrainOptions, config: Config) -> RunState:
     model), the way the model learns, the rounds, and in annotation mode the
     tiles to label next."""
     out = options.output
+    other_runs(options.compare)  # a --compare folder that holds no run stops here, not after the first fit
     prepare_output(out)
     keras.utils.set_random_seed(options.seed)
     rng = np.random.default_rng(options.draw_seed)
