@@ -26,8 +26,9 @@ from sklearn.preprocessing import StandardScaler
 
 from experiments.analysis import Curve
 from utils.config import load_config, scale_name
-from utils.io import atomic_write_json, read_csv
+from utils.io import atomic_write_json
 from utils.records import RecordIndex, read_index, record_files, triplet_dataset
+from utils.run_files import LABELLED_FILE, read_labelled
 
 #: The anchors, by the name their table rows carry.
 ANCHORS = ("forest", "forest, source + target", "logistic regression")
@@ -58,9 +59,9 @@ def features(records: Path, cache: Path, magnifications: list[float], tile_size:
 def labelled_by_round(run: Path, index: RecordIndex) -> dict[int, np.ndarray]:
     """Record ids labelled up to and including each round of a run (its ``labelled.csv``)."""
     where = {(s, int(x), int(y)): i for i, (s, x, y) in enumerate(zip(index.slide, index.x, index.y))}
-    rows = read_csv(run / "labelled.csv")
-    added = np.array([int(r["round"]) for r in rows])
-    ids = np.array([where[(r["slide"], int(r["x"]), int(r["y"]))] for r in rows])
+    tiles = read_labelled(run)
+    added = np.array([tile.round for tile in tiles])
+    ids = np.array([where[(tile.slide, tile.x, tile.y)] for tile in tiles])
     return {k: np.sort(ids[added <= k]) for k in sorted(set(added.tolist()))}
 
 
@@ -99,7 +100,7 @@ def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int)
     report written again fits nothing."""
     digest = hashlib.sha1(json.dumps([lab, pool, tile_size, FOREST_TREES, ANCHORS]).encode())
     for run in runs:
-        digest.update((run / "labelled.csv").read_bytes())
+        digest.update((run / LABELLED_FILE).read_bytes())
     kept = out / "anchor" / f"curves_{lab}_{digest.hexdigest()[:16]}.json"
     if kept.exists():
         saved = json.loads(kept.read_text())

@@ -71,8 +71,7 @@ from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_s
 from utils import plots  # noqa: E402
 from utils.active_learning import STRATEGIES  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.io import read_csv  # noqa: E402
-from utils.run_files import RoundRow, SavedRound, finished, read_rounds  # noqa: E402
+from utils.run_files import RoundRow, SavedRound, finished, read_labelled, read_rounds  # noqa: E402
 from utils.summaries import ShardSummary  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
@@ -623,9 +622,9 @@ def picks_plot(out: Path, strategies: list[str], path: Path, rounds: int = 3, se
     fig = plots.Figure(figsize=(3.4 * len(strategies), 3.9))
     axes = fig.subplots(1, len(strategies), squeeze=False)
     for ax, strategy in zip(axes[0], strategies):
-        chosen = np.array(sorted(where[(r["slide"], int(r["x"]), int(r["y"]))]
-                                 for r in read_csv(out / HARD / "head" / strategy / f"seed_{seed}" / "labelled.csv")
-                                 if 1 <= int(r["round"]) <= rounds), int)
+        chosen = np.array(sorted(where[(tile.slide, tile.x, tile.y)]
+                                 for tile in read_labelled(out / HARD / "head" / strategy / f"seed_{seed}")
+                                 if 1 <= tile.round <= rounds), int)
         ax.scatter(xy[:, 0], xy[:, 1], s=3, c=colours[labels], alpha=0.25, lw=0)
         ax.scatter(xy[chosen, 0], xy[chosen, 1], s=16, c=colours[labels[chosen]], edgecolors="black", lw=0.5)
         ax.set_title(f"{strategy}: rounds 1-{rounds} ({len(chosen)} tiles)", fontsize=9)

@@ -21,7 +21,7 @@ from utils.io import read_csv
 from utils.model import build_model, load_model
 from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files
-from utils.run_files import SavedRound, finished, read_rounds
+from utils.run_files import SavedRound, finished, read_labelled, read_rounds
 from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
 
 TILE = 32
@@ -206,6 +206,8 @@ def test_missing_classes_are_said_and_strict_stops(cohort, tmp_path, capsys):
     assert typed.labelled == sum(typed.labelled_per_class.values()) == int(rounds[0]["labelled"])
     assert SavedRound.read(run) == SavedRound(state["round"], state["best"]["round"]) and finished(run, 0)
     assert not finished(run, 1) and SavedRound.read(tmp_path / "strict") is None
+    assert [(t.slide, str(t.x), str(t.y), str(t.label), str(t.round)) for t in read_labelled(run)] == \
+        [(r["slide"], r["x"], r["y"], r["label"], r["round"]) for r in read_csv(run / "labelled.csv")] != []
     lines = (run / "rounds.csv").read_text().splitlines()  # as written before the pool was used: no pseudo columns
     kept = [k for k, name in enumerate(lines[0].split(",")) if not name.startswith("pseudo_")]
     (run / "rounds.csv").write_text("".join(",".join(line.split(",")[k] for k in kept) + "\n" for line in lines))

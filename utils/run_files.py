@@ -1,7 +1,7 @@
 """The files a training run leaves after each round, read back as types.
 
-:class:`utils.run_state.RunState` writes ``rounds.csv`` and ``state.json``;
-the demo and the experiments read them back here, so that a column is
+:class:`utils.run_state.RunState` writes ``rounds.csv``, ``labelled.csv``
+and ``state.json``; the run itself, the demo and the experiments read them back here, so that a column is
 parsed in one place and a missing one fails here, naming the file, rather
 than as a ``KeyError`` deep in a report (``--compare`` reads the runs it draws here too).
 This module stays free of TensorFlow: reports read many runs.
@@ -19,6 +19,7 @@ from utils.io import read_csv
 
 ROUNDS_FILE = "rounds.csv"
 STATE_FILE = "state.json"
+LABELLED_FILE = "labelled.csv"
 
 
 def _number(text: str | None) -> float:
@@ -94,3 +95,30 @@ def finished(run: Path, rounds: int) -> bool:
     """Whether ``run`` has finished round ``rounds`` or a later one."""
     saved = SavedRound.read(run)
     return saved is not None and saved.round >= rounds
+
+
+@dataclass(frozen=True)
+class LabelledTile:
+    """One line of ``labelled.csv``: a labelled tile by its slide and
+    level-0 position (the records' key), its label, and the round that added
+    it (0: the initial set)."""
+
+    slide: str
+    x: int
+    y: int
+    label: int
+    round: int
+
+
+def read_labelled(run: Path) -> list[LabelledTile]:
+    """The rows of ``run``'s labelled.csv in order. A killed run may list tiles
+    of a round its state.json does not know yet: compare ``round`` with
+    :class:`SavedRound` before counting them."""
+    path = run / LABELLED_FILE
+    if not path.exists():
+        raise InputError(f"{run}: no {LABELLED_FILE} (not a training run's folder, or no round has finished)")
+    try:
+        return [LabelledTile(row["slide"], int(row["x"]), int(row["y"]), int(row["label"]), int(row["round"]))
+                for row in read_csv(path)]
+    except (KeyError, ValueError) as error:
+        raise InputError(f"{path}: not a labelled.csv this tool writes ({error!r})") from None

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from utils.io import atomic_write_csv, atomic_write_json, read_csv, write_table
+from utils.io import atomic_write_csv, atomic_write_json, write_table
 from utils.records import RecordIndex
-from utils.run_files import ROUNDS_FILE, STATE_FILE
+from utils.run_files import LABELLED_FILE, ROUNDS_FILE, STATE_FILE, read_labelled
 from utils.training_data import TrainingData
 
 
@@ -58,10 +58,10 @@ class RunState:
         saved = json.loads(path.read_text(encoding="utf-8"))
         lookup = {k: i for i, k in enumerate(data.keys)}
         added = {}
-        for row in read_csv(folder / "labelled.csv"):
-            i = lookup.get(f"{row['slide']}\t{row['x']}\t{row['y']}")
-            if i is not None and int(row["round"]) <= saved["round"]:
-                added[i] = int(row["round"])
+        for tile in read_labelled(folder):
+            i = lookup.get(f"{tile.slide}\t{tile.x}\t{tile.y}")
+            if i is not None and tile.round <= saved["round"]:
+                added[i] = tile.round
         labelled = np.array(sorted(added), np.int64)
         if query_only:  # labels came back through extraction: those not listed yet belong to this round
             labelled = data.candidates
@@ -73,7 +73,7 @@ class RunState:
 
     def save(self, folder: Path, index: RecordIndex) -> None:
         """labelled.csv and rounds.csv, then state.json, the file that says the round is finished."""
-        atomic_write_csv(folder / "labelled.csv", ["slide", "x", "y", "label", "round"],
+        atomic_write_csv(folder / LABELLED_FILE, ["slide", "x", "y", "label", "round"],
                          ([index.slide[i], index.x[i], index.y[i], index.label[i], self.added.get(int(i), 0)]
                           for i in self.labelled))
         write_table(folder / ROUNDS_FILE, self.rows)
