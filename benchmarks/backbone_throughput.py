@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from utils.config import load_config, scale_name  # noqa: E402
+from utils.config import load_config  # noqa: E402
 from utils.model import Predictor, build_model  # noqa: E402
 from utils.model_spec import BACKBONES, ModelSpec  # noqa: E402
 
@@ -36,8 +36,8 @@ def triplets_per_second(backbone: str, tile_size: int, batch: int, batches: int,
     model = build_model(config, ModelSpec(backbone), None)
     predictor = Predictor(model)
     rng = np.random.default_rng(0)
-    inputs = {scale_name(m): tf.constant(rng.uniform(0, 255, (batch, tile_size, tile_size, 3)), tf.float32)
-              for m in config.magnifications}
+    inputs = {name: tf.constant(rng.uniform(0, 255, (batch, tile_size, tile_size, 3)), tf.float32)
+              for name in config.scales.names}
     predictor.probabilities(inputs)  # tracing
     best = float("inf")
     for _ in range(repeats):

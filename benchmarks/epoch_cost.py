@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 
 from utils.records import read_index, record_files, triplet_dataset  # noqa: E402
+from utils.scales import Scales  # noqa: E402
 from utils.synthetic import write_record_shards  # noqa: E402
 
-MAGNIFICATIONS = [40, 10, 2.5]
 TILE = 16
+SCALES = Scales((40, 10, 2.5), TILE)
 PER_SHARD = 1000
 BATCH = 128
 
@@ -42,7 +43,7 @@ def epoch_seconds(folder: Path, ids: np.ndarray | None, shuffle: bool, repeats: 
     index = read_index(record_files(folder))
     best = float("inf")
     for k in range(repeats):
-        dataset = triplet_dataset(index, ids, MAGNIFICATIONS, TILE, BATCH, shuffle=shuffle, seed=k)
+        dataset = triplet_dataset(index, ids, SCALES, BATCH, shuffle=shuffle, seed=k)
         started = time.perf_counter()
         for _ in dataset:
             pass

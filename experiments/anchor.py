@@ -25,10 +25,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from experiments.analysis import Curve
-from utils.config import load_config, scale_name
+from utils.config import load_config
 from utils.io import atomic_write_json
 from utils.records import RecordIndex, read_index, record_files, triplet_dataset
 from utils.run_files import LABELLED_FILE, read_labelled
+from utils.scales import Scales
 
 #: The anchors, by the name their table rows carry.
 ANCHORS = ("forest", "forest, source + target", "logistic regression")
@@ -38,7 +39,7 @@ ROW_SUFFIX = " (anchor)"
 EXPERIMENT_CONFIG = Path(__file__).resolve().parent / "kather.yaml"
 
 
-def features(records: Path, cache: Path, magnifications: list[float], tile_size: int) -> tuple[RecordIndex, np.ndarray]:
+def features(records: Path, cache: Path, scales: Scales) -> tuple[RecordIndex, np.ndarray]:
     """Every record's texture statistics, computed once and kept in ``cache`` (.npy)."""
     index = read_index(record_files(records))
     if cache.exists():
@@ -47,8 +48,8 @@ def features(records: Path, cache: Path, magnifications: list[float], tile_size:
             return index, values
     from utils.texture import feature_model  # TensorFlow only where features are computed
 
-    model = feature_model(tile_size, [scale_name(m) for m in magnifications])
-    dataset = triplet_dataset(index, np.arange(len(index.label)), magnifications, tile_size, 256)
+    model = feature_model(scales.tile_size, scales.names)
+    dataset = triplet_dataset(index, np.arange(len(index.label)), scales, 256)
     values = np.concatenate([model(inputs, training=False).numpy() for inputs, _ in dataset])
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache.with_suffix(".tmp.npy"), values)
@@ -106,11 +107,11 @@ def curves_for(out: Path, lab: str, runs: list[Path], pool: int, tile_size: int)
         saved = json.loads(kept.read_text())
         return {name: {split: [Curve(np.array(c[0]), np.array(c[1])) for c in curves] for split, curves in splits.items()}
                 for name, splits in saved.items()}
-    config = load_config(EXPERIMENT_CONFIG)
+    scales = Scales(tuple(load_config(EXPERIMENT_CONFIG).magnifications), tile_size)
     index, values = features(out / "records" / f"target_{lab}", out / "anchor" / f"target_{lab}_{tile_size}px.npy",
-                             config.magnifications, tile_size)
+                             scales)
     source_index, source_values = features(out / "records" / "source", out / "anchor" / f"source_{tile_size}px.npy",
-                                           config.magnifications, tile_size)
+                                           scales)
     split = json.loads((out / "staged" / "target_split.json").read_text())
     evaluated = {name: np.flatnonzero(np.isin(index.slide, split[name]) & (index.label >= 0)) for name in ("val", "test")}
     labelled = np.flatnonzero(source_index.label >= 0)

@@ -612,8 +612,8 @@ def picks_plot(out: Path, strategies: list[str], path: Path, rounds: int = 3, se
     index = read_index(record_files(out / "records" / f"target_{HARD}"))
     train = json.loads((out / "staged" / "target_split.json").read_text())["train"]
     ids = np.flatnonzero(np.isin(index.slide, train) & (index.label >= 0))
-    tile_size = ShardSummary.read(next((out / "records" / f"target_{HARD}").glob("*.summary.json"))).tile_size
-    dataset = triplet_dataset(index, ids, config.magnifications, tile_size, 128, with_ids=True)
+    scales = ShardSummary.read(next((out / "records" / f"target_{HARD}").glob("*.summary.json"))).scales
+    dataset = triplet_dataset(index, ids, scales, 128, with_ids=True)
     features = predict(Predictor(load_model(out / "source_model" / "model.keras")), dataset, embeddings=True)
     xy = TSNE(2, init="pca", random_state=0).fit_transform(features["embeddings"])
     where = {(index.slide[i], int(index.x[i]), int(index.y[i])): k for k, i in enumerate(features["ids"])}

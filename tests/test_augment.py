@@ -16,6 +16,7 @@ from utils.stain_jitter import STAIN_PRESETS, stain_jitter_of
 from utils.config import load_config
 from utils.errors import InputError
 from utils.records import read_index, record_files, triplet_dataset
+from utils.scales import Scales
 from utils.train_options import TrainOptions
 
 
@@ -102,7 +103,7 @@ def test_only_training_batches_are_stain_jittered(tiles):
     ids = np.flatnonzero(index.label >= 0)[:32]
 
     def first_batch(**kwargs) -> np.ndarray:
-        inputs, _ = next(iter(triplet_dataset(index, ids, config.magnifications, RECORD_TILE, 32, **kwargs)))
+        inputs, _ = next(iter(triplet_dataset(index, ids, Scales(config.magnifications, RECORD_TILE), 32, **kwargs)))
         return inputs["mag_40x"].numpy()
 
     plain = first_batch()

@@ -28,6 +28,7 @@ from utils.devices import chosen_devices
 from utils.errors import InputError
 from utils.model import load_model
 from utils.records import read_index, record_files, triplet_dataset
+from utils.scales import Scales
 
 TWO = ["--devices", "CPU:0,CPU:1"]
 #: The global batch of the loss comparison: it divides the 100 tiles of round
@@ -190,7 +191,7 @@ def test_mixed_precision_trains_and_its_model_reloads_in_float32(tiles, tmp_path
     assert mixed.outputs[0].dtype == "float32"
     config = load_config(tile_size=RECORD_TILE)
     index = read_index(record_files(tiles))
-    batch, _ = next(iter(triplet_dataset(index, np.arange(128), config.magnifications, RECORD_TILE, 128)))
+    batch, _ = next(iter(triplet_dataset(index, np.arange(128), Scales(config.magnifications, RECORD_TILE), 128)))
     probs16 = np.asarray(mixed(batch, training=False))
     assert probs16.dtype == np.float32
     keras.mixed_precision.set_global_policy("float32")
@@ -227,7 +228,7 @@ def test_the_texture_backbone_is_standardised_and_trains_on_two_replicas(two_rep
     config = load_config(tile_size=RECORD_TILE)
     rebuilt = build_model(config, ModelSpec("texture", 32), None)
     rebuilt.set_weights(model.get_weights())
-    inputs, _ = next(iter(triplet_dataset(read_index(record_files(tiles)), np.arange(32), config.magnifications,
-                                          RECORD_TILE, 32)))
+    inputs, _ = next(iter(triplet_dataset(read_index(record_files(tiles)), np.arange(32),
+                                          Scales(config.magnifications, RECORD_TILE), 32)))
     np.testing.assert_allclose(Predictor(model).probabilities(inputs), Predictor(rebuilt).probabilities(inputs),
                                atol=1e-6)

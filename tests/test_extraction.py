@@ -15,8 +15,9 @@ import tensorflow as tf
 
 import tfrecord_generator
 from tests.conftest import TILE, known_regions
-from utils.config import load_config, scale_name
+from utils.config import load_config
 from utils.records import read_index, record_files, triplet_dataset
+from utils.scales import Scales, scale_name
 
 MAGS = [40.0, 10.0, 2.5]
 FACTORS = [1, 4, 16]  # level-0 px per output px at 0.25 µm/px
@@ -128,7 +129,7 @@ def test_unlabeled_pool_and_unmatched_names_reported(extracted):
 def test_reader_yields_model_inputs_and_labels(extracted):
     index = read_index(record_files(extracted))
     labelled = np.flatnonzero(index.label >= 0)
-    dataset = triplet_dataset(index, labelled, MAGS, TILE, batch_size=16)
+    dataset = triplet_dataset(index, labelled, Scales(MAGS, TILE), batch_size=16)
     seen = 0
     for inputs, labels in dataset:
         assert set(inputs) == {scale_name(m) for m in MAGS}

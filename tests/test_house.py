@@ -1,6 +1,7 @@
 """How the package holds together: modules that import alone and without a
-loop, TensorFlow's start-up notes kept off stderr, and the summaries that
-one stage hands the next read in every shape earlier versions wrote."""
+loop, TensorFlow's start-up notes kept off stderr, the summaries that one
+stage hands the next read in every shape earlier versions wrote, and one
+value for the scales that every stage takes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 
 from tests.conftest import ROOT
 from utils.config import load_config
-from utils.errors import ModelError
+from utils.errors import ConfigError, ModelError
+from utils.scales import Scales, check_same_data
 from utils.startup import without_start_up_notes
 from utils.summaries import ClassArea, MapSummary, ShardSummary
 from utils.training_data import _slide_grids
@@ -122,6 +124,27 @@ def test_shard_summaries_of_earlier_versions_load_and_train(shape, tmp_path):
     assert (grid.stride, grid.window) == (pytest.approx(data["stride_level0"]), pytest.approx(expected_window))
     with pytest.raises(ModelError, match="tile_size"):
         _slide_grids(tmp_path, load_config(tile_size=32))
+
+
+def test_the_scales_name_the_model_inputs_and_a_shard_and_one_check_says_what_differs():
+    """The scales of a configuration are those of the shards it cuts (read
+    back from JSON as lists) and name the inputs Keras builds; where two
+    fingerprints differ, one line names the key and both values."""
+    from utils.model import build_model
+    from utils.model_spec import ModelSpec
+
+    config = load_config(magnifications=[20, 5], tile_size=32)
+    summary = ShardSummary.from_json({**CURRENT_SHARD, "magnifications": [20, 5.0], "tile_size": 32})
+    assert summary.scales == config.scales == Scales((20.0, 5.0), 32) and str(config.scales) == "32-px tiles at 20x/5x"
+    assert config.scales.mpps == [0.5, 2.0] and len(config.scales) == 2
+    model = build_model(config, ModelSpec("small", 16), None)
+    assert [tensor.name.split(":")[0] for tensor in model.inputs] == config.scales.names == ["mag_20x", "mag_5x"]
+    check_same_data(config.fingerprint(), load_config(magnifications=[20, 5], tile_size=32).fingerprint(),
+                    ConfigError, "never", "never")
+    with pytest.raises(ConfigError) as raised:
+        check_same_data(load_config(tile_size=64).fingerprint(), load_config(tile_size=32).fingerprint(),
+                        ConfigError, "shards/ was cut with", "cut it again")
+    assert str(raised.value) == "shards/ was cut with tile_size 64, this run has 32; cut it again"
 
 
 def test_shard_summary_round_trips_without_empty_keys():

@@ -8,6 +8,7 @@ import pytest
 
 from utils.record_offsets import index_path
 from utils.records import RecordReader, read_index, record_files, triplet_dataset
+from utils.scales import Scales
 from utils.synthetic import write_record_shards
 
 MAGS = [40, 10, 2.5]
@@ -21,7 +22,7 @@ def shards(tmp_path_factory):
 
 def order_of(index, ids, seed, passes=1):
     """The ids of ``passes`` passes of one endless iteration, pass by pass."""
-    dataset = triplet_dataset(index, ids, MAGS, 16, len(ids), shuffle=True, seed=seed, with_ids=True, endless=True)
+    dataset = triplet_dataset(index, ids, Scales(MAGS, 16), len(ids), shuffle=True, seed=seed, with_ids=True, endless=True)
     return [gid.numpy() for _, _, gid in dataset.take(passes)]
 
 
@@ -55,7 +56,7 @@ def test_a_pass_reads_its_records_and_no_others(shards, monkeypatch):
     read = []
     original = RecordReader.read
     monkeypatch.setattr(RecordReader, "read", lambda self, gid: read.append(gid) or original(self, gid))
-    labels = [label.numpy() for _, label in triplet_dataset(index, ids, MAGS, 16, 8)]
+    labels = [label.numpy() for _, label in triplet_dataset(index, ids, Scales(MAGS, 16), 8)]
     assert sorted(read) == ids.tolist()
     assert np.array_equal(np.concatenate(labels), index.label[ids]), "the records read are the records asked for"
 
@@ -64,13 +65,13 @@ def test_shards_without_an_index_get_one_on_first_use_and_a_rewritten_shard_a_ne
     folder = write_record_shards(tmp_path / "old", slides=2, per_slide=30)
     index = read_index(record_files(folder))
     assert not any(index_path(p).exists() for p in record_files(folder)), "written as before the index existed"
-    first = [label.numpy() for _, label in triplet_dataset(index, np.arange(0, 60, 7), MAGS, 16, 4)]
+    first = [label.numpy() for _, label in triplet_dataset(index, np.arange(0, 60, 7), Scales(MAGS, 16), 4)]
     assert "indexed 2 shard(s) by record offset" in capsys.readouterr().out
     assert all(index_path(p).exists() for p in record_files(folder))
     read_index(record_files(folder)).reader().close()
     assert "indexed" not in capsys.readouterr().out, "the index is found, not rebuilt"
     write_record_shards(folder, slides=2, per_slide=45, seed=3)  # the shards rewritten with more records
     index = read_index(record_files(folder))
-    labels = np.concatenate([label.numpy() for _, label in triplet_dataset(index, np.arange(0, 90, 7), MAGS, 16, 4)])
+    labels = np.concatenate([label.numpy() for _, label in triplet_dataset(index, np.arange(0, 90, 7), Scales(MAGS, 16), 4)])
     assert "indexed 2 shard(s)" in capsys.readouterr().out
     assert np.array_equal(labels, index.label[np.arange(0, 90, 7)]) and len(first)

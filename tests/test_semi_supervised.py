@@ -22,6 +22,7 @@ from utils.model import build_model
 from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files, triplet_dataset
 from utils.pseudo_labels import pseudo_label
+from utils.scales import Scales
 from utils.train_options import TrainOptions
 
 
@@ -90,7 +91,7 @@ def test_full_mode_reads_each_pseudo_label_in_place_of_the_records_own(tiles):
     table[pool] = np.arange(len(pool)) % 3
     config = load_config(tile_size=RECORD_TILE)
     seen = {}
-    for _, label, gid in triplet_dataset(index, pool, config.magnifications, RECORD_TILE, 8, labels=table,
+    for _, label, gid in triplet_dataset(index, pool, Scales(config.magnifications, RECORD_TILE), 8, labels=table,
                                          with_ids=True):
         seen.update(zip(gid.numpy().tolist(), label.numpy().tolist()))
     assert seen == {int(i): int(table[i]) for i in pool}
@@ -107,7 +108,7 @@ def test_adapt_bn_sets_each_batch_norm_to_the_target_tiles_statistics():
     dataset = tf.data.Dataset.from_tensor_slices(({"mag_10x": tiles}, np.zeros(32, np.int64))).batch(8)
     layers = batch_norm_layers(model)
     momenta = [layer.momentum for layer in layers]
-    assert adapt_batch_norm(model, dataset, config.magnifications) == 4
+    assert adapt_batch_norm(model, dataset, config.scales) == 4
     backbone = model.get_layer("backbone_mag_10x")
     first = layers[0]
     before_first = keras.Model(backbone.input, first.input)

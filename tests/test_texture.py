@@ -22,6 +22,7 @@ from utils.errors import ModelError
 from utils.model import Predictor, build_model, load_model, split_model
 from utils.model_spec import ModelSpec
 from utils.records import read_index, record_files, triplet_dataset
+from utils.scales import Scales
 from utils.synthetic import truth_grid
 
 KATHER_CLASSES = ("01_TUMOR", "02_STROMA", "04_LYMPHO", "07_ADIPOSE")
@@ -113,7 +114,7 @@ def test_the_standardisation_is_the_moments_of_the_tiles_it_is_fitted_on(tiles):
     model = build_model(config, ModelSpec("texture+small", 16), None)
     index = read_index(record_files(tiles))
     ids = np.random.default_rng(0).permutation(len(index.label))[:300]
-    dataset = triplet_dataset(index, ids, config.magnifications, RECORD_TILE, 64)
+    dataset = triplet_dataset(index, ids, Scales(config.magnifications, RECORD_TILE), 64)
     assert texture.fit_standardization(model, dataset) == 300
     raw = np.concatenate([texture.feature_model(RECORD_TILE, ["mag_40x"])(inputs, training=False).numpy()
                           for inputs, _ in dataset])
@@ -150,7 +151,7 @@ def test_texture_backbone_learns_saves_reloads_and_maps_a_slide(texture_run, til
     assert np.abs(mean).max() > 0, "standardised on the training split before round 0"
     config = load_config(tile_size=RECORD_TILE)
     index = read_index(record_files(tiles))
-    inputs, _ = next(iter(triplet_dataset(index, np.arange(64), config.magnifications, RECORD_TILE, 64)))
+    inputs, _ = next(iter(triplet_dataset(index, np.arange(64), Scales(config.magnifications, RECORD_TILE), 64)))
     rebuilt = build_model(config, ModelSpec("texture", 32), None)
     rebuilt.set_weights(model.get_weights())
     np.testing.assert_allclose(Predictor(model).probabilities(inputs), Predictor(rebuilt).probabilities(inputs),

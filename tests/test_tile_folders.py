@@ -13,6 +13,7 @@ import pytest
 
 import tfrecord_generator
 from utils.records import read_index, record_files, triplet_dataset
+from utils.scales import Scales
 
 CONFIG = {
     "classes": [{"name": "tumour", "color": "#FF0000"}, {"name": "stroma", "color": "#00FF00"}],
@@ -47,7 +48,7 @@ def generate(tmp_path: Path, *flags: str) -> tuple[int, Path]:
 def records(out: Path, magnifications: list[float], size: int) -> list[tuple[list[np.ndarray], int, str, int, int]]:
     index = read_index(record_files(out))
     rows = []
-    for inputs, labels, gid in triplet_dataset(index, None, magnifications, size, 64, with_ids=True):
+    for inputs, labels, gid in triplet_dataset(index, None, Scales(magnifications, size), 64, with_ids=True):
         arrays = [inputs[k].numpy().astype(np.uint8) for k in inputs]
         for j, i in enumerate(gid.numpy()):
             rows.append(([a[j] for a in arrays], int(labels[j]), index.slide[i], index.x[i], index.y[i]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from utils.config import scale_name
+from utils.scales import Scales
 
 
 def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -26,7 +26,7 @@ def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalizatio
     return found
 
 
-def adapt_batch_norm(model: keras.Model, dataset: tf.data.Dataset, magnifications: list[float]) -> int:
+def adapt_batch_norm(model: keras.Model, dataset: tf.data.Dataset, scales: Scales) -> int:
     """Replace the moving means and variances of every batch-norm layer of the
     backbones by their averages over the batches of ``dataset`` (tiles
     without labels are fine); returns the number of batches read, 0 when the
@@ -38,8 +38,8 @@ def adapt_batch_norm(model: keras.Model, dataset: tf.data.Dataset, magnification
     if not layers:
         return 0
     saved = [(layer.momentum, layer.trainable) for layer in layers]
-    stages = [(scale_name(m), model.get_layer(f"preprocess_{scale_name(m)}"),
-               model.get_layer(f"backbone_{scale_name(m)}")) for m in magnifications]
+    stages = [(name, model.get_layer(f"preprocess_{name}"), model.get_layer(f"backbone_{name}"))
+              for name in scales.names]
     batches = 0
     try:
         for layer in layers:

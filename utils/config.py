@@ -24,6 +24,7 @@ import yaml
 
 from utils.errors import ConfigError
 from utils.io import atomic_write_text
+from utils.scales import Scales
 
 #: QuPath's built-in class for objects to leave out: a query square set to it stays unlabelled.
 QUPATH_IGNORE = r"ignore\*"
@@ -40,8 +41,6 @@ def query_square_name(round_number: int, number: int, predicted: str | None) -> 
 #: The project's folder, and the presets shipped in it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRESETS = PROJECT_ROOT / "presets"
-#: µm/px of a "1x" objective; 40x is then 0.25 µm/px, the usual scanner convention.
-MICRONS_PER_PIXEL_AT_1X = 10.0
 
 
 def _default_classes() -> list[dict[str, Any]]:
@@ -136,9 +135,9 @@ class Config:
         return len(self.classes)
 
     @property
-    def scale_mpps(self) -> list[float]:
-        """Target µm/px of each scale."""
-        return [MICRONS_PER_PIXEL_AT_1X / m for m in self.magnifications]
+    def scales(self) -> Scales:
+        """The tile triplet's scales: magnifications, tile size and what follows from them."""
+        return Scales(tuple(self.magnifications), self.tile_size)
 
     @property
     def background_index(self) -> int | None:
@@ -211,20 +210,11 @@ SECTIONS = ("extraction", "training", "inference")
 
 def fingerprint(values: dict[str, Any]) -> dict[str, Any]:
     """What records cut with a configuration (a :class:`Config` as a dict) mean:
-    class list, scales and tile size. Shards with different fingerprints cannot
-    be trained together, and a model fits only data of its own fingerprint."""
+    class list, scales and tile size (checked by :func:`utils.scales.check_same_data`)."""
     default = Config()
     return {"classes": [c["name"] for c in values.get("classes", default.classes)],
             "magnifications": [float(m) for m in values.get("magnifications", default.magnifications)],
             "tile_size": int(values.get("tile_size", default.tile_size))}
-
-
-def fingerprint_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
-    """The first field in which two fingerprints differ, as "key: ours vs theirs"."""
-    for key in ("classes", "magnifications", "tile_size"):
-        if ours.get(key) != theirs.get(key):
-            return f"{key} {ours.get(key)} vs {theirs.get(key)}"
-    return None
 
 
 def _matches(pattern: str, annotation_name: str) -> bool:
@@ -236,11 +226,6 @@ def hex_to_rgb(color: str) -> tuple[int, int, int]:
     if len(value) != 6:
         raise ConfigError(f"colour {color!r} is not of the form #RRGGBB")
     return tuple(int(value[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
-
-
-def scale_name(magnification: float) -> str:
-    """Name of a scale as used for model inputs: 40 -> 'mag_40x', 2.5 -> 'mag_2_5x'."""
-    return "mag_" + f"{magnification:g}".replace(".", "_") + "x"
 
 
 def validate(config: Config) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from utils.annotations import ANNOTATION_SUFFIXES, find_annotation_files, near_misses, read_annotations
 from utils.batch import Progress
-from utils.config import Config, fingerprint, fingerprint_difference
+from utils.config import Config, fingerprint
 from utils.errors import ConfigError, SlideError
 from utils.extract_options import ExtractOptions
 from utils.geometry import read_triplets, slide_geometry
@@ -25,6 +25,7 @@ from utils.labels import (CellLabels, coverage, coverage_warnings, label_tiles, 
                           report_unmatched)
 from utils.record_offsets import shard_offsets
 from utils.records import RECORD_SUFFIX, UNLABELED, encode_tile, make_example
+from utils.scales import check_same_data
 from utils.provenance import UNCHANGED, file_digest, keep_previous, normalised
 from utils.slide import Slide, check_readable
 from utils.slide_files import SlideFile
@@ -60,11 +61,9 @@ def check_output_configuration(output: Path, config: Config, overwrite: bool,
         previous = fingerprint(json.loads(saved.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{saved}: cannot read ({exc}); delete it to extract into this folder") from None
-    difference = fingerprint_difference(previous, config.fingerprint())
-    if difference:
-        raise ConfigError(f"{output}: its shards were extracted with {difference.replace(' vs ', ', this run has ')}; "
-                          f"pass the same --config, --magnifications and --tile-size, choose another --output, or "
-                          f"pass --overwrite to redo the shards with the new configuration")
+    check_same_data(previous, config.fingerprint(), ConfigError, f"{output}: its shards were extracted with",
+                    "pass the same --config, --magnifications and --tile-size, choose another --output, or pass "
+                    "--overwrite to redo the shards with the new configuration")
 
 
 def _fingerprint_of(summary: Path) -> dict[str, Any] | None:

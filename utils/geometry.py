@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from utils.config import MICRONS_PER_PIXEL_AT_1X, Config
+from utils.config import Config
 from utils.errors import MagnificationError
+from utils.scales import MICRONS_PER_PIXEL_AT_1X
 from utils.slide import Slide, best_level
 
 #: A scale factor within this relative distance of a pyramid level's downsample
@@ -100,7 +101,7 @@ def slide_geometry(slide: Slide, config: Config, fixed_by: str | None = None) ->
     """Scales of the configuration resolved against one slide's µm/px and
     levels; ``fixed_by``: what fixes the scales (inference: the model)."""
     scales = []
-    for magnification, mpp in zip(config.magnifications, config.scale_mpps):
+    for magnification, mpp in zip(config.magnifications, config.scales.mpps):
         factor = scale_factor(config, magnification, mpp, slide.mpp, "the slide was scanned at", fixed_by,
                               str(slide.path))
         level = best_level(slide.level_downsamples, factor)

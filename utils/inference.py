@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from utils import plots
 from utils.batch import Progress
-from utils.config import Config, hex_to_rgb, scale_name
+from utils.config import Config, hex_to_rgb
 from utils.geometry import read_triplets, slide_geometry
 from utils.io import atomic_path
 from utils.model import Predictor
@@ -100,8 +100,7 @@ def predict_slide(slide: Slide, config: Config, predictor: Predictor, options: I
     tissue = tile_fractions(tissue_cells, k) >= config.tissue_fraction
     rows, cols = np.nonzero(tissue)
     probs = np.zeros((*tissue.shape, config.num_classes), np.float32)
-    names = [scale_name(m) for m in config.magnifications]
-    size = config.tile_size
+    names, size = config.scales.names, config.tile_size
 
     def batches():
         buffer_idx, buffer_tiles = [], [[] for _ in names]

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.config import Config, scale_name
+from utils.config import Config
 from utils.errors import ModelError
 from utils.io import atomic_path
 from utils.model_spec import BACKBONES, INPUT_SCALINGS, METADATA_MEMBER, ModelSpec
@@ -76,8 +76,7 @@ def build_model(
         raise ModelError(f"the {spec.backbone} backbone filters RGB scaled to [0, 1]; leave --input-scaling out")
     size = config.tile_size
     inputs, features = [], []
-    for magnification in config.magnifications:
-        name = scale_name(magnification)
+    for name in config.scales.names:
         x = keras.Input((size, size, 3), name=name)
         inputs.append(x)
         h = Preprocess(spec.scaling, name=f"preprocess_{name}")(x)
@@ -266,7 +265,7 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def check_compatible(model: keras.Model, config: Config) -> None:
     """A clear error, not a shape exception, when the model does not fit the configuration."""
-    names = [scale_name(m) for m in config.magnifications]
+    names = config.scales.names
     inputs = {tensor.name.split(":")[0]: tuple(tensor.shape[1:]) for tensor in model.inputs}
     if len(inputs) != len(names):
         raise ModelError(f"the model has {len(inputs)} scale input(s) {sorted(inputs)}, the configuration "

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.config import Config, fingerprint, fingerprint_difference
+from utils.config import Config, fingerprint
 from utils.errors import ModelError
+from utils.scales import check_same_data
 
 #: ``texture`` is QuPath's filter bank (utils/texture.py), learned from
 #: nothing; ``texture+small`` concatenates the small CNN's features with it.
@@ -76,8 +77,6 @@ def check_fits_source(path: str | Path, source: dict[str, Any], spec: ModelSpec,
                              f"{flag} out to fine-tune the source model, or pass --allow-partial-weights to load "
                              f"its layers by name into another architecture")
     if "config" in source:
-        difference = fingerprint_difference(fingerprint(source["config"]), config.fingerprint())
-        if difference:
-            raise ModelError(f"{path} was trained with {difference.replace(' vs ', ', this run has ')} (from the "
-                             f"data's extraction_config.json, --config or the flags); fine-tune on data extracted "
-                             f"with the model's classes and scales, or pass --allow-partial-weights")
+        check_same_data(fingerprint(source["config"]), config.fingerprint(), ModelError, f"{path} was trained with",
+                        "this run's comes from the data's extraction_config.json, --config or the flags: fine-tune "
+                        "on data extracted with the model's classes and scales, or pass --allow-partial-weights")

@@ -93,18 +93,17 @@ def _shards(options: TrainOptions, config: Config) -> list[Path]:
             if not summary.exists():
                 continue
             made = ShardSummary.read(summary)
-            if (list(made.magnifications), made.tile_size) != (list(config.magnifications), config.tile_size):
-                raise InputError(f"{shard}: {made.tile_size}-px tiles at {made.magnifications}, not the "
-                                 f"{config.tile_size}-px tiles at {list(config.magnifications)} of the first "
-                                 f"--data folder; pretrain on folders extracted at the same scales")
+            if made.scales != config.scales:
+                raise InputError(f"{shard}: {made.scales}, not the {config.scales} of the first --data folder; "
+                                 f"pretrain on folders extracted at the same scales")
         files += found
     return files
 
 
 def _windows(index: RecordIndex, config: Config, options: TrainOptions) -> tf.data.Dataset:
     """Every window of every record, each scale a sample, endlessly, in a random order."""
-    batches = triplet_dataset(index, np.arange(len(index)), config.magnifications, config.tile_size,
-                              options.batch_size, shuffle=True, seed=options.seed, endless=True)
+    batches = triplet_dataset(index, np.arange(len(index)), config.scales, options.batch_size, shuffle=True,
+                              seed=options.seed, endless=True)
     names = list(batches.element_spec[0])
     return batches.map(lambda inputs, _: tf.concat([inputs[n] for n in names], axis=0)).unbatch() \
         .shuffle(SHUFFLE_WINDOWS, seed=options.seed)

@@ -34,10 +34,10 @@ import tensorflow as tf
 
 from utils.augment import StrongView, augment_triplet, weak_and_strong_views
 from utils.stain_jitter import StainJitter
-from utils.config import scale_name
 from utils.errors import InputError
 from utils.log import info
 from utils.record_offsets import INDEX_SUFFIX, RecordReader, shard_offsets
+from utils.scales import Scales
 
 RECORD_SUFFIX = ".tfrecord"
 #: Records handed from the offset reader to tf.data at a time.
@@ -227,8 +227,7 @@ def _every_record(index: RecordIndex, shuffle: bool, seed: int | None) -> tf.dat
 def triplet_dataset(
     index: RecordIndex,
     ids: np.ndarray | None,
-    magnifications: Sequence[float],
-    tile_size: int,
+    scales: Scales,
     batch_size: int,
     shuffle: bool = False,
     augment: bool = False,
@@ -256,8 +255,7 @@ def triplet_dataset(
     of ``((weak inputs, strong inputs), label)``
     (:func:`utils.augment.weak_and_strong_views`).
     """
-    num_scales = len(magnifications)
-    names = [scale_name(m) for m in magnifications]
+    num_scales, names = len(scales), scales.names
     label_table = None if labels is None else tf.constant(np.asarray(labels, np.int64))
     features = {**_META, **_image_features(num_scales)}
     if ids is None:
@@ -270,7 +268,7 @@ def triplet_dataset(
         images = []
         for s in range(num_scales):
             image = tf.io.decode_image(parsed[f"image/{s}"], channels=3, expand_animations=False)
-            image.set_shape([tile_size, tile_size, 3])
+            image.set_shape([scales.tile_size, scales.tile_size, 3])
             images.append(tf.cast(image, tf.float32))
         if two_views is not None:
             weak, strong = weak_and_strong_views(images, two_views)

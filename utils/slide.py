@@ -24,9 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from utils.config import MICRONS_PER_PIXEL_AT_1X, hex_to_rgb
+from utils.config import hex_to_rgb
 from utils.errors import ConfigError, MppError, SlideError
 from utils.log import debugging
+from utils.scales import MICRONS_PER_PIXEL_AT_1X
 from utils.slide_files import TIFF_SUFFIXES, detect_vendor
 from utils.tiff_tiles import TiffTiles
 

@@ -69,9 +69,8 @@ def adapt_to_pool(model: keras.Model, data: TrainingData, options: TrainOptions)
     so the batches are drawn in random order: in stored order most batches
     hold one class, and their variances miss the variance between classes."""
     sample = pool_sample(data, options.seed)
-    shuffled = triplet_dataset(data.index, sample, data.config.magnifications, data.config.tile_size,
-                               data.batch_size, shuffle=True, seed=options.seed)
-    batches = adapt_batch_norm(model, shuffled, data.config.magnifications)
+    shuffled = triplet_dataset(data.index, sample, data.config.scales, data.batch_size, shuffle=True, seed=options.seed)
+    batches = adapt_batch_norm(model, shuffled, data.config.scales)
     tiles = fit_standardization(model, data.dataset(sample))
     if batches == 0 and tiles == 0:
         warnings.warn(f"--adapt-bn: the {options.spec.backbone} backbone has no batch normalisation and no filter "

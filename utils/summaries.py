@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import fingerprint
+from utils.scales import Scales
 from utils.io import atomic_write_json
 
 DONE = "done"
@@ -85,6 +86,11 @@ class ShardSummary(SummaryFile):
     @property
     def done(self) -> bool:
         return self.status == DONE
+
+    @property
+    def scales(self) -> Scales:
+        """The scales the shard's tiles were cut at."""
+        return Scales(tuple(self.magnifications), self.tile_size)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as written: the fields that apply, without the Nones."""

@@ -50,7 +50,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 def window_sides(config: Config, mpp: float) -> list[float]:
     """Side in image pixels of each scale's window (snapped to 1:1 within 2%)."""
     sides = []
-    for magnification, target in zip(config.magnifications, config.scale_mpps):
+    for magnification, target in zip(config.magnifications, config.scales.mpps):
         factor = scale_factor(config, magnification, target, mpp, "the tiles are")
         sides.append(config.tile_size * (1.0 if abs(factor - 1.0) <= SNAP_TOLERANCE else factor))
     return sides

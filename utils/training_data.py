@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.stain_jitter import stain_jitter_of
-from utils.config import Config, fingerprint_difference
+from utils.config import Config
 from utils.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                               choose_split_by, extend_split, read_split_file, split_blocks,
                               split_slides)
@@ -22,6 +22,7 @@ from utils.errors import InputError, ModelError
 from utils.log import info
 from utils.randaugment import RandAugment
 from utils.records import read_index, record_files, triplet_dataset
+from utils.scales import check_same_data
 from utils.summaries import ShardSummary
 from utils.train_options import TrainOptions
 
@@ -144,7 +145,7 @@ class TrainingData:
             table = self.index.label.copy()
             table[ids] = labels
         return triplet_dataset(
-            self.index, ids, self.config.magnifications, self.config.tile_size, self.batch_size,
+            self.index, ids, self.config.scales, self.batch_size,
             shuffle=train, augment=train and self.augment, colour_jitter=train and self.colour_jitter,
             seed=self.seed if seed is None else seed,
             with_ids=with_ids, endless=endless, stains=self.stains if train else None, labels=table,
@@ -158,7 +159,7 @@ class TrainingData:
         """Endless shuffled batches of ``ids`` as FixMatch reads them: a weak
         view (flips and turns) and a strong one (RandAugment and Cutout) of
         each triplet, with its label (-1 when unknown)."""
-        return triplet_dataset(self.index, ids, self.config.magnifications, self.config.tile_size, batch_size,
+        return triplet_dataset(self.index, ids, self.config.scales, batch_size,
                                shuffle=True, seed=self.seed + 1, endless=True, two_views=RandAugment())
 
     def triplets(self, ids: np.ndarray) -> list[list[np.ndarray]]:
@@ -195,12 +196,9 @@ def _slide_grids(data: Path, config: Config) -> dict[str, SlideGrid]:
         # Summaries that recorded neither fingerprint nor configuration can only be checked on scales and size.
         theirs = summary.fingerprint or {**ours, "magnifications": summary.magnifications,
                                          "tile_size": summary.tile_size}
-        difference = fingerprint_difference(theirs, ours)
-        if difference:
-            raise ModelError(
-                f"{path}: this shard was extracted with {difference.replace(' vs ', ', but the run uses ')}; "
-                f"one data folder holds one configuration: re-extract it with the same --config, "
-                f"--magnifications and --tile-size, or move it to another folder")
+        check_same_data(theirs, ours, ModelError, f"{path}: this shard was extracted with",
+                        "one data folder holds one configuration: re-extract it with the same --config, "
+                        "--magnifications and --tile-size, or move it to another folder")
         origin = tuple(float(v) for v in summary.bounds_level0 or (0, 0))
         grids[summary.slide] = SlideGrid(float(summary.stride_level0), float(summary.window_level0), origin)
     return grids
