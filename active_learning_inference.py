@@ -21,17 +21,17 @@ import functools
 import sys
 from pathlib import Path
 
-from utils.batch import report, run_per_slide, slides_to_process
-from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, add_upsampling_argument,
-                       make_parser, prepare_output, resolve_config, start)
-from utils.failures import exit_on_input_error
-from utils.inference_options import InferenceOptions
-from utils.log import info
-from utils.model_spec import read_metadata
-from utils.options import add_option_arguments, resolve_options
-from utils.provenance import check_stale, file_digest
-from utils.setup import setup_process
-from utils.summaries import MapSummary
+from utils.common.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, add_upsampling_argument,
+                              make_parser, prepare_output, resolve_config, start)
+from utils.common.failures import exit_on_input_error
+from utils.common.log import info
+from utils.common.options import add_option_arguments, resolve_options
+from utils.common.setup import setup_process
+from utils.maps.inference_options import InferenceOptions
+from utils.network.model_spec import read_metadata
+from utils.tiles.batch import report, run_per_slide, slides_to_process
+from utils.tiles.provenance import check_stale, file_digest
+from utils.tiles.summaries import MapSummary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     file_keys, section = start(args, "inference")
     setup_process()
     # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
-    from utils.inference import infer_slide, inference_settings, summary_path
-    from utils.model import Predictor, check_compatible, load_model
+    from utils.maps.inference import infer_slide, inference_settings, summary_path
+    from utils.network.model import Predictor, check_compatible, load_model
 
     metadata = read_metadata(args.model)
     config = resolve_config(args, file_keys, base=metadata["config"], allow_upsampling=args.allow_upsampling)

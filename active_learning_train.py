@@ -26,15 +26,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config, start
-from utils.config import Config
-from utils.errors import InputError
-from utils.failures import exit_on_input_error
-from utils.log import info
-from utils.model_spec import check_fits_source, source_metadata, source_spec
-from utils.options import add_option_arguments, origin, resolve_options
-from utils.setup import setup_process
-from utils.train_options import TrainOptions
+from utils.common.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config, start
+from utils.common.config import Config
+from utils.common.errors import InputError
+from utils.common.failures import exit_on_input_error
+from utils.common.log import info
+from utils.common.options import add_option_arguments, origin, resolve_options
+from utils.common.setup import setup_process
+from utils.learning.train_options import TrainOptions
+from utils.network.model_spec import check_fits_source, source_metadata, source_spec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     options, config = resolve(parse_args(argv))
     setup_process()
     # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
-    from utils.evaluation import test_set_scores
-    from utils.repeats import run_repeats
-    from utils.training import run_training
+    from utils.learning.evaluation import test_set_scores
+    from utils.learning.repeats import run_repeats
+    from utils.learning.training import run_training
 
     if options.self_supervised == "simclr":
-        from utils.pretraining import run_pretraining
+        from utils.learning.pretraining import run_pretraining
 
         run_pretraining(options, config)
         return 0

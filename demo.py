@@ -32,9 +32,9 @@ import numpy as np
 import active_learning_inference
 import active_learning_train
 import tfrecord_generator
-from utils.config import load_config
-from utils.run_files import SavedRound, read_rounds
-from utils.synthetic import SOURCE_STAIN, TARGET_STAIN, make_slide, random_layout, truth_grid
+from utils.common.config import load_config
+from utils.learning.run_files import SavedRound, read_rounds
+from utils.tiles.synthetic import SOURCE_STAIN, TARGET_STAIN, make_slide, random_layout, truth_grid
 
 SIZES = {
     # slides per domain, slide side (px), tile size (px), epochs of the source fit and of each

@@ -30,19 +30,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.batch import report, run_per_slide, slides_to_process
-from utils.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, add_upsampling_argument,
-                       make_parser, prepare_output, resolve_config, start)
-from utils.config import Config, save_config
-from utils.errors import InputError
-from utils.extract_options import ExtractOptions
-from utils.failures import exit_on_input_error
-from utils.log import info, warn
-from utils.options import add_option_arguments, resolve_options
-from utils.provenance import check_stale
-from utils.setup import setup_process
-from utils.slide import parse_mpp
-from utils.summaries import ShardSummary
+from utils.common.cli import (add_config_arguments, add_message_arguments, add_slide_arguments, add_upsampling_argument,
+                              make_parser, prepare_output, resolve_config, start)
+from utils.common.config import Config, save_config
+from utils.common.errors import InputError
+from utils.common.failures import exit_on_input_error
+from utils.common.log import info, warn
+from utils.common.options import add_option_arguments, resolve_options
+from utils.common.setup import setup_process
+from utils.slides.slide import parse_mpp
+from utils.tiles.batch import report, run_per_slide, slides_to_process
+from utils.tiles.extract_options import ExtractOptions
+from utils.tiles.provenance import check_stale
+from utils.tiles.summaries import ShardSummary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     file_keys, section = start(args, "extraction")
     setup_process()
     # Loaded once the arguments are read, so that --help and argument errors answer before TensorFlow loads.
-    from utils.extract import check_output_configuration, extract_slide, extraction_settings, summary_path
+    from utils.tiles.extract import check_output_configuration, extract_slide, extraction_settings, summary_path
 
     config = resolve_config(args, file_keys, allow_upsampling=args.allow_upsampling)
     options = resolve_options(ExtractOptions, args, section, f"{args.config}: extraction", output=args.output,
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def extract_tiles(tiles: Path, mpp: float, config: Config, options: ExtractOptions) -> int:
-    from utils.extract import check_output_configuration
-    from utils.tile_folders import extract_tile_folders
+    from utils.tiles.extract import check_output_configuration
+    from utils.tiles.tile_folders import extract_tile_folders
 
     prepare_output(options.output)
     check_output_configuration(options.output, config, options.overwrite)

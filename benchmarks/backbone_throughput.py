@@ -4,7 +4,7 @@
 The texture backbone must not make inference slower than the paper's VGG16:
 each backbone's TRI-CNN (random weights, the paper's head) predicts the same
 batches of random 0-255 triplets at the paper's 128 px, through the same
-compiled function inference uses (:class:`utils.model.Predictor`); the best
+compiled function inference uses (:class:`utils.network.model.Predictor`); the best
 of a few passes counts, and the ratios are measured in one run, since the
 machine is noisy. On a CPU the filter bank's percentiles (a sort of every
 response map) cost more than its convolutions.
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from utils.config import load_config  # noqa: E402
-from utils.model import Predictor, build_model  # noqa: E402
-from utils.model_spec import BACKBONES, ModelSpec  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.network.model import Predictor, build_model  # noqa: E402
+from utils.network.model_spec import BACKBONES, ModelSpec  # noqa: E402
 
 
 def triplets_per_second(backbone: str, tile_size: int, batch: int, batches: int, repeats: int) -> float:

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from utils.records import read_index, record_files, triplet_dataset  # noqa: E402
-from utils.scales import Scales  # noqa: E402
-from utils.synthetic import write_record_shards  # noqa: E402
+from utils.common.scales import Scales  # noqa: E402
+from utils.tiles.records import read_index, record_files, triplet_dataset  # noqa: E402
+from utils.tiles.synthetic import write_record_shards  # noqa: E402
 
 TILE = 16
 SCALES = Scales((40, 10, 2.5), TILE)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.config import load_config  # noqa: E402
-from utils.extract import extract_slide  # noqa: E402
-from utils.extract_options import ExtractOptions  # noqa: E402
-from utils.slide_files import SlideFile  # noqa: E402
-from utils.synthetic import make_slide, random_layout  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.slides.slide_files import SlideFile  # noqa: E402
+from utils.tiles.extract import extract_slide  # noqa: E402
+from utils.tiles.extract_options import ExtractOptions  # noqa: E402
+from utils.tiles.synthetic import make_slide, random_layout  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -5,10 +5,10 @@ On one synthetic 40x-like pyramidal JPEG tiled TIFF (levels 1, 4, 16), each
 measurement runs in its own single-threaded process and prints triplets/s:
 
   (a) naive: one OpenSlide read_region per tile per scale, from the best level;
-  (b) the project's block reader (utils.geometry.read_triplets), no model, with
-      the default TIFF path (direct tile decoding, utils.tiff_tiles) and with
+  (b) the project's block reader (utils.slides.geometry.read_triplets), no model, with
+      the default TIFF path (direct tile decoding, utils.slides.tiff_tiles) and with
       OpenSlide alone (the path of every non-TIFF format);
-  (c) full inference (utils.inference.predict_slide) with the small backbone;
+  (c) full inference (utils.maps.inference.predict_slide) with the small backbone;
   (d) decode limit: the slide's level-0 JPEG tiles decoded directly with
       libjpeg-turbo (imagecodecs), converted to triplets by the level-0 pixels
       a triplet costs, T^2 * (1 + 1/16 + 1/256);
@@ -45,9 +45,9 @@ def _single_thread() -> None:
 def _grid(slide_path: str, tile: int):
     import numpy as np
 
-    from utils.config import load_config
-    from utils.geometry import slide_geometry
-    from utils.slide import Slide
+    from utils.common.config import load_config
+    from utils.slides.geometry import slide_geometry
+    from utils.slides.slide import Slide
 
     config = load_config(tile_size=tile)
     slide = Slide(slide_path, backend="tiffslide")
@@ -75,8 +75,8 @@ def naive(slide_path: str, tile: int, limit: int) -> tuple[float, float]:
 
 def block(slide_path: str, tile: int, backend: str) -> tuple[float, float]:
     _single_thread()
-    from utils.geometry import read_triplets
-    from utils.slide import Slide
+    from utils.slides.geometry import read_triplets
+    from utils.slides.slide import Slide
 
     _, _, geometry, rows, cols = _grid(slide_path, tile)
     slide = Slide(slide_path, backend=backend)
@@ -91,11 +91,11 @@ def inference(slide_path: str, tile: int) -> tuple[float, float]:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from utils.inference import predict_slide
-    from utils.inference_options import InferenceOptions
-    from utils.model import Predictor, build_model
-    from utils.model_spec import ModelSpec
-    from utils.slide import Slide
+    from utils.maps.inference import predict_slide
+    from utils.maps.inference_options import InferenceOptions
+    from utils.network.model import Predictor, build_model
+    from utils.network.model_spec import ModelSpec
+    from utils.slides.slide import Slide
 
     config, _, _, _, _ = _grid(slide_path, tile)
     predictor = Predictor(build_model(config, ModelSpec("small"), None))
@@ -133,7 +133,7 @@ def _peak_mb() -> float:
 
 
 def _make_slide(directory: str, size: int) -> str:
-    from utils.synthetic import make_slide, random_layout
+    from utils.tiles.synthetic import make_slide, random_layout
 
     path, _ = make_slide(directory, f"bench{size}", size, size, random_layout(size, size, 0))
     return str(path)

@@ -3,7 +3,7 @@
 QuPath's pixel classifier is a random forest on multi-scale filter
 responses. Here it is a random forest (and, beside it, a logistic
 regression) on the texture backbone's statistics of each tile
-(:func:`utils.texture.feature_model`: the same filters, computed by the
+(:func:`utils.network.texture.feature_model`: the same filters, computed by the
 project's own layers, so no script copies them), fitted on exactly the tiles
 a run had labelled after each round, and scored on the same test tiles. With
 the labelled sets of a ``random`` run it is the everyday alternative on the
@@ -25,11 +25,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from experiments.analysis import Curve
-from utils.config import load_config
-from utils.io import atomic_write_json
-from utils.records import RecordIndex, read_index, record_files, triplet_dataset
-from utils.run_files import LABELLED_FILE, read_labelled
-from utils.scales import Scales
+from utils.common.config import load_config
+from utils.common.io import atomic_write_json
+from utils.common.scales import Scales
+from utils.learning.run_files import LABELLED_FILE, read_labelled
+from utils.tiles.records import RecordIndex, read_index, record_files, triplet_dataset
 
 #: The anchors, by the name their table rows carry.
 ANCHORS = ("forest", "forest, source + target", "logistic regression")
@@ -46,7 +46,7 @@ def features(records: Path, cache: Path, scales: Scales) -> tuple[RecordIndex, n
         values = np.load(cache, allow_pickle=False)
         if len(values) == len(index.label):
             return index, values
-    from utils.texture import feature_model  # TensorFlow only where features are computed
+    from utils.network.texture import feature_model  # TensorFlow only where features are computed
 
     model = feature_model(scales.tile_size, scales.names)
     dataset = triplet_dataset(index, np.arange(len(index.label)), scales, 256)

@@ -68,11 +68,11 @@ sys.path.insert(0, str(ROOT))
 from experiments import analysis, anchor  # noqa: E402
 from experiments.script_runs import run_script  # noqa: E402
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains  # noqa: E402
-from utils import plots  # noqa: E402
-from utils.active_learning import STRATEGIES  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.run_files import RoundRow, SavedRound, finished, read_labelled, read_rounds  # noqa: E402
-from utils.summaries import ShardSummary  # noqa: E402
+from utils.common import plots  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.learning.active_learning import STRATEGIES  # noqa: E402
+from utils.learning.run_files import RoundRow, SavedRound, finished, read_labelled, read_rounds  # noqa: E402
+from utils.tiles.summaries import ShardSummary  # noqa: E402
 
 KATHER = ROOT.parent / "shared" / "data" / "kather"
 KATHER_MPP = 0.495
@@ -604,9 +604,9 @@ def picks_plot(out: Path, strategies: list[str], path: Path, rounds: int = 3, se
     from matplotlib.lines import Line2D
     from sklearn.manifold import TSNE
 
-    from utils.model import Predictor, load_model
-    from utils.records import read_index, record_files, triplet_dataset
-    from utils.learners import predict
+    from utils.learning.learners import predict
+    from utils.network.model import Predictor, load_model
+    from utils.tiles.records import read_index, record_files, triplet_dataset
 
     config = load_config(ROOT / "experiments" / "kather.yaml")
     index = read_index(record_files(out / "records" / f"target_{HARD}"))

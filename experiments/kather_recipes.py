@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import analysis  # noqa: E402
 from experiments import kather_domain_adaptation as base  # noqa: E402
-from utils.run_files import SavedRound, read_rounds  # noqa: E402
+from utils.learning.run_files import SavedRound, read_rounds  # noqa: E402
 
 #: Labelled fractions of the pool measured after the initial set (those of the table among them).
 FRACTIONS = (0.02, 0.05, 0.10, 0.20, 0.25, 0.50, 1.0)

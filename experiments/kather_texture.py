@@ -65,8 +65,8 @@ from experiments.kather_domain_adaptation import (HARD, UNMODELLED, add_lab_argu
                                                   prepare_labs, read_curve, strategy_flags,
                                                   train_source_model, with_backbone)
 from experiments.script_runs import run_script  # noqa: E402
-from utils import plots  # noqa: E402
-from utils.run_files import finished, read_rounds  # noqa: E402
+from utils.common import plots  # noqa: E402
+from utils.learning.run_files import finished, read_rounds  # noqa: E402
 
 LABS = (HARD, UNMODELLED)
 #: Labelled fractions of the pool measured after the initial set.

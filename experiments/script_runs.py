@@ -13,9 +13,9 @@ would have:
   TensorFlow's own messages and the progress lines land there too;
 * its environment and ``sys.argv``: the experiment's environment as it is
   when the run is started (``--quiet`` and ``--debug`` are kept there,
-  :mod:`utils.log`), restored afterwards;
-* its state: each run seeds itself (:func:`utils.training.run_training`),
-  the process-wide settings of :mod:`utils.setup` are the same for every run,
+  :mod:`utils.common.log`), restored afterwards;
+* its state: each run seeds itself (:func:`utils.learning.training.run_training`),
+  the process-wide settings of :mod:`utils.common.setup` are the same for every run,
   and Keras' session is cleared after each run so models do not pile up.
 
 A worker that dies (killed, out of memory) stops the experiment with the log to

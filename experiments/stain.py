@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.augment import HED_FROM_RGB, RGB_FROM_HED
+from utils.tiles.augment import HED_FROM_RGB, RGB_FROM_HED
 
 
 def shift_stains(rgb: np.ndarray, scale: tuple[float, float, float], shift: tuple[float, float, float]) -> np.ndarray:

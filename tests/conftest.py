@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import tfrecord_generator
-from utils.log import DEBUG_VARIABLE, QUIET_VARIABLE
-from utils.setup import setup_process
-from utils.synthetic import SyntheticRegion, make_slide, random_layout, rectangle
+from utils.common.log import DEBUG_VARIABLE, QUIET_VARIABLE
+from utils.common.setup import setup_process
+from utils.tiles.synthetic import SyntheticRegion, make_slide, random_layout, rectangle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -52,7 +52,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(scope="session", autouse=True)
 def process_settings() -> None:
-    """The process-wide settings that each script's main makes (utils.setup),
+    """The process-wide settings that each script's main makes (utils.common.setup),
     also for tests that call into utils directly."""
     setup_process()
 
@@ -60,7 +60,7 @@ def process_settings() -> None:
 @pytest.fixture(autouse=True)
 def messages_as_set_by_each_test(monkeypatch) -> None:
     """A script run in-process with --quiet or --debug keeps its choice in the
-    environment for the workers it starts (utils.log); the next test starts
+    environment for the workers it starts (utils.common.log); the next test starts
     without it, whichever test ran before it."""
     for variable in (QUIET_VARIABLE, DEBUG_VARIABLE):
         monkeypatch.delenv(variable, raising=False)

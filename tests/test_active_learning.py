@@ -9,8 +9,8 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
-from utils.active_learning import Pool, bald, class_ratio_allocation, entropy, select
-from utils.errors import InputError
+from utils.common.errors import InputError
+from utils.learning.active_learning import Pool, bald, class_ratio_allocation, entropy, select
 
 
 def pool_of(probs: np.ndarray, classes=None, mc_probs=None, spread: float = 1000.0) -> Pool:
@@ -104,7 +104,7 @@ def test_diversity_guard_spreads_uncertainty_picks():
 
 def test_the_registry_is_what_the_script_offers_and_what_select_knows():
     import active_learning_train
-    from utils.active_learning import STRATEGIES
+    from utils.learning.active_learning import STRATEGIES
 
     for name in STRATEGIES:
         assert active_learning_train.parse_args(["--data", "d", "--output", "o", "--strategy", name]).strategy == name

@@ -25,13 +25,13 @@ from shapely.geometry import box
 
 import tfrecord_generator
 from tests.conftest import shared_file
-from utils.annotations import Polygon, Region, read_annotations
-from utils.config import load_config
-from utils.errors import AnnotationError
-from utils.io import atomic_write_csv, read_csv
-from utils.labels import rasterize_regions
-from utils.records import read_index, record_files
-from utils.synthetic import SyntheticRegion, make_slide, rectangle
+from utils.common.config import load_config
+from utils.common.errors import AnnotationError
+from utils.common.io import atomic_write_csv, read_csv
+from utils.slides.annotations import Polygon, Region, read_annotations
+from utils.slides.labels import rasterize_regions
+from utils.tiles.records import read_index, record_files
+from utils.tiles.synthetic import SyntheticRegion, make_slide, rectangle
 
 ONE_CLASS = {"classes": [{"name": "background", "color": "#000000"}, {"name": "x", "color": "#FF0000"}],
              "rules": [[".*", "x"]], "ignore": [], "exclude": [], "priority": []}

@@ -11,13 +11,13 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import RECORD_TILE, shared_file
-from utils.augment import augment_triplet, hed_transform
-from utils.stain_jitter import STAIN_PRESETS, stain_jitter_of
-from utils.config import load_config
-from utils.errors import InputError
-from utils.records import read_index, record_files, triplet_dataset
-from utils.scales import Scales
-from utils.train_options import TrainOptions
+from utils.common.config import load_config
+from utils.common.errors import InputError
+from utils.common.scales import Scales
+from utils.learning.train_options import TrainOptions
+from utils.tiles.augment import augment_triplet, hed_transform
+from utils.tiles.records import read_index, record_files, triplet_dataset
+from utils.tiles.stain_jitter import STAIN_PRESETS, stain_jitter_of
 
 
 def he_tiles() -> list[np.ndarray]:

@@ -22,14 +22,14 @@ import active_learning_inference
 import active_learning_train
 import tfrecord_generator
 from tests.conftest import SHARED_DATA
-from utils.annotations import read_annotations
-from utils.config import load_config
-from utils.errors import AnnotationError, InputError, ModelError
-from utils.labels import rasterize_regions
-from utils.model import build_model, load_model, load_weights_by_name, save_model
-from utils.model_spec import ModelSpec
-from utils.records import make_example, read_index
-from utils.synthetic import make_slide, random_layout, write_pyramid_tiff
+from utils.common.config import load_config
+from utils.common.errors import AnnotationError, InputError, ModelError
+from utils.network.model import build_model, load_model, load_weights_by_name, save_model
+from utils.network.model_spec import ModelSpec
+from utils.slides.annotations import read_annotations
+from utils.slides.labels import rasterize_regions
+from utils.tiles.records import make_example, read_index
+from utils.tiles.synthetic import make_slide, random_layout, write_pyramid_tiff
 
 BAD_SLIDES = {
     "zero.svs": "the file is empty (0 bytes)",
@@ -119,7 +119,7 @@ def test_each_broken_slide_is_one_line_naming_it(batch_result, name):
 
 
 def test_debug_shows_the_traceback_of_an_unexpected_error(batch, monkeypatch, capsys):
-    from utils import extract
+    from utils.tiles import extract
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -351,7 +351,7 @@ def test_nothing_is_pickled_or_unpickled():
 
 
 def test_interrupt_and_disk_errors_are_one_line_with_their_own_exit_status(capsys):
-    from utils.failures import exit_on_input_error
+    from utils.common.failures import exit_on_input_error
 
     @exit_on_input_error
     def interrupted(argv=None) -> int:

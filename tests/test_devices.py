@@ -4,7 +4,7 @@ Several GPUs are simulated by splitting the CPU into two logical devices in a
 subprocess (tests/two_replicas.py): ``--devices CPU:0,CPU:1`` then builds the
 same MirroredStrategy, mirrored variables, split batches and all-reduced
 gradients as two GPUs would. Mixed precision is forced with Keras's global
-policy, as :func:`utils.setup.setup_process` sets it on a GPU.
+policy, as :func:`utils.common.setup.setup_process` sets it on a GPU.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import pytest
 import active_learning_inference
 import active_learning_train
 from tests.conftest import FAST, RECORD_TILE, ROOT
-from utils.config import load_config
-from utils.devices import chosen_devices
-from utils.errors import InputError
-from utils.model import load_model
-from utils.records import read_index, record_files, triplet_dataset
-from utils.scales import Scales
+from utils.common.config import load_config
+from utils.common.errors import InputError
+from utils.common.scales import Scales
+from utils.network.devices import chosen_devices
+from utils.network.model import load_model
+from utils.tiles.records import read_index, record_files, triplet_dataset
 
 TWO = ["--devices", "CPU:0,CPU:1"]
 #: The global batch of the loss comparison: it divides the 100 tiles of round
@@ -216,9 +216,9 @@ def test_the_texture_backbone_is_standardised_and_trains_on_two_replicas(two_rep
     """Its standardisation is set on the mirrored variables outside a replica
     context: the saved model carries the training split's means, and
     predicts as the same network rebuilt on one device."""
-    from utils.model import Predictor, build_model
-    from utils.model_spec import ModelSpec
-    from utils.texture import STANDARDIZE
+    from utils.network.model import Predictor, build_model
+    from utils.network.model_spec import ModelSpec
+    from utils.network.texture import STANDARDIZE
 
     root, _ = two_replicas
     assert [int(r["round"]) for r in rounds(root / "texture")] == [0, 1]

@@ -16,7 +16,7 @@ from experiments import kather_domain_adaptation as experiment
 from experiments.kather_domain_adaptation import stratified_split
 from experiments.stain import gamma, resample, rotate_eosin, scan_again, shift_stains
 from tests.conftest import shared_file
-from utils.io import read_csv
+from utils.common.io import read_csv
 
 
 def test_curve_statistics():

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 import tfrecord_generator
 from tests.conftest import TILE, known_regions
-from utils.config import load_config
-from utils.records import read_index, record_files, triplet_dataset
-from utils.scales import Scales, scale_name
+from utils.common.config import load_config
+from utils.common.scales import Scales, scale_name
+from utils.tiles.records import read_index, record_files, triplet_dataset
 
 MAGS = [40.0, 10.0, 2.5]
 FACTORS = [1, 4, 16]  # level-0 px per output px at 0.25 µm/px
@@ -169,7 +169,7 @@ def test_bad_slide_is_reported_and_others_go_on(synthetic_slide, tmp_path, capsy
 
 
 def test_shards_partition_the_slide_list(tmp_path):
-    from utils.batch import expand_slides, parse_shard, take_shard
+    from utils.tiles.batch import expand_slides, parse_shard, take_shard
 
     for name in "abcde":
         (tmp_path / f"{name}.svs").touch()

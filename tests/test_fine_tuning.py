@@ -14,15 +14,15 @@ import pytest
 import active_learning_inference
 import active_learning_train
 import tfrecord_generator
-from utils.batch_norm import batch_norm_layers
-from utils.config import load_config
-from utils.errors import InputError
-from utils.io import read_csv
-from utils.model import build_model, load_model
-from utils.model_spec import ModelSpec
-from utils.records import read_index, record_files
-from utils.run_files import SavedRound, finished, read_labelled, read_rounds
-from utils.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
+from utils.common.config import load_config
+from utils.common.errors import InputError
+from utils.common.io import read_csv
+from utils.learning.run_files import SavedRound, finished, read_labelled, read_rounds
+from utils.network.batch_norm import batch_norm_layers
+from utils.network.model import build_model, load_model
+from utils.network.model_spec import ModelSpec
+from utils.tiles.records import read_index, record_files
+from utils.tiles.synthetic import SyntheticRegion, make_slide, random_layout, write_geojson
 
 TILE = 32
 SMALL = ["--backbone", "small", "--backbone-weights", "none", "--head-units", "32"]
@@ -269,10 +269,10 @@ def test_input_scaling_is_a_switch_the_model_keeps_and_fine_tuning_honours(tmp_p
     model carries it, and a fine-tune that asks for another scaling stops."""
     from dataclasses import asdict
 
-    from utils.config import load_config
-    from utils.errors import ModelError
-    from utils.model import build_model, save_model
-    from utils.model_spec import ModelSpec, check_fits_source, source_metadata, source_spec
+    from utils.common.config import load_config
+    from utils.common.errors import ModelError
+    from utils.network.model import build_model, save_model
+    from utils.network.model_spec import ModelSpec, check_fits_source, source_metadata, source_spec
 
     assert ModelSpec().scaling == "caffe" and ModelSpec("mobilenetv2").scaling == "tf"
     config = load_config(tile_size=32, magnifications=[10])

@@ -13,14 +13,18 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from utils.config import load_config
-from utils.errors import ConfigError, ModelError
-from utils.scales import Scales, check_same_data
-from utils.startup import without_start_up_notes
-from utils.summaries import ClassArea, MapSummary, ShardSummary
-from utils.training_data import _slide_grids
+from utils.common.config import load_config
+from utils.common.errors import ConfigError, ModelError
+from utils.common.scales import Scales, check_same_data
+from utils.common.startup import without_start_up_notes
+from utils.learning.training_data import _slide_grids
+from utils.tiles.summaries import ClassArea, MapSummary, ShardSummary
 
-MODULES = sorted(f"utils.{path.stem}" for path in (ROOT / "utils").glob("*.py") if path.stem != "__init__")
+MODULES = sorted(".".join(path.relative_to(ROOT).with_suffix("").parts) for path in (ROOT / "utils").rglob("*.py")
+                 if path.stem != "__init__")
+#: The sub-packages of utils, in the order of the pipeline: each may import from
+#: those before it, never from those after it (see each one's __init__).
+LAYERS = ("common", "slides", "tiles", "network", "learning", "maps")
 
 
 def test_tensorflow_start_up_notes_are_dropped_and_everything_else_kept():
@@ -55,19 +59,25 @@ def test_every_module_imports_alone():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_no_module_of_the_package_imports_itself_back():
-    """No loop in the import graph, counting the imports made for type hints only."""
+def import_graph() -> dict[str, set[str]]:
+    """The modules of utils that each module imports, counting the imports made for type hints only."""
     graph: dict[str, set[str]] = {}
     for name in MODULES:
-        tree = ast.parse((ROOT / "utils" / f"{name.split('.')[1]}.py").read_text())
+        tree = ast.parse((ROOT / f"{name.replace('.', '/')}.py").read_text())
         imported = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("utils"):
-                targets = [node.module] if node.module != "utils" else [f"utils.{a.name}" for a in node.names]
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
                 imported |= {t for t in targets if t in MODULES}
             elif isinstance(node, ast.Import):
                 imported |= {a.name for a in node.names if a.name in MODULES}
         graph[name] = imported - {name}
+    return graph
+
+
+def test_no_module_of_the_package_imports_itself_back():
+    """No loop in the import graph."""
+    graph = import_graph()
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
@@ -81,6 +91,17 @@ def test_no_module_of_the_package_imports_itself_back():
     for module in MODULES:
         if module not in state:
             visit(module, [])
+
+
+def test_each_stage_imports_only_the_stages_before_it():
+    """Every module sits in one of the sub-packages of :data:`LAYERS` and
+    imports only from its own or an earlier one, so the folder reads as the
+    pipeline and no stage reaches into a later one."""
+    assert {name.split(".")[1] for name in MODULES} == set(LAYERS)
+    assert all(len(name.split(".")) == 3 for name in MODULES), "no module outside a sub-package"
+    for name, imported in import_graph().items():
+        for other in imported:
+            assert LAYERS.index(other.split(".")[1]) <= LAYERS.index(name.split(".")[1]), f"{name} imports {other}"
 
 
 CURRENT_SHARD = {
@@ -130,8 +151,8 @@ def test_the_scales_name_the_model_inputs_and_a_shard_and_one_check_says_what_di
     """The scales of a configuration are those of the shards it cuts (read
     back from JSON as lists) and name the inputs Keras builds; where two
     fingerprints differ, one line names the key and both values."""
-    from utils.model import build_model
-    from utils.model_spec import ModelSpec
+    from utils.network.model import build_model
+    from utils.network.model_spec import ModelSpec
 
     config = load_config(magnifications=[20, 5], tile_size=32)
     summary = ShardSummary.from_json({**CURRENT_SHARD, "magnifications": [20, 5.0], "tile_size": 32})

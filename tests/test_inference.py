@@ -14,18 +14,18 @@ import pytest
 
 import active_learning_inference
 from tests.conftest import TILE, known_regions, shared_file
-from utils.annotations import read_annotations
-from utils.config import load_config
-from utils.geometry import slide_geometry
-from utils.inference import classify, label_colours
-from utils.labels import rasterize_regions
-from utils.model import build_model, save_model
-from utils.model_spec import ModelSpec
-from utils.qupath import qupath_class_name
-from utils.scales import scale_name
-from utils.slide import Slide
-from utils.synthetic import GLASS, TEXTURES, make_slide, truth_grid
-from utils.tissue import tile_fractions, tissue_grid
+from utils.common.config import load_config
+from utils.common.scales import scale_name
+from utils.maps.inference import classify, label_colours
+from utils.network.model import build_model, save_model
+from utils.network.model_spec import ModelSpec
+from utils.slides.annotations import read_annotations
+from utils.slides.geometry import slide_geometry
+from utils.slides.labels import rasterize_regions
+from utils.slides.qupath import qupath_class_name
+from utils.slides.slide import Slide
+from utils.slides.tissue import tile_fractions, tissue_grid
+from utils.tiles.synthetic import GLASS, TEXTURES, make_slide, truth_grid
 
 ROWS, COLS = 16, 24
 

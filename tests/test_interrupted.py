@@ -14,10 +14,10 @@ import pytest
 import active_learning_inference
 import tfrecord_generator
 from tests.conftest import ROOT, wait_for
-from utils.config import load_config
-from utils.model import build_model, save_model
-from utils.model_spec import ModelSpec
-from utils.synthetic import make_slide, random_layout
+from utils.common.config import load_config
+from utils.network.model import build_model, save_model
+from utils.network.model_spec import ModelSpec
+from utils.tiles.synthetic import make_slide, random_layout
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 import active_learning_inference
 import active_learning_train
 from tests.conftest import ROOT
-from utils.config import Config, ConfigError, load_config, read_settings
-from utils.inference_options import InferenceOptions
-from utils.options import declared, resolve_options
-from utils.train_options import TrainOptions
+from utils.common.config import Config, ConfigError, load_config, read_settings
+from utils.common.options import declared, resolve_options
+from utils.learning.train_options import TrainOptions
+from utils.maps.inference_options import InferenceOptions
 
 #: The original code's settings, read from its active_learning_train.py and
 #: my_constants.py (Biomedical-Data-Analysis-Laboratory/ActiveLearning_TissueSegmentation).
@@ -60,8 +60,8 @@ def test_the_original_preset_resolves_to_the_original_codes_values():
 
 
 def test_a_human_round_asks_for_two_contact_sheet_pages_and_a_simulated_one_for_the_papers_budget():
-    from utils.queries import SHEET_CELLS
-    from utils.train_options import REVIEW_BATCH
+    from utils.learning.queries import SHEET_CELLS
+    from utils.learning.train_options import REVIEW_BATCH
 
     assert REVIEW_BATCH == 2 * SHEET_CELLS
     human = TrainOptions(data=Path("d"), output=Path("o"), query_only=True)
@@ -106,7 +106,7 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path):
     assert options.split_fractions == (0.6, 0.2, 0.2) and config.tile_size == 64
     inference_args = active_learning_inference.parse_args(
         ["--slides", "s", "--model", "m", "--output", "o", "--config", str(settings), "--batch-size", "32"])
-    from utils.config import read_config_file
+    from utils.common.config import read_config_file
 
     resolved = resolve_options(InferenceOptions, inference_args, read_config_file(settings, "inference"),
                                "inference", output=Path("o"), model_path=Path("m"))
@@ -155,8 +155,8 @@ def test_a_class_list_of_ones_own_keeps_the_paper_exemption_only_where_it_has_th
 
 def test_extraction_options_come_from_the_dataclass_and_the_file_is_read_once(tmp_path, monkeypatch):
     import tfrecord_generator
-    from utils import cli
-    from utils.extract_options import ExtractOptions
+    from utils.common import cli
+    from utils.tiles.extract_options import ExtractOptions
 
     settings = tmp_path / "lab.yaml"
     settings.write_text("tile_size: 64\nextraction:\n  encoding: jpeg\n  unlabeled: true\n  workers: 3\n")

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from utils.annotations import Polygon, Region
-from utils.config import load_config
-from utils.geometry import read_triplets, slide_geometry
-from utils.labels import fill_rings, rasterize_regions
-from utils.qupath import mask_polygons
-from utils.slide import Slide
-from utils.synthetic import write_pyramid_tiff
+from utils.common.config import load_config
+from utils.slides.annotations import Polygon, Region
+from utils.slides.geometry import read_triplets, slide_geometry
+from utils.slides.labels import fill_rings, rasterize_regions
+from utils.slides.qupath import mask_polygons
+from utils.slides.slide import Slide
+from utils.tiles.synthetic import write_pyramid_tiff
 
 SIDE = 1024  # level-0 px of the gradient slide
 TILE = 32

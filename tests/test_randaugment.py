@@ -12,8 +12,8 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
 from tests.test_augment import he_tiles
-from utils import randaugment
-from utils.randaugment import FACTOR, OPERATIONS, RandAugment, cutout
+from utils.tiles import randaugment
+from utils.tiles.randaugment import FACTOR, OPERATIONS, RandAugment, cutout
 
 
 def apply(operation, rgb: np.ndarray, magnitude: float, sign: float = 1.0) -> np.ndarray:

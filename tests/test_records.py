@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.record_offsets import index_path
-from utils.records import RecordReader, read_index, record_files, triplet_dataset
-from utils.scales import Scales
-from utils.synthetic import write_record_shards
+from utils.common.scales import Scales
+from utils.tiles.record_offsets import index_path
+from utils.tiles.records import RecordReader, read_index, record_files, triplet_dataset
+from utils.tiles.synthetic import write_record_shards
 
 MAGS = [40, 10, 2.5]
 

@@ -21,9 +21,9 @@ import active_learning_train
 import tfrecord_generator
 from tests.conftest import ROOT, TILE, shared_file
 from tests.test_inference import colour_model
-from utils.config import load_config
-from utils.model import save_model
-from utils.synthetic import make_slide, random_layout
+from utils.common.config import load_config
+from utils.network.model import save_model
+from utils.tiles.synthetic import make_slide, random_layout
 
 
 def run(main, argv: list[str], capsys) -> tuple[int, str, str]:
@@ -191,7 +191,7 @@ def test_every_script_reports_versions_and_groups_its_options_alike(tmp_path, ca
 
 
 def test_outputs_of_a_version_before_background_class_are_not_stale_for_lack_of_it():
-    from utils.provenance import difference
+    from utils.tiles.provenance import difference
 
     new = {"configuration": load_config().extraction_settings(), "mpp": None}
     old = json.loads(json.dumps(new))

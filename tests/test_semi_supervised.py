@@ -15,15 +15,15 @@ import tensorflow as tf
 
 import active_learning_train
 from tests.conftest import FAST, RECORD_TILE
-from utils.batch_norm import adapt_batch_norm, batch_norm_layers
-from utils.config import load_config
-from utils.fixmatch import FixMatch
-from utils.model import build_model
-from utils.model_spec import ModelSpec
-from utils.records import read_index, record_files, triplet_dataset
-from utils.pseudo_labels import pseudo_label
-from utils.scales import Scales
-from utils.train_options import TrainOptions
+from utils.common.config import load_config
+from utils.common.scales import Scales
+from utils.learning.fixmatch import FixMatch
+from utils.learning.pseudo_labels import pseudo_label
+from utils.learning.train_options import TrainOptions
+from utils.network.batch_norm import adapt_batch_norm, batch_norm_layers
+from utils.network.model import build_model
+from utils.network.model_spec import ModelSpec
+from utils.tiles.records import read_index, record_files, triplet_dataset
 
 
 class FixedPredictions:
@@ -126,8 +126,8 @@ def test_adapt_bn_reads_the_pool_in_shuffled_batches_so_its_variance_spans_the_c
     variances missed the variance between classes. Now the first batch norm's
     moving variance is close to its input's variance over the whole sample,
     and well above what stored-order batches give."""
-    from utils import source_model
-    from utils.training_data import TrainingData
+    from utils.learning import source_model
+    from utils.learning.training_data import TrainingData
 
     config = load_config(tile_size=RECORD_TILE)
     options = TrainOptions(data=tiles, output=tmp_path, spec=ModelSpec("mobilenetv2", 16), backbone_weights=None,

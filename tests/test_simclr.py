@@ -14,8 +14,8 @@ import tensorflow as tf
 
 import active_learning_train
 from tests.conftest import FAST, RECORD_TILE
-from utils.model import build_backbone, load_model
-from utils.simclr import nt_xent, view
+from utils.network.model import build_backbone, load_model
+from utils.network.simclr import nt_xent, view
 
 
 def numpy_nt_xent(z1: np.ndarray, z2: np.ndarray, temperature: float) -> float:
@@ -99,8 +99,8 @@ def test_texture_with_a_pretrained_small_cnn_loads_it_beside_the_filter_bank(sma
 
 
 def test_the_filter_bank_is_not_pretrained_and_a_pretraining_takes_no_labels():
-    from utils.errors import InputError
-    from utils.train_options import TrainOptions
+    from utils.common.errors import InputError
+    from utils.learning.train_options import TrainOptions
 
     for backbone in ("texture", "texture+small"):
         with pytest.raises(InputError, match="pretrain --backbone small"):

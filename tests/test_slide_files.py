@@ -20,15 +20,16 @@ import tfrecord_generator
 from tests.conftest import TILE, known_regions, shared_file
 from tests.test_inference import colour_model
 from tests.vendor_files import write_dicom_instance, write_dicom_series, write_leica_scn, write_philips_tiff
-from utils import extract, queries
-from utils.annotations import read_annotations
-from utils.config import load_config
-from utils.labels import rasterize_regions
-from utils.model import save_model
-from utils.records import read_index, record_files
-from utils.slide import Slide
-from utils.slide_files import find_slides
-from utils.synthetic import SOURCE_STAIN, random_layout, render, write_geojson, write_pyramid_tiff
+from utils.common.config import load_config
+from utils.learning import queries
+from utils.network.model import save_model
+from utils.slides.annotations import read_annotations
+from utils.slides.labels import rasterize_regions
+from utils.slides.slide import Slide
+from utils.slides.slide_files import find_slides
+from utils.tiles import extract
+from utils.tiles.records import read_index, record_files
+from utils.tiles.synthetic import SOURCE_STAIN, random_layout, render, write_geojson, write_pyramid_tiff
 
 
 def tissue_image(width: int = 640, height: int = 448, seed: int = 0) -> np.ndarray:

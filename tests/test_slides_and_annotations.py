@@ -11,13 +11,13 @@ import pytest
 
 import tfrecord_generator
 from tests.conftest import shared_file
-from utils.annotations import read_annotations
-from utils.config import load_config
-from utils.errors import AnnotationError, ConfigError, MagnificationError, MppError
-from utils.geometry import slide_geometry
-from utils.labels import rasterize_regions
-from utils.records import read_index, record_files
-from utils.slide import Slide
+from utils.common.config import load_config
+from utils.common.errors import AnnotationError, ConfigError, MagnificationError, MppError
+from utils.slides.annotations import read_annotations
+from utils.slides.geometry import slide_geometry
+from utils.slides.labels import rasterize_regions
+from utils.slides.slide import Slide
+from utils.tiles.records import read_index, record_files
 
 
 def test_paper_annotation_names_map_to_paper_classes():
@@ -174,7 +174,7 @@ def test_direct_tile_decoding_equals_tiffslide_including_non_integer_downsamples
 def test_polygon_fill_takes_cells_by_centre_not_every_cell_an_edge_touches():
     """Regression: cv2.fillPoly also painted the cells an edge merely touched, so a
     rectangle on cell borders grew by one cell on two sides."""
-    from utils.annotations import Polygon, Region
+    from utils.slides.annotations import Polygon, Region
 
     config = load_config(rules=[[".*", "stroma"]])
     square = np.array([[16, 16], [48, 16], [48, 40], [16, 40], [16, 16]], float)

@@ -15,11 +15,11 @@ from scipy.spatial import cKDTree
 import active_learning_train
 import tfrecord_generator
 from tests.conftest import FAST, RECORD_TILE as TILE
-from utils.data_split import (BLOCK_WINDOWS, SlideGrid, assign_records, choose_split_by, extend_split, split_blocks,
-                              split_slides)
-from utils.errors import InputError
-from utils.records import RecordIndex, read_index, record_files
-from utils.synthetic import make_slide, random_layout
+from utils.common.errors import InputError
+from utils.learning.data_split import (BLOCK_WINDOWS, SlideGrid, assign_records, choose_split_by, extend_split,
+                                       split_blocks, split_slides)
+from utils.tiles.records import RecordIndex, read_index, record_files
+from utils.tiles.synthetic import make_slide, random_layout
 
 MAGNIFICATIONS = ["40", "20", "10"]
 
@@ -156,8 +156,8 @@ def test_slides_without_labels_are_pool_only_and_never_scored():
 def test_the_per_slide_cap_draws_at_random_not_the_first_tiles_in_scan_order():
     """The original kept the first 1,000 tiles of a slide and class in scan
     order, the top of the slide; here the cap draws them at random, seeded."""
-    from utils.data_split import cap_per_slide_and_class
-    from utils.records import RecordIndex
+    from utils.learning.data_split import cap_per_slide_and_class
+    from utils.tiles.records import RecordIndex
 
     n = 5000
     rows = np.arange(n) // 50  # scan order: row by row

@@ -1,4 +1,4 @@
-"""The texture backbone (utils/texture.py): its filters against scipy and
+"""The texture backbone (utils/network/texture.py): its filters against scipy and
 scikit-image pixel by pixel on real tissue, its statistics against numpy, and
 the backbone trained, saved, reloaded and mapping a slide."""
 
@@ -16,14 +16,14 @@ import active_learning_inference
 import active_learning_train
 from tests.conftest import FAST, RECORD_TILE, known_regions, shared_file
 from tests.test_inference import decode_map
-from utils import texture
-from utils.config import load_config
-from utils.errors import ModelError
-from utils.model import Predictor, build_model, load_model, split_model
-from utils.model_spec import ModelSpec
-from utils.records import read_index, record_files, triplet_dataset
-from utils.scales import Scales
-from utils.synthetic import truth_grid
+from utils.common.config import load_config
+from utils.common.errors import ModelError
+from utils.common.scales import Scales
+from utils.network import texture
+from utils.network.model import Predictor, build_model, load_model, split_model
+from utils.network.model_spec import ModelSpec
+from utils.tiles.records import read_index, record_files, triplet_dataset
+from utils.tiles.synthetic import truth_grid
 
 KATHER_CLASSES = ("01_TUMOR", "02_STROMA", "04_LYMPHO", "07_ADIPOSE")
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import tfrecord_generator
-from utils.records import read_index, record_files, triplet_dataset
-from utils.scales import Scales
+from utils.common.scales import Scales
+from utils.tiles.records import read_index, record_files, triplet_dataset
 
 CONFIG = {
     "classes": [{"name": "tumour", "color": "#FF0000"}, {"name": "stroma", "color": "#00FF00"}],

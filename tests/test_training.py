@@ -22,20 +22,21 @@ import yaml
 import active_learning_train
 import tfrecord_generator
 from tests.conftest import FAST, RECORD_TILE as TILE, ROOT, shared_file, wait_for
-from utils.active_learning import class_ratio_allocation
-from utils.config import load_config
-from utils.devices import distribution_over
-from utils.errors import InputError, ModelError
-from utils.model import Predictor, build_model, check_compatible, load_weights_by_name, save_model
-from utils.model_spec import ModelSpec, read_metadata
-from utils.records import read_index, record_files
-from utils.synthetic import SyntheticRegion, make_slide, rectangle, write_geojson
-from utils import learners, queries
-from utils.learners import HEAD_START, HeadOnFeatures
-from utils.run_state import RunState
-from utils.train_options import TrainOptions
-from utils.training import run_training
-from utils.training_data import TrainingData
+from utils.common.config import load_config
+from utils.common.errors import InputError, ModelError
+from utils.learning import learners
+from utils.learning import queries
+from utils.learning.active_learning import class_ratio_allocation
+from utils.learning.learners import HEAD_START, HeadOnFeatures
+from utils.learning.run_state import RunState
+from utils.learning.train_options import TrainOptions
+from utils.learning.training import run_training
+from utils.learning.training_data import TrainingData
+from utils.network.devices import distribution_over
+from utils.network.model import Predictor, build_model, check_compatible, load_weights_by_name, save_model
+from utils.network.model_spec import ModelSpec, read_metadata
+from utils.tiles.records import read_index, record_files
+from utils.tiles.synthetic import SyntheticRegion, make_slide, rectangle, write_geojson
 
 @pytest.fixture(scope="module")
 def one_round(tiles, tmp_path_factory) -> Path:
@@ -290,7 +291,7 @@ def test_small_model_learns_real_kather_textures(tmp_path):
 def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tmp_path):
     from sklearn.metrics import f1_score, log_loss
 
-    from utils.evaluation import evaluate
+    from utils.learning.evaluation import evaluate
 
     config = load_config(tile_size=TILE)
     run = TrainingData(TrainOptions(data=tiles, output=tmp_path, slide_class_cap=None), config,
@@ -319,7 +320,7 @@ def test_metrics_agree_with_scikit_learn_and_absent_classes_have_no_f1(tiles, tm
 def test_the_kept_round_follows_model_selection():
     """F1 and loss can disagree: val_f1 keeps round 1, val_loss (the original
     code's rule) keeps round 2."""
-    from utils.evaluation import improves
+    from utils.learning.evaluation import improves
 
     rounds = [{"macro_f1": 0.50, "loss": 1.00}, {"macro_f1": 0.70, "loss": 0.90}, {"macro_f1": 0.65, "loss": 0.60}]
     for selection, expected in (("val_f1", 1), ("val_loss", 2)):
@@ -558,7 +559,7 @@ def test_only_the_squares_a_pathologist_classified_become_labels(tmp_path, capsy
 
 def test_compare_draws_the_earlier_runs_and_a_folder_without_one_stops_before_any_fit(tiles, one_round, tmp_path,
                                                                                       capsys):
-    from utils.round_report import other_runs
+    from utils.learning.round_report import other_runs
 
     expected = [(int(r["labelled"]), float(r["test_macro_f1"])) for r in rows_of(one_round / "rounds.csv")]
     strategy = json.loads((one_round / "config.json").read_text())["options"]["strategy"]
@@ -591,7 +592,7 @@ def test_rounds_that_would_find_the_pool_empty_stop_before_any_fit(tiles, tmp_pa
 def test_a_round_says_how_long_it_will_take_after_its_first_steps(monkeypatch, capsys):
     """At a pace of 2 s per step, 1,000 steps of 10 epochs: about 33 min per
     epoch and 5.6 h for the round, said once, after the first timed steps."""
-    from utils import learners
+    from utils.learning import learners
 
     clock = iter([0.0, 10.0])  # read after the untimed first step, then after 5 more
     monkeypatch.setattr(learners.time, "perf_counter", lambda: next(clock))

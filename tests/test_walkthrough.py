@@ -25,8 +25,8 @@ import active_learning_inference
 import active_learning_train
 import tfrecord_generator
 from tests.conftest import ROOT
-from utils.io import read_csv
-from utils.synthetic import TARGET_STAIN, SyntheticRegion, make_slide, rectangle, write_geojson
+from utils.common.io import read_csv
+from utils.tiles.synthetic import TARGET_STAIN, SyntheticRegion, make_slide, rectangle, write_geojson
 
 TILE = 32
 SIDE = 512

@@ -31,7 +31,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import active_learning_train  # noqa: E402
-from utils import learners  # noqa: E402
+from utils.learning import learners  # noqa: E402
 
 
 def interrupting(fit, at: int):
