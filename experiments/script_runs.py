@@ -9,8 +9,9 @@ the script's ``main(argv)`` in a worker process of a pool that lives as long
 as the experiment, one run at a time per worker, with what a fresh process
 would have:
 
-* its output: file descriptors 1 and 2 go to the run's log for the call, so
-  TensorFlow's own messages and the progress lines land there too;
+* its output: ``sys.stdout``, ``sys.stderr`` and file descriptors 1 and 2
+  go to the run's log for the call, so TensorFlow's own messages and the
+  progress lines land there too;
 * its environment and ``sys.argv``: the experiment's environment as it is
   when the run is started (``--quiet`` and ``--debug`` are kept there,
   :mod:`utils.common.log`), restored afterwards;
@@ -63,7 +64,7 @@ def run_main(script: str, argv: list[str], log: str, environment: dict[str, str]
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     main = importlib.import_module(Path(script).stem).main
-    saved_environment, saved_argv = dict(os.environ), sys.argv
+    saved_environment, saved_argv, saved_streams = dict(os.environ), sys.argv, (sys.stdout, sys.stderr)
     os.environ.clear()
     os.environ.update(environment)
     sys.argv = [str(ROOT / script), *argv]
@@ -71,15 +72,16 @@ def run_main(script: str, argv: list[str], log: str, environment: dict[str, str]
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     try:
-        with open(log, "w", encoding="utf-8") as handle:
+        with open(log, "w", encoding="utf-8", buffering=1) as handle:
             os.dup2(handle.fileno(), 1)
             os.dup2(handle.fileno(), 2)
+            sys.stdout = sys.stderr = handle
             try:
                 return exit_status(main, argv)
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
+                handle.flush()
     finally:
+        sys.stdout, sys.stderr = saved_streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])

@@ -4,6 +4,8 @@ the recipes experiment end to end."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +242,21 @@ def test_a_finished_run_of_another_head_recipe_stops_the_texture_experiment(tmp_
     kather_texture.texture_run(*job)
     flags = started[0]
     assert flags[flags.index("--head-from") + 1] == "last" and flags[flags.index("--patience") + 1] == "8"
+
+
+def test_a_script_run_by_an_experiment_answers_as_its_command_line_would(tmp_path, monkeypatch):
+    """In the worker, a script sees its own name and the experiment's
+    environment, writes to its log, exits as its command line would, and
+    leaves the worker's environment, arguments and output as they were;
+    through the worker pool, a failure stops the experiment naming the log."""
+    from experiments import script_runs
+
+    monkeypatch.setenv("TISSUE_AL_QUIET", "1")
+    log, argv, environment = tmp_path / "extract.txt", list(sys.argv), {**os.environ, "ONLY_FOR_THE_RUN": "1"}
+    assert script_runs.run_main("tfrecord_generator.py", ["--no-such-flag"], str(log), environment) == 2
+    text = log.read_text()
+    assert text.startswith("usage: tfrecord_generator.py") and "tfrecord_generator.py: error: " in text
+    assert "ONLY_FOR_THE_RUN" not in os.environ and sys.argv == argv
+    with pytest.raises(SystemExit, match=r"tfrecord_generator\.py failed \(exit 2\); see .*worker\.txt"):
+        script_runs.run_script("tfrecord_generator.py", ["--no-such-flag"], tmp_path / "worker.txt")
+    assert "tfrecord_generator.py: error: " in (tmp_path / "worker.txt").read_text()
