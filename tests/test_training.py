@@ -621,6 +621,18 @@ def test_no_run_reports_a_nan_score(tiles, tmp_path, capsys):
     assert "no test set" in printed and "F1 nan" not in printed and "accuracy nan" not in printed
 
 
+def test_a_split_file_that_leaves_slides_out_says_which_and_never_uses_them(tiles, tmp_path, capsys):
+    slides = sorted({p.name[: -len(".summary.json")] for p in tiles.glob("*.summary.json")})
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"train": slides[:2], "val": slides[2:3], "test": []}))
+    out = tmp_path / "run"
+    assert active_learning_train.main(["--data", str(tiles), "--output", str(out), "--split", str(partial),
+                                       "--rounds", "0", *FAST]) == 0
+    assert f"lists 3 of the 4 slides in {tiles}; the other 1 are in no split and not used: {slides[3]}" in \
+        capsys.readouterr().out
+    assert {row["slide"] for row in rows_of(out / "labelled.csv")} <= set(slides[:2])
+
+
 def test_repeats_that_share_their_data_differ_only_in_training(tiles, tmp_path):
     """--repeats-share-data, the original code's: one split, one initial set
     and one pool order for every repeat; only the training seed moves."""

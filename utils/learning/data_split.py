@@ -214,6 +214,13 @@ def extend_split(split: Mapping[str, Any], index: RecordIndex) -> tuple[dict[str
     return extended, added
 
 
+def unlisted_slides(split: Mapping[str, Any], slides: Sequence[str]) -> list[str]:
+    """The slides of ``slides`` that no split of ``split`` names, whole or by a block."""
+    sides = {str(k): float(v) for k, v in split.get("block_side_level0", {}).items()}
+    listed = {_entry_slide(str(e), sides) for name in SPLITS for e in split.get(name, [])}
+    return sorted(set(slides) - listed)
+
+
 def _entry_slide(entry: str, sides: Mapping[str, float]) -> str:
     block = _BLOCK.match(entry)
     return block["slide"] if block and block["slide"] in sides else entry

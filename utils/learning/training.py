@@ -10,15 +10,17 @@ source model first; ``--rounds -1`` stops there and keeps it
 (:func:`keep_zero_label_model`).
 
 :func:`run_training` reads as that story: the fixed data
-(:class:`~utils.learning.training_data.TrainingData`), the state to start from
-(:class:`~utils.learning.run_state.RunState`, resumed, or fresh from the source model,
-:mod:`utils.learning.source_model`), the way the model learns
-(:func:`~utils.learning.learners.make_learner`, chosen once), then :func:`play_round`
-for each round, whose steps are :func:`~utils.learning.queries.query` (choose; writes
-nothing), :meth:`RunState.label`, the learner's fit,
-:func:`~utils.learning.evaluation.evaluate` and :func:`record` (the only step that
-writes). What the run prints about its data is :mod:`utils.learning.round_report`'s;
-``--repeats`` is :mod:`utils.learning.repeats`.
+(:class:`~utils.learning.training_data.TrainingData`), the state to start
+from (:class:`~utils.learning.run_state.RunState`, resumed, or fresh from the
+source model, :mod:`utils.learning.source_model`), the way the model learns
+(:func:`~utils.learning.learners.make_learner`, chosen once), then
+:func:`play_round` for each round, whose steps are
+:func:`~utils.learning.queries.query` (choose; writes nothing),
+:meth:`RunState.label`, the learner's fit,
+:func:`~utils.learning.evaluation.evaluate` and :func:`record` (the only step
+that writes). What the run prints about its data is
+:mod:`utils.learning.round_report`'s; ``--repeats`` is
+:mod:`utils.learning.repeats`.
 
 Two modes:
 

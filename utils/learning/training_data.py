@@ -19,7 +19,7 @@ from utils.common.log import info
 from utils.common.scales import check_same_data
 from utils.learning.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                                        choose_split_by, extend_split, read_split_file, split_blocks,
-                                       split_slides)
+                                       split_slides, unlisted_slides)
 from utils.learning.train_options import TrainOptions
 from utils.tiles.randaugment import RandAugment
 from utils.tiles.records import read_index, record_files, triplet_dataset
@@ -93,7 +93,14 @@ class TrainingData:
         if options.resume and kept.exists():
             return self._kept_split(kept, options)
         if options.split_file:
-            return read_split_file(options.split_file, sorted(set(self.index.slide)))
+            slides = sorted(set(self.index.slide))
+            split = read_split_file(options.split_file, slides)
+            left_out = unlisted_slides(split, slides)
+            if left_out:
+                info(f"--split {options.split_file} lists {len(slides) - len(left_out)} of the {len(slides)} slides "
+                     f"in {options.data}; the other {len(left_out)} are in no split and not used: "
+                     f"{', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}")
+            return split
         annotated = sorted(set(self.index.slide[self.index.label >= 0]))
         if not annotated:
             raise InputError(f"{options.data}: no labelled tiles; annotate regions of every class on some slides "
