@@ -26,6 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.common.startup import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()  # without TensorFlow's start-up notes, as the scripts load it
 import tensorflow as tf  # noqa: E402
 
 from utils.common.scales import Scales  # noqa: E402
