@@ -21,13 +21,12 @@ and so does any layer that would receive no weights, unless
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from utils.common.cli import add_config_arguments, add_message_arguments, make_parser, resolve_config, start
-from utils.common.config import Config
+from utils.common.config import Config, read_config_file
 from utils.common.errors import InputError
 from utils.common.failures import exit_on_input_error
 from utils.common.log import info
@@ -71,7 +70,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainOptions, Config]:
     source = source_metadata(options.weights)
     extraction = options.data / "extraction_config.json"
     base = dict(source["config"]) if source and "config" in source else {}
-    base.update(json.loads(extraction.read_text(encoding="utf-8")) if extraction.exists() else {})
+    base.update(read_config_file(extraction) if extraction.exists() else {})
     config = resolve_config(args, file_keys, base=base, uncapped_classes=args.uncapped)
     options = replace(options, spec=source_spec(source, options.backbone, options.head_units, options.input_scaling))
     where = {name: origin(TrainOptions, name, args, section, str(args.config)) for name in ("optimizer", "learning_rate")}

@@ -135,6 +135,22 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(batch, monkeypatch, ca
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_a_damaged_extraction_config_is_named_by_extraction_and_training(batch_result, tmp_path, capsys):
+    """extraction_config.json is read as a configuration file, by both scripts."""
+    _, _, _, out = batch_result
+    folder = tmp_path / "out"
+    shutil.copytree(out, folder)
+    (folder / "extraction_config.json").write_text('{"tile_size": 64,')
+    capsys.readouterr()
+    root = out.parent
+    assert tfrecord_generator.main(["--slides", str(root / "slides" / "good.tiff"), "--annotations",
+                                    str(root / "annotations"), "--output", str(folder), "--tile-size", "64"]) == 2
+    error = capsys.readouterr().err
+    assert "extraction_config.json: cannot read configuration" in error and "delete it to extract" in error
+    assert active_learning_train.main(["--data", str(folder), "--output", str(tmp_path / "run")]) == 2
+    assert "extraction_config.json: cannot read configuration" in capsys.readouterr().err
+
+
 # -- annotation files ------------------------------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")

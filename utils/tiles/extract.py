@@ -3,7 +3,6 @@ one TFRecord shard with a JSON summary beside it."""
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.common.config import Config, fingerprint
+from utils.common.config import Config, fingerprint, read_config_file
 from utils.common.errors import ConfigError, SlideError
 from utils.common.io import atomic_path
 from utils.common.scales import check_same_data
@@ -58,9 +57,9 @@ def check_output_configuration(output: Path, config: Config, overwrite: bool,
     if not saved.exists() or not any(output.glob(f"*{SUMMARY_SUFFIX}")):
         return
     try:
-        previous = fingerprint(json.loads(saved.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"{saved}: cannot read ({exc}); delete it to extract into this folder") from None
+        previous = fingerprint(read_config_file(saved))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; delete it to extract into this folder") from None
     check_same_data(previous, config.fingerprint(), ConfigError, f"{output}: its shards were extracted with",
                     "pass the same --config, --magnifications and --tile-size, choose another --output, or pass "
                     "--overwrite to redo the shards with the new configuration")
