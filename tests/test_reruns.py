@@ -147,19 +147,26 @@ def script(name: str, *argv: str, stderr_file: Path) -> subprocess.CompletedProc
 
 
 def test_a_job_log_has_plain_lines_and_quiet_keeps_only_warnings(synthetic_slide, tmp_path):
+    """Two slides on two worker processes: neither the script nor its workers
+    let TensorFlow's start-up notes into the log."""
     slide, geojson = synthetic_slide
-    argv = ["--slides", str(slide), "--annotations", str(geojson.parent), "--tile-size", str(TILE)]
+    for folder, source in (("slides", slide), ("annotations", geojson)):
+        (tmp_path / folder).mkdir()
+        for name in ("known", "again"):
+            (tmp_path / folder / f"{name}{source.suffix}").symlink_to(source)
+    argv = ["--slides", str(tmp_path / "slides"), "--annotations", str(tmp_path / "annotations"), "--tile-size",
+            str(TILE), "--workers", "2"]
     log = tmp_path / "job.err"
     result = script("tfrecord_generator.py", *argv, "--output", str(tmp_path / "a"), stderr_file=log)
     assert result.returncode == 0, log.read_text()
     text = log.read_text()
     assert "\r" not in text and "\x1b" not in text, "no carriage return or cursor code in a log"
-    assert "slides: 1/1 (100%)" in text
+    assert "slides: 2/2 (100%)" in text
     for note in ("oneDNN", "cpu_feature_guard", "absl::InitializeLog", "port.cc"):
         assert note not in text, f"TensorFlow's start-up is quiet: {note}"
     assert "warning: known: skipped annotations whose names match no class rule: 'Unknown thing'" in text
     assert "warning:" not in result.stdout, "warnings go to stderr"
-    assert "1 slide(s): 1 done" in result.stdout
+    assert "2 slide(s): 2 done" in result.stdout
 
     quiet = script("tfrecord_generator.py", *argv, "--output", str(tmp_path / "b"), "--quiet", stderr_file=log)
     assert quiet.returncode == 0 and quiet.stdout == ""

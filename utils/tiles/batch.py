@@ -24,6 +24,7 @@ from typing import Any
 from utils.common.errors import InputError
 from utils.common.failures import describe_os_error
 from utils.common.log import debugging, info, note_on_stderr, progress
+from utils.common.startup import import_tensorflow_quietly
 from utils.slides.slide import MppOverride, parse_mpp
 from utils.slides.slide_files import SlideFile, find_slides
 from utils.tiles.provenance import UNCHANGED
@@ -127,7 +128,8 @@ def run_per_slide(task: SlideTask, slides: Sequence[SlideFile], workers: int, un
             finish(_call(task, slide, _Immediate(unit_bar)))
     else:
         context = multiprocessing.get_context("spawn")
-        with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context,
+                                                                initializer=import_tensorflow_quietly) as pool:
             updates = manager.Queue()
             pending = {pool.submit(_call, task, slide, updates) for slide in slides}
             while pending:
