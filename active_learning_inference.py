@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     options = resolve_options(InferenceOptions, args, section, f"{args.config}: inference", output=args.output,
                               model_path=args.model, model_sha256=file_digest(args.model), mpp=mpp,
                               overwrite=args.overwrite)
-    check_stale(slides, functools.partial(summary_path, args.output),
+    check_stale(slides, functools.partial(summary_path, args.output), MapSummary,
                 functools.partial(inference_settings, config=config, options=options), args.overwrite, args.output)
     model = load_model(args.model)
     check_compatible(model, config)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.annotations is None and not options.unlabeled:
         raise InputError("--annotations is required unless --unlabeled is given")
     check_output_configuration(args.output, config, args.overwrite, slides)
-    check_stale(slides, functools.partial(summary_path, args.output),
+    check_stale(slides, functools.partial(summary_path, args.output), ShardSummary,
                 functools.partial(extraction_settings, config=config, options=options), args.overwrite, args.output)
     prepare_output(args.output)
     save_config(config, args.output / "extraction_config.json")

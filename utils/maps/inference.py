@@ -147,7 +147,7 @@ def infer_slide(slide_file: SlideFile, progress: Progress, *, config: Config, pr
     started = time.perf_counter()
     folder = options.output / slide_file.name
     made_with = inference_settings(slide_file, config=config, options=options)
-    if keep_previous(folder / "summary.json", made_with, options.overwrite,
+    if keep_previous(folder / "summary.json", MapSummary, made_with, options.overwrite,
                      f"{slide_file.name}: its map in {options.output}"):
         return MapSummary(slide_file.name, UNCHANGED)
     with Slide(slide_file.path, mpp=options.mpp.for_slide(slide_file.name), name=slide_file.name) as slide:

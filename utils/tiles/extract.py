@@ -133,7 +133,7 @@ def extract_slide(slide_file: SlideFile, progress: Progress, *, config: Config,
     record_path, summary_path = shard_paths(options.output, stem)
     annotation_paths = annotation_files(slide_file, options)
     made_with = extraction_settings(slide_file, config=config, options=options, annotations=annotation_paths)
-    if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
+    if record_path.exists() and keep_previous(summary_path, ShardSummary, made_with, options.overwrite,
                                               f"{stem}: its shard in {options.output}"):
         return ShardSummary(stem, UNCHANGED)
     missing = [missing_annotation_warning(slide_file, options)] if options.annotations and not annotation_paths \

@@ -20,6 +20,7 @@ from typing import Any
 from utils.common.errors import InputError
 from utils.common.io import json_safe
 from utils.slides.slide_files import SlideFile
+from utils.tiles.summaries import SummaryFile
 
 EARLIER_VERSION = "an earlier version that did not record its settings"
 #: Status of a slide whose finished outputs were made with the same settings.
@@ -81,22 +82,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def read_made_with(summary: Path) -> tuple[bool, dict[str, Any] | None]:
-    """Whether a finished summary exists, and the settings it recorded."""
+def read_made_with(summary: Path, kind: type[SummaryFile]) -> tuple[bool, dict[str, Any] | None]:
+    """Whether a finished summary of ``kind`` exists, and the settings it
+    recorded; one that cannot be read counts as none, so its outputs are redone."""
     try:
-        data = json.loads(summary.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        made = kind.read(summary)
+    except (OSError, ValueError, TypeError, KeyError):
         return False, None
-    return data.get("status") == "done", data.get("made_with")
+    return made.done, made.made_with
 
 
-def keep_previous(summary: Path, made_with: Mapping[str, Any], overwrite: bool, what: str) -> bool:
+def keep_previous(summary: Path, kind: type[SummaryFile], made_with: Mapping[str, Any], overwrite: bool,
+                  what: str) -> bool:
     """Whether the finished outputs behind ``summary`` were made with
     ``made_with`` and can be kept, with or without ``overwrite``: redoing
     what nothing changed would only cost time. Outputs made otherwise raise
     :class:`InputError` naming the difference, unless ``overwrite`` asks to
     redo them (then, as with no finished outputs, False)."""
-    done, previous = read_made_with(summary)
+    done, previous = read_made_with(summary, kind)
     if not done:
         return False
     change = difference(previous, made_with)
@@ -107,7 +110,7 @@ def keep_previous(summary: Path, made_with: Mapping[str, Any], overwrite: bool, 
     raise InputError(f"{what} was made with other settings ({change}); pass --overwrite to redo it")
 
 
-def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], Path],
+def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], Path], kind: type[SummaryFile],
                 made_with: Callable[[SlideFile], dict[str, Any]], overwrite: bool, output: Path) -> None:
     """Stop before any work if finished outputs in ``output`` were made with
     other settings and ``--overwrite`` was not given: one line, naming the
@@ -116,7 +119,7 @@ def check_stale(slides: Sequence[SlideFile], summary_of: Callable[[SlideFile], P
         return
     stale = []
     for slide in slides:
-        done, old = read_made_with(summary_of(slide))
+        done, old = read_made_with(summary_of(slide), kind)
         if done:
             change = difference(old, made_with(slide))
             if change:

@@ -134,7 +134,7 @@ def _write_slide(slide: str, images: list[tuple[Path, int, str]], mpp: float, co
         "images": hashlib.sha256("\n".join(f"{p.parent.name}/{p.name}\t{p.stat().st_size}"
                                            for p, _, _ in images).encode()).hexdigest(),
     })
-    if record_path.exists() and keep_previous(summary_path, made_with, options.overwrite,
+    if record_path.exists() and keep_previous(summary_path, ShardSummary, made_with, options.overwrite,
                                               f"{slide}: its shard in {options.output}"):
         bar.update(len(images))
         return ShardSummary(slide, UNCHANGED)
