@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -92,7 +93,7 @@ def run_main(script: str, argv: list[str], log: str, environment: dict[str, str]
         forget_models()
 
 
-def exit_status(main, argv: list[str]) -> int:
+def exit_status(main: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """What ``python script argv`` would exit with: ``main``'s return value,
     ``sys.exit``'s code (a message printed to stderr, as Python does), or 1
     with the traceback for an exception."""
