@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -23,6 +24,11 @@ QUIET_VARIABLE = "TISSUE_AL_QUIET"
 DEBUG_VARIABLE = "TISSUE_AL_DEBUG"
 #: Seconds between progress lines in a log file.
 LOG_INTERVAL = 30.0
+
+
+def first_few(names: Sequence[str], shown: int = 5) -> str:
+    """``names`` for a one-line message: the first ``shown``, then "..." if there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def set_messages(quiet: bool, debug: bool) -> None:

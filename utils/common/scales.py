@@ -58,19 +58,11 @@ class Scales:
         return f"{self.tile_size}-px tiles at {'/'.join(f'{m:g}x' for m in self.magnifications)}"
 
 
-def fingerprint_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str | None:
-    """The first field in which two fingerprints differ, as "key: ours vs theirs"."""
-    for key in FINGERPRINT_KEYS:
-        if ours.get(key) != theirs.get(key):
-            return f"{key} {ours.get(key)} vs {theirs.get(key)}"
-    return None
-
-
 def check_same_data(theirs: dict[str, Any], ours: dict[str, Any], error: type[Exception], what: str,
                     fix: str) -> None:
     """Stop, with one line, where ``what`` (a data folder, a shard, a source
-    model) has another fingerprint than this run: "``what`` was made with
-    <key> <theirs>, this run has <ours>; ``fix``"."""
-    difference = fingerprint_difference(theirs, ours)
-    if difference:
-        raise error(f"{what} {difference.replace(' vs ', ', this run has ')}; {fix}")
+    model) has another fingerprint than this run, naming the first key that
+    differs: "``what`` <key> <theirs>, this run has <ours>; ``fix``"."""
+    for key in FINGERPRINT_KEYS:
+        if theirs.get(key) != ours.get(key):
+            raise error(f"{what} {key} {theirs.get(key)}, this run has {ours.get(key)}; {fix}")

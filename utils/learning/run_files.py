@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from utils.common.errors import InputError
@@ -108,6 +108,11 @@ class LabelledTile:
     y: int
     label: int
     round: int
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The file's header, as :class:`utils.learning.run_state.RunState` writes it."""
+        return [f.name for f in fields(cls)]
 
 
 def read_labelled(run: Path) -> list[LabelledTile]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from utils.common.io import atomic_write_csv, atomic_write_json, write_table
-from utils.learning.run_files import LABELLED_FILE, ROUNDS_FILE, STATE_FILE, read_labelled
+from utils.learning.run_files import LABELLED_FILE, ROUNDS_FILE, STATE_FILE, LabelledTile, read_labelled
 from utils.learning.training_data import TrainingData
 from utils.tiles.records import RecordIndex
 
@@ -73,7 +73,7 @@ class RunState:
 
     def save(self, folder: Path, index: RecordIndex) -> None:
         """labelled.csv and rounds.csv, then state.json, the file that says the round is finished."""
-        atomic_write_csv(folder / LABELLED_FILE, ["slide", "x", "y", "label", "round"],
+        atomic_write_csv(folder / LABELLED_FILE, LabelledTile.columns(),
                          ([index.slide[i], index.x[i], index.y[i], index.label[i], self.added.get(int(i), 0)]
                           for i in self.labelled))
         write_table(folder / ROUNDS_FILE, self.rows)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from utils.common.config import Config
 from utils.common.errors import InputError, ModelError
-from utils.common.log import info
+from utils.common.log import first_few, info
 from utils.common.scales import check_same_data
 from utils.learning.data_split import (SPLITS, SlideGrid, assign_records, cap_per_class, cap_per_slide_and_class,
                                        choose_split_by, extend_split, read_split_file, split_blocks,
@@ -99,7 +99,7 @@ class TrainingData:
             if left_out:
                 info(f"--split {options.split_file} lists {len(slides) - len(left_out)} of the {len(slides)} slides "
                      f"in {options.data}; the other {len(left_out)} are in no split and not used: "
-                     f"{', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}")
+                     f"{first_few(left_out)}")
             return split
         annotated = sorted(set(self.index.slide[self.index.label >= 0]))
         if not annotated:
@@ -130,7 +130,7 @@ class TrainingData:
         split, self.joined = extend_split(split, self.index)
         if self.joined:
             info(f"kept the split of {kept}; {len(self.joined)} {split['by']}(s) new since it was drawn join "
-                 f"training: {', '.join(self.joined[:5])}{' ...' if len(self.joined) > 5 else ''}")
+                 f"training: {first_few(self.joined)}")
         return split
 
     def counts(self, ids: np.ndarray) -> dict[str, int]:

@@ -16,6 +16,7 @@ import numpy as np
 from utils.common.config import Config, fingerprint, read_config_file
 from utils.common.errors import ConfigError, SlideError
 from utils.common.io import atomic_path
+from utils.common.log import first_few
 from utils.common.scales import check_same_data
 from utils.slides.annotations import ANNOTATION_SUFFIXES, find_annotation_files, near_misses, read_annotations
 from utils.slides.geometry import read_triplets, slide_geometry
@@ -48,9 +49,9 @@ def check_output_configuration(output: Path, config: Config, overwrite: bool,
         left = sorted(path.name[: -len(SUMMARY_SUFFIX)] for path in output.glob(f"*{SUMMARY_SUFFIX}")
                       if path.name[: -len(SUMMARY_SUFFIX)] not in redone and _fingerprint_of(path) not in (None, ours))
         if left:
-            warnings.warn(f"{output}: the shards of {len(left)} slide(s) not in this run ({', '.join(left[:5])}"
-                          f"{', ...' if len(left) > 5 else ''}) keep another configuration; training on this folder "
-                          f"stops until they are re-extracted with this one")
+            warnings.warn(f"{output}: the shards of {len(left)} slide(s) not in this run ({first_few(left)}) keep "
+                          f"another configuration; training on this folder stops until they are re-extracted with "
+                          f"this one")
     if overwrite:
         return
     saved = output / "extraction_config.json"
